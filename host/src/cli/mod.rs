@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod simulate;
+
 /// cairn: Composer-compatible checkpoint saving with sandboxed WebAssembly policies.
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about)]
@@ -14,7 +16,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Which checkpoints a save_interval would save, without training or writing.
+    Simulate(simulate::SimulateArgs),
+}
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
@@ -29,5 +34,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Simulate(args) => simulate::run(args)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
