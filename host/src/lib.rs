@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod globs;
 pub mod interval;
+pub mod local;
 pub mod policy;
 pub mod pyrepr;
 pub mod simulate;

@@ -1,0 +1,237 @@
+//! `cairn run`: the main job. A simulated training run — a synthetic model with Adam state, a
+//! fake step time and a decreasing loss — that fires Composer's checkpoint events through the
+//! real saver.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::policy::{Event, Ranks, TrainingState};
+use crate::resume::ResumeSearch;
+use crate::saver::CheckpointSaver;
+use crate::synthetic::SyntheticModel;
+use crate::template::Vars;
+use crate::trainer::{Events, TrainerSpec, synthetic_loss};
+
+/// Arguments of `cairn run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job's TOML config; without it, the embedded default runs.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Continue from the newest complete checkpoint in the folder, if there is one.
+    #[arg(long)]
+    resume: bool,
+    /// Size of the synthetic model's weights in MiB (overrides `train.model_mib`).
+    #[arg(long, value_name = "MIB")]
+    model_mib: Option<f64>,
+    /// Simulated seconds per batch (overrides `train.seconds_per_batch`).
+    #[arg(long, value_name = "S")]
+    seconds_per_batch: Option<f64>,
+    /// Print the summary as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a run did, for the summary.
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    run_name: String,
+    resumed_from: Option<String>,
+    batches: u64,
+    saves: usize,
+    bytes: u64,
+    save_seconds: f64,
+    throughput_mb_s: f64,
+    wall_seconds: f64,
+    latest: Option<String>,
+    folder: String,
+    warnings: Vec<String>,
+}
+
+/// Run `cairn run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default(),
+    };
+    if let Some(mib) = args.model_mib {
+        anyhow::ensure!(mib > 0.0 && mib.is_finite(), "--model-mib must be a positive number, not {mib}");
+        config.train.model_mib = mib;
+    }
+    if let Some(s) = args.seconds_per_batch {
+        anyhow::ensure!(s >= 0.0 && s.is_finite(), "--seconds-per-batch must be a non-negative number, not {s}");
+        config.train.seconds_per_batch = s;
+    }
+    let summary = train(&config, args.resume)?;
+    print_summary(&summary, args.json)
+}
+
+fn train(config: &Config, resume: bool) -> Result<Summary> {
+    let started = Instant::now();
+    let t = &config.train;
+    let mut saver = CheckpointSaver::new(config)?;
+    let mut model = SyntheticModel::new(t.model_mib, t.seed);
+    let mut summary = Summary {
+        run_name: config.run_name.clone(),
+        folder: saver.folder().display().to_string(),
+        ..Summary::default()
+    };
+    let mut start = Default::default();
+    if resume {
+        let ranks = Ranks::from_env();
+        let search = ResumeSearch {
+            folder: saver.folder(),
+            filename: &config.filename,
+            latest: saver.latest_path(),
+            vars: Vars { run_name: &config.run_name, ranks, timestamp: None },
+        };
+        if let Some(point) = search.find()? {
+            for (path, why) in &point.skipped {
+                eprintln!("cairn: skipped damaged checkpoint {}: {why}", path.display());
+            }
+            model.restore(&point.tree).with_context(|| format!("cannot resume from {}", point.path.display()))?;
+            start = point.timestamp;
+            summary.resumed_from = Some(point.path.display().to_string());
+            saver.restore_history(point.history);
+        }
+    }
+    saver.fit_start(&start)?;
+    let spec = TrainerSpec {
+        max_duration: t.max_duration,
+        batches_per_epoch: t.batches_per_epoch,
+        samples_per_batch: t.samples_per_batch,
+        tokens_per_batch: t.tokens_per_batch,
+        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
+        epochs_per_iteration: t.epochs_per_iteration,
+    };
+    let progress = Progress::new(&spec, &start);
+    let mut metrics = vec![("loss".to_owned(), 0.0)];
+    for tick in Events::resume(spec.clone(), start) {
+        if tick.event == Event::Batch {
+            model.train_step(tick.timestamp.batch);
+            std::thread::sleep(spec.batch_duration);
+            summary.batches += 1;
+            metrics[0].1 = synthetic_loss(tick.timestamp.batch);
+            progress.batch(tick.timestamp.batch, metrics[0].1);
+        }
+        let state = TrainingState {
+            timestamp: tick.timestamp,
+            previous_timestamp: tick.previous,
+            max_duration: spec.max_duration,
+            dataloader_len: Some(spec.batches_per_epoch),
+            run_name: &config.run_name,
+            ranks: Ranks::from_env(),
+            metrics: &metrics,
+        };
+        let saved = saver.on_event(&state, tick.event, || Ok(model.snapshot(t.samples_per_batch)))?;
+        if let Some(s) = saved {
+            summary.saves += 1;
+            summary.bytes += s.bytes;
+            summary.save_seconds += s.seconds;
+            progress.saved(s.event, &s.path.display().to_string(), s.bytes, s.seconds);
+        }
+        for w in saver.take_warnings() {
+            progress.warn(&w);
+            summary.warnings.push(w);
+        }
+    }
+    saver.fit_end()?;
+    progress.finish();
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    if summary.save_seconds > 0.0 {
+        summary.throughput_mb_s = summary.bytes as f64 / 1e6 / summary.save_seconds;
+    }
+    summary.latest = saver
+        .latest_path()
+        .and_then(|l| crate::local::latest::resolve(&l).ok().flatten().map(|t| format!("{} -> {}", l.display(), t.display())));
+    Ok(summary)
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(spec: &TrainerSpec, start: &crate::time::Timestamp) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let total = match spec.max_duration.unit {
+            crate::time::CountUnit::Epoch => spec.max_duration.value as u64 * spec.batches_per_epoch,
+            crate::time::CountUnit::Batch => spec.max_duration.value as u64,
+            _ => 0,
+        };
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} batches  {msg}")
+                .expect("static template"),
+        );
+        bar.set_position(start.batch);
+        Progress { bar: Some(bar) }
+    }
+
+    fn batch(&self, batch: u64, loss: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(batch);
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+    }
+
+    fn saved(&self, event: Event, path: &str, bytes: u64, seconds: f64) {
+        let line = format!(
+            "saved {path} at {event} ({:.1} MB in {seconds:.2} s, {:.0} MB/s)",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / seconds.max(1e-9)
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn warn(&self, w: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("warning: {w}")),
+            None => eprintln!("warning: {w}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_summary(s: &Summary, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, s)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let rows = [
+        ("run", s.run_name.clone()),
+        ("resumed from", s.resumed_from.clone().unwrap_or_else(|| "-".into())),
+        ("batches trained", s.batches.to_string()),
+        ("checkpoints saved", s.saves.to_string()),
+        ("bytes written", format!("{:.1} MB", s.bytes as f64 / 1e6)),
+        ("time saving", format!("{:.2} s", s.save_seconds)),
+        ("save throughput", format!("{:.0} MB/s (durable: fsync + rename)", s.throughput_mb_s)),
+        ("wall time", format!("{:.2} s", s.wall_seconds)),
+        ("folder", s.folder.clone()),
+        ("latest", s.latest.clone().unwrap_or_else(|| "-".into())),
+    ];
+    for (k, v) in rows {
+        writeln!(out, "{k:<18} {v}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! cairn's `CheckpointSaver`: the object a training loop calls at every checkpoint event.
+//!
+//! It reads like Composer's `_save_checkpoint` (reference §3), with the fixes of PRODUCT.md:
+//! every checkpoint is durable (fsync of file and folder) before anything names it, the
+//! `latest` pointer is swapped atomically, retention counts the checkpoints of earlier runs in
+//! the same folder and never deletes the one `latest` names, and a failed save leaves the
+//! previous checkpoint and its pointer as they were.
+//!
+//! ```no_run
+//! use cairn::checkpoint::Snapshot;
+//! use cairn::config::Config;
+//! use cairn::policy::{Event, MaxDuration, Ranks, TrainingState};
+//! use cairn::saver::CheckpointSaver;
+//! use cairn::state_dict::{Dict, Tensor};
+//! use cairn::time::{Time, Timestamp};
+//!
+//! let config = Config::parse("[checkpoint]\nsave_interval = \"2ba\"", "job.toml", ".".as_ref())?;
+//! let mut saver = CheckpointSaver::new(&config)?;
+//! let max = MaxDuration::new("4ba".parse::<Time>()?).unwrap();
+//! let mut now = Timestamp::default();
+//! saver.fit_start(&now)?;
+//! for _ in 0..4 {
+//!     let previous = now;
+//!     now = now.to_next_batch(1, 0, Default::default());
+//!     let state = TrainingState {
+//!         timestamp: now, previous_timestamp: Some(previous), max_duration: max,
+//!         dataloader_len: Some(10), run_name: "run", ranks: Ranks::default(), metrics: &[],
+//!     };
+//!     // The closure runs only when a checkpoint is due.
+//!     saver.on_event(&state, Event::Batch, || {
+//!         let model = Dict::ordered().with("w", Tensor::from_f32(vec![2], &[0.5, 1.5]));
+//!         Ok(Snapshot { state: Dict::new().with("model", model), rng: None })
+//!     })?;
+//! }
+//! saver.fit_end()?;
+//! assert_eq!(saver.saved_checkpoints().len(), 2);
+//! # anyhow::Ok(())
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::checkpoint::{self, Snapshot};
+use crate::config::{Config, IgnoreKeysSpec, SaveIntervalSpec};
+use crate::container::{self, CheckpointFormat};
+use crate::globs::{IgnoreGlobs, restore_state_key};
+use crate::interval::{IntervalScheduler, Schedule};
+use crate::local::durable::{self, Replace};
+use crate::local::{latest, scan};
+use crate::policy::{Event, KeyFilter, Ranks, SavePolicy, TrainingState};
+use crate::template::{Template, Vars};
+use crate::time::Timestamp;
+
+/// A checkpoint this saver wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SavedCheckpoint {
+    /// When it was taken.
+    pub timestamp: Timestamp,
+    /// The event that took it.
+    pub event: Event,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size on disk.
+    pub bytes: u64,
+    /// Seconds from the decision to save to the durable rename (snapshot, filter, write, fsync).
+    pub seconds: f64,
+}
+
+/// Builds the two policies of a saver; the WebAssembly host plugs in here.
+pub trait PolicyLoader {
+    /// The `save_interval` policy for a `{ wasm = ... }` spec.
+    fn save_policy(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn SavePolicy>>;
+    /// The `ignore_keys` filter for a `{ wasm = ... }` spec.
+    fn key_filter(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn KeyFilter>>;
+}
+
+/// Composer's `CheckpointSaver`.
+pub struct CheckpointSaver {
+    run_name: String,
+    ranks: Ranks,
+    folder: PathBuf,
+    filename: Template,
+    format: CheckpointFormat,
+    latest_filename: Option<Template>,
+    overwrite: bool,
+    num_checkpoints_to_keep: i64,
+    weights_only: bool,
+    schedule: Schedule,
+    filter: Option<Box<dyn KeyFilter>>,
+    history: Vec<(String, Timestamp)>,
+    saved: Vec<SavedCheckpoint>,
+    warnings: Vec<String>,
+}
+
+impl CheckpointSaver {
+    /// A saver for a checked config, with built-in policies only.
+    pub fn new(config: &Config) -> Result<CheckpointSaver> {
+        CheckpointSaver::with_policies(config, None)
+    }
+
+    /// A saver whose WebAssembly policies `loader` builds.
+    pub fn with_policies(config: &Config, loader: Option<&dyn PolicyLoader>) -> Result<CheckpointSaver> {
+        let ranks = Ranks::from_env();
+        let vars = Vars { run_name: &config.run_name, ranks, timestamp: None };
+        let folder = PathBuf::from(config.folder.render(&vars));
+        let format = CheckpointFormat::from_name(config.filename.source())
+            .with_context(|| format!("checkpoint.filename '{}'", config.filename))?;
+        let policy: Box<dyn SavePolicy> = match &config.save_interval {
+            SaveIntervalSpec::Time(t) => Box::new(IntervalScheduler::new(*t)?),
+            SaveIntervalSpec::Wasm(spec) => match loader {
+                Some(l) => l.save_policy(spec)?,
+                None => bail!("{}: this saver was built without a WebAssembly host", spec.wasm.display()),
+            },
+        };
+        let filter: Option<Box<dyn KeyFilter>> = match &config.ignore_keys {
+            IgnoreKeysSpec::None => None,
+            IgnoreKeysSpec::Globs(g) => Some(Box::new(IgnoreGlobs::new(g)?)),
+            IgnoreKeysSpec::Wasm(spec) => match loader {
+                Some(l) => Some(l.key_filter(spec)?),
+                None => bail!("{}: this saver was built without a WebAssembly host", spec.wasm.display()),
+            },
+        };
+        Ok(CheckpointSaver {
+            run_name: config.run_name.clone(),
+            ranks,
+            folder,
+            filename: config.filename.clone(),
+            format,
+            latest_filename: config.latest_filename.clone(),
+            overwrite: config.overwrite,
+            num_checkpoints_to_keep: config.num_checkpoints_to_keep,
+            weights_only: config.weights_only,
+            schedule: Schedule::new(policy),
+            filter,
+            history: Vec::new(),
+            saved: Vec::new(),
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The local folder checkpoints go to.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Checkpoints this process wrote and still keeps, oldest first (Composer's
+    /// `saved_checkpoints`, with their timestamps).
+    pub fn saved_checkpoints(&self) -> &[SavedCheckpoint] {
+        &self.saved
+    }
+
+    /// Every checkpoint of this run so far, persisted in each checkpoint (Composer's
+    /// `all_saved_checkpoints_to_timestamp`).
+    pub fn history(&self) -> &[(String, Timestamp)] {
+        &self.history
+    }
+
+    /// Continue the history of a resumed run.
+    pub fn restore_history(&mut self, history: Vec<(String, Timestamp)>) {
+        self.history = history;
+    }
+
+    /// Warnings collected since the last call (globs that matched nothing, ...).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// The save-interval policy's description.
+    pub fn describe_interval(&self) -> String {
+        self.schedule.describe()
+    }
+
+    /// Where the local `latest` pointer lives, if there is one.
+    pub fn latest_path(&self) -> Option<PathBuf> {
+        let t = self.latest_filename.as_ref()?;
+        Some(self.folder.join(t.render(&self.vars(None))))
+    }
+
+    fn vars<'a>(&'a self, ts: Option<&'a Timestamp>) -> Vars<'a> {
+        Vars { run_name: &self.run_name, ranks: self.ranks, timestamp: ts }
+    }
+
+    /// `FIT_START`: create the folder, remove a crashed run's temporary files, and (unless
+    /// `overwrite`) refuse a folder holding checkpoints from this run's future (§12).
+    pub fn fit_start(&mut self, now: &Timestamp) -> Result<()> {
+        fs::create_dir_all(&self.folder)
+            .with_context(|| format!("cannot create the checkpoint folder {}", self.folder.display()))?;
+        durable::remove_leftovers(&self.folder)
+            .with_context(|| format!("cannot clean {}", self.folder.display()))?;
+        if !self.overwrite {
+            let found = scan::checkpoints(&self.folder, &self.filename, &self.vars(None))?;
+            match scan::future_conflict(&found, now) {
+                Ok(None) => {}
+                Ok(Some(path)) => bail!(
+                    "{} may conflict with a future checkpoint of the current run; delete that file, use a new folder, or set overwrite = true",
+                    path.display()
+                ),
+                Err(e) => bail!("checkpoint.filename '{}': {e}", self.filename),
+            }
+        }
+        Ok(())
+    }
+
+    /// A checkpoint event: ask the policy and, when a save is due, take the snapshot and save.
+    /// `snapshot` runs only when a checkpoint is written.
+    pub fn on_event(
+        &mut self,
+        state: &TrainingState<'_>,
+        event: Event,
+        snapshot: impl FnOnce() -> Result<Snapshot>,
+    ) -> Result<Option<&SavedCheckpoint>> {
+        if !self.schedule.should_save(state, event)? {
+            return Ok(None);
+        }
+        self.save(&state.timestamp, event, snapshot).map(Some)
+    }
+
+    /// Save now, bypassing the policy (Composer's `save_checkpoint_to_save_folder`); still
+    /// counts for the at-most-one-save-per-batch rule.
+    pub fn save(
+        &mut self,
+        timestamp: &Timestamp,
+        event: Event,
+        snapshot: impl FnOnce() -> Result<Snapshot>,
+    ) -> Result<&SavedCheckpoint> {
+        let started = Instant::now();
+        self.schedule.saved_at(timestamp.batch);
+        let name = self.filename.render(&self.vars(Some(timestamp)));
+        let path = self.folder.join(name.trim_start_matches('/'));
+        self.history.push((path.to_string_lossy().into_owned(), *timestamp));
+        let result = self.write(&path, timestamp, snapshot);
+        let bytes = match result {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.history.pop();
+                return Err(e);
+            }
+        };
+        if self.num_checkpoints_to_keep != 0
+            && let Some(link) = self.latest_path()
+        {
+            latest::swap(&link, &path)
+                .with_context(|| format!("cannot point {} at {}", link.display(), path.display()))?;
+        }
+        self.saved.push(SavedCheckpoint {
+            timestamp: *timestamp,
+            event,
+            path,
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.rotate()?;
+        Ok(self.saved.last().expect("just pushed"))
+    }
+
+    /// Build, filter and durably write the checkpoint dict.
+    fn write(&mut self, path: &Path, ts: &Timestamp, snapshot: impl FnOnce() -> Result<Snapshot>) -> Result<u64> {
+        let snapshot = snapshot().context("the training loop could not provide its state")?;
+        let mut tree = checkpoint::build(snapshot, ts, &self.run_name, &self.history, self.weights_only);
+        if let Some(filter) = self.filter.as_mut() {
+            let mut warnings = Vec::new();
+            tree = filter.filter(tree, &mut warnings)?;
+            self.warnings.extend(warnings);
+            restore_state_key(&mut tree);
+        }
+        let replace = if self.overwrite { Replace::Allowed } else { Replace::Never };
+        let format = self.format;
+        durable::write_durably(path, replace, |file| {
+            container::write_checkpoint(path, format, &tree, file).map_err(io::Error::other)
+        })
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} already exists; cairn never replaces a checkpoint unless overwrite = true",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("cannot save {}: {e}", path.display()),
+        })
+    }
+
+    /// Keep the newest `num_checkpoints_to_keep` checkpoints in the folder, counting those of
+    /// earlier runs, never deleting the one `latest` names.
+    fn rotate(&mut self) -> Result<()> {
+        let Ok(keep) = usize::try_from(self.num_checkpoints_to_keep) else {
+            return Ok(());
+        };
+        let pinned = match self.latest_path() {
+            Some(link) if keep > 0 => latest::resolve(&link)?.and_then(|p| p.canonicalize().ok()),
+            _ => None,
+        };
+        let found = scan::checkpoints(&self.folder, &self.filename, &self.vars(None))?;
+        let excess = found.len().saturating_sub(keep);
+        let mut deleted = false;
+        for f in found.into_iter().take(excess) {
+            if pinned.is_some() && f.path.canonicalize().ok() == pinned {
+                continue;
+            }
+            fs::remove_file(&f.path).with_context(|| format!("cannot delete old checkpoint {}", f.path.display()))?;
+            self.saved.retain(|s| s.path != f.path);
+            deleted = true;
+        }
+        if deleted {
+            durable::sync_dir(&self.folder)?;
+        }
+        Ok(())
+    }
+
+    /// `FIT_END`: nothing is saved here (Composer never saves at the end by itself; the
+    /// interval's final save already happened at the last event).
+    pub fn fit_end(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
