@@ -66,9 +66,15 @@ pub fn build(
     };
     callbacks.insert("CheckpointSaver", saver_state(history));
     given.insert("callbacks", callbacks);
-    given.insert("timestamp", Dict::new().with("Timestamp", timestamp_dict(timestamp)));
+    given.insert(
+        "timestamp",
+        Dict::new().with("Timestamp", timestamp_dict(timestamp)),
+    );
     given.insert("run_name", run_name);
-    let mut state = Dict { kind: given.kind, entries: Default::default() };
+    let mut state = Dict {
+        kind: given.kind,
+        ..Dict::default()
+    };
     for key in STATE_ORDER {
         if let Some(v) = given.remove(&Key::from(key)) {
             state.insert(key, v);
@@ -85,7 +91,12 @@ pub fn build(
 fn saver_state(history: &History) -> Dict {
     let entries = history
         .iter()
-        .map(|(path, ts)| Value::Tuple(vec![Value::from(path.as_str()), Value::Dict(timestamp_dict(ts))]))
+        .map(|(path, ts)| {
+            Value::Tuple(vec![
+                Value::from(path.as_str()),
+                Value::Dict(timestamp_dict(ts)),
+            ])
+        })
         .collect();
     Dict::new().with("all_saved_checkpoints_to_timestamp", Value::List(entries))
 }
@@ -150,7 +161,9 @@ fn duration_of(v: &Value) -> Option<Duration> {
 
 /// The timestamp a checkpoint was taken at (`state/timestamp/Timestamp`), if it has one.
 pub fn read_timestamp(tree: &Value) -> Option<Timestamp> {
-    let d = tree.get_path(&["state", "timestamp", "Timestamp"])?.as_dict()?;
+    let d = tree
+        .get_path(&["state", "timestamp", "Timestamp"])?
+        .as_dict()?;
     let int = |k: &str| match d.get(k) {
         Some(Value::Int(n)) => u64::try_from(*n).ok(),
         None => Some(0),
@@ -221,22 +234,43 @@ mod tests {
     fn snapshot() -> Snapshot {
         let state = Dict::new()
             .with("metadata", Dict::new())
-            .with("model", Dict::ordered().with("w", Tensor::from_f32(vec![1], &[1.0])))
+            .with(
+                "model",
+                Dict::ordered().with("w", Tensor::from_f32(vec![1], &[1.0])),
+            )
             .with("integrations", Dict::new())
             .with("optimizers", Dict::new())
             .with("custom", 1i64);
-        Snapshot { state, rng: Some(Value::List(vec![])) }
+        Snapshot {
+            state,
+            rng: Some(Value::List(vec![])),
+        }
     }
 
     #[test]
     fn full_checkpoints_follow_composer_order_and_round_trip_the_timestamp() {
-        let history = vec![("ck/ep1.pt".to_owned(), Timestamp { epoch: 1, ..Timestamp::default() })];
+        let history = vec![(
+            "ck/ep1.pt".to_owned(),
+            Timestamp {
+                epoch: 1,
+                ..Timestamp::default()
+            },
+        )];
         let tree = build(snapshot(), &ts(), "run", &history, false);
         let state = tree.get_path(&["state"]).unwrap().as_dict().unwrap();
         let keys: Vec<String> = state.entries.keys().map(|k| k.to_string()).collect();
         assert_eq!(
             keys,
-            ["model", "optimizers", "callbacks", "timestamp", "run_name", "integrations", "metadata", "custom"]
+            [
+                "model",
+                "optimizers",
+                "callbacks",
+                "timestamp",
+                "run_name",
+                "integrations",
+                "metadata",
+                "custom"
+            ]
         );
         assert!(tree.get_path(&["rng"]).is_some());
         assert_eq!(read_timestamp(&tree), Some(ts()));
@@ -248,13 +282,26 @@ mod tests {
         let tree = build(snapshot(), &ts(), "run", &[], true);
         let top = tree.as_dict().unwrap();
         assert_eq!(top.len(), 1);
-        let keys: Vec<String> = top.get("state").unwrap().as_dict().unwrap().entries.keys().map(|k| k.to_string()).collect();
+        let keys: Vec<String> = top
+            .get("state")
+            .unwrap()
+            .as_dict()
+            .unwrap()
+            .entries
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
         assert_eq!(keys, ["model", "integrations", "metadata"]);
     }
 
     #[test]
     fn timedeltas_are_days_seconds_microseconds() {
-        let Value::Object(o) = timedelta(Duration::from_micros(90_061_000_001)) else { panic!() };
-        assert_eq!(o.construct, Construct::Reduce(vec![Value::Int(1), Value::Int(3661), Value::Int(1)]));
+        let Value::Object(o) = timedelta(Duration::from_micros(90_061_000_001)) else {
+            panic!()
+        };
+        assert_eq!(
+            o.construct,
+            Construct::Reduce(vec![Value::Int(1), Value::Int(3661), Value::Int(1)])
+        );
     }
 }

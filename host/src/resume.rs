@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::checkpoint::{read_history, read_timestamp};
-use crate::container;
+use crate::checkpoint_io as container;
 use crate::local::{latest, scan};
 use crate::state_dict::Value;
 use crate::template::{Template, Vars};
@@ -64,7 +64,13 @@ impl ResumeSearch<'_> {
             match load(&path) {
                 Ok((tree, timestamp)) => {
                     let history = read_history(&tree);
-                    return Ok(Some(ResumePoint { path, tree, timestamp, history, skipped }));
+                    return Ok(Some(ResumePoint {
+                        path,
+                        tree,
+                        timestamp,
+                        history,
+                        skipped,
+                    }));
                 }
                 Err(e) => skipped.push((path, format!("{e:#}"))),
             }

@@ -45,8 +45,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::checkpoint::{self, Snapshot};
+use crate::checkpoint_io;
 use crate::config::{Config, IgnoreKeysSpec, SaveIntervalSpec};
-use crate::container::{self, CheckpointFormat};
+use crate::container::CheckpointFormat;
 use crate::globs::{IgnoreGlobs, restore_state_key};
 use crate::interval::{IntervalScheduler, Schedule};
 use crate::local::durable::{self, Replace};
@@ -103,9 +104,16 @@ impl CheckpointSaver {
     }
 
     /// A saver whose WebAssembly policies `loader` builds.
-    pub fn with_policies(config: &Config, loader: Option<&dyn PolicyLoader>) -> Result<CheckpointSaver> {
+    pub fn with_policies(
+        config: &Config,
+        loader: Option<&dyn PolicyLoader>,
+    ) -> Result<CheckpointSaver> {
         let ranks = Ranks::from_env();
-        let vars = Vars { run_name: &config.run_name, ranks, timestamp: None };
+        let vars = Vars {
+            run_name: &config.run_name,
+            ranks,
+            timestamp: None,
+        };
         let folder = PathBuf::from(config.folder.render(&vars));
         let format = CheckpointFormat::from_name(config.filename.source())
             .with_context(|| format!("checkpoint.filename '{}'", config.filename))?;
@@ -113,7 +121,10 @@ impl CheckpointSaver {
             SaveIntervalSpec::Time(t) => Box::new(IntervalScheduler::new(*t)?),
             SaveIntervalSpec::Wasm(spec) => match loader {
                 Some(l) => l.save_policy(spec)?,
-                None => bail!("{}: this saver was built without a WebAssembly host", spec.wasm.display()),
+                None => bail!(
+                    "{}: this saver was built without a WebAssembly host",
+                    spec.wasm.display()
+                ),
             },
         };
         let filter: Option<Box<dyn KeyFilter>> = match &config.ignore_keys {
@@ -121,7 +132,10 @@ impl CheckpointSaver {
             IgnoreKeysSpec::Globs(g) => Some(Box::new(IgnoreGlobs::new(g)?)),
             IgnoreKeysSpec::Wasm(spec) => match loader {
                 Some(l) => Some(l.key_filter(spec)?),
-                None => bail!("{}: this saver was built without a WebAssembly host", spec.wasm.display()),
+                None => bail!(
+                    "{}: this saver was built without a WebAssembly host",
+                    spec.wasm.display()
+                ),
             },
         };
         Ok(CheckpointSaver {
@@ -181,14 +195,22 @@ impl CheckpointSaver {
     }
 
     fn vars<'a>(&'a self, ts: Option<&'a Timestamp>) -> Vars<'a> {
-        Vars { run_name: &self.run_name, ranks: self.ranks, timestamp: ts }
+        Vars {
+            run_name: &self.run_name,
+            ranks: self.ranks,
+            timestamp: ts,
+        }
     }
 
     /// `FIT_START`: create the folder, remove a crashed run's temporary files, and (unless
     /// `overwrite`) refuse a folder holding checkpoints from this run's future (§12).
     pub fn fit_start(&mut self, now: &Timestamp) -> Result<()> {
-        fs::create_dir_all(&self.folder)
-            .with_context(|| format!("cannot create the checkpoint folder {}", self.folder.display()))?;
+        fs::create_dir_all(&self.folder).with_context(|| {
+            format!(
+                "cannot create the checkpoint folder {}",
+                self.folder.display()
+            )
+        })?;
         durable::remove_leftovers(&self.folder)
             .with_context(|| format!("cannot clean {}", self.folder.display()))?;
         if !self.overwrite {
@@ -212,7 +234,7 @@ impl CheckpointSaver {
         state: &TrainingState<'_>,
         event: Event,
         snapshot: impl FnOnce() -> Result<Snapshot>,
-    ) -> Result<Option<&SavedCheckpoint>> {
+    ) -> Result<Option<SavedCheckpoint>> {
         if !self.schedule.should_save(state, event)? {
             return Ok(None);
         }
@@ -226,12 +248,13 @@ impl CheckpointSaver {
         timestamp: &Timestamp,
         event: Event,
         snapshot: impl FnOnce() -> Result<Snapshot>,
-    ) -> Result<&SavedCheckpoint> {
+    ) -> Result<SavedCheckpoint> {
         let started = Instant::now();
         self.schedule.saved_at(timestamp.batch);
         let name = self.filename.render(&self.vars(Some(timestamp)));
         let path = self.folder.join(name.trim_start_matches('/'));
-        self.history.push((path.to_string_lossy().into_owned(), *timestamp));
+        self.history
+            .push((path.to_string_lossy().into_owned(), *timestamp));
         let result = self.write(&path, timestamp, snapshot);
         let bytes = match result {
             Ok(bytes) => bytes,
@@ -243,34 +266,51 @@ impl CheckpointSaver {
         if self.num_checkpoints_to_keep != 0
             && let Some(link) = self.latest_path()
         {
-            latest::swap(&link, &path)
-                .with_context(|| format!("cannot point {} at {}", link.display(), path.display()))?;
+            latest::swap(&link, &path).with_context(|| {
+                format!("cannot point {} at {}", link.display(), path.display())
+            })?;
         }
-        self.saved.push(SavedCheckpoint {
+        let saved = SavedCheckpoint {
             timestamp: *timestamp,
             event,
             path,
             bytes,
             seconds: started.elapsed().as_secs_f64(),
-        });
+        };
+        self.saved.push(saved.clone());
         self.rotate()?;
-        Ok(self.saved.last().expect("just pushed"))
+        Ok(saved)
     }
 
     /// Build, filter and durably write the checkpoint dict.
-    fn write(&mut self, path: &Path, ts: &Timestamp, snapshot: impl FnOnce() -> Result<Snapshot>) -> Result<u64> {
+    fn write(
+        &mut self,
+        path: &Path,
+        ts: &Timestamp,
+        snapshot: impl FnOnce() -> Result<Snapshot>,
+    ) -> Result<u64> {
         let snapshot = snapshot().context("the training loop could not provide its state")?;
-        let mut tree = checkpoint::build(snapshot, ts, &self.run_name, &self.history, self.weights_only);
+        let mut tree = checkpoint::build(
+            snapshot,
+            ts,
+            &self.run_name,
+            &self.history,
+            self.weights_only,
+        );
         if let Some(filter) = self.filter.as_mut() {
             let mut warnings = Vec::new();
             tree = filter.filter(tree, &mut warnings)?;
             self.warnings.extend(warnings);
             restore_state_key(&mut tree);
         }
-        let replace = if self.overwrite { Replace::Allowed } else { Replace::Never };
+        let replace = if self.overwrite {
+            Replace::Allowed
+        } else {
+            Replace::Never
+        };
         let format = self.format;
         durable::write_durably(path, replace, |file| {
-            container::write_checkpoint(path, format, &tree, file).map_err(io::Error::other)
+            checkpoint_io::write_checkpoint(path, format, &tree, file).map_err(io::Error::other)
         })
         .map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => anyhow::anyhow!(
@@ -298,7 +338,8 @@ impl CheckpointSaver {
             if pinned.is_some() && f.path.canonicalize().ok() == pinned {
                 continue;
             }
-            fs::remove_file(&f.path).with_context(|| format!("cannot delete old checkpoint {}", f.path.display()))?;
+            fs::remove_file(&f.path)
+                .with_context(|| format!("cannot delete old checkpoint {}", f.path.display()))?;
             self.saved.retain(|s| s.path != f.path);
             deleted = true;
         }

@@ -80,15 +80,29 @@ impl SyntheticModel {
             let n = left.min(LAYER_ELEMS);
             left -= n;
             let i = layers.len();
-            let shape = if n % 1024 == 0 { vec![(n / 1024) as u64, 1024] } else { vec![n as u64] };
+            let shape = if n.is_multiple_of(1024) {
+                vec![(n / 1024) as u64, 1024]
+            } else {
+                vec![n as u64]
+            };
             let mut weight = vec![0f32; n];
             let mut exp_avg = vec![0f32; n];
             rng.fill_normal(&mut weight, 0.02);
             rng.fill_normal(&mut exp_avg, 1e-3);
             let exp_avg_sq = (0..n).map(|_| rng.uniform() * 1e-6).collect();
-            layers.push(Layer { name: format!("layers.{i}.weight"), shape, weight, exp_avg, exp_avg_sq });
+            layers.push(Layer {
+                name: format!("layers.{i}.weight"),
+                shape,
+                weight,
+                exp_avg,
+                exp_avg_sq,
+            });
         }
-        SyntheticModel { layers, step: 0, seed }
+        SyntheticModel {
+            layers,
+            step: 0,
+            seed,
+        }
     }
 
     /// Bytes of the weights.
@@ -124,7 +138,11 @@ impl SyntheticModel {
     pub fn snapshot(&self, batch_size: u64) -> Snapshot {
         let tensor = |shape: &[u64], v: &[f32]| {
             let bytes: Vec<u8> = bytemuck_f32(v).to_vec();
-            Value::Tensor(Tensor::from_bytes(DType::F32, shape.to_vec(), Bytes::from(bytes)))
+            Value::Tensor(Tensor::from_bytes(
+                DType::F32,
+                shape.to_vec(),
+                Bytes::from(bytes),
+            ))
         };
         let mut model = Dict::ordered();
         let mut adam_state = Dict::new();
@@ -142,7 +160,13 @@ impl SyntheticModel {
         let params: Vec<Value> = (0..self.layers.len() as i64).map(Value::Int).collect();
         let group = Dict::new()
             .with("lr", LR as f64)
-            .with("betas", Value::Tuple(vec![Value::Float(BETAS.0 as f64), Value::Float(BETAS.1 as f64)]))
+            .with(
+                "betas",
+                Value::Tuple(vec![
+                    Value::Float(BETAS.0 as f64),
+                    Value::Float(BETAS.1 as f64),
+                ]),
+            )
             .with("eps", EPS as f64)
             .with("weight_decay", 0.0)
             .with("amsgrad", false)
@@ -152,7 +176,9 @@ impl SyntheticModel {
             .with("differentiable", false)
             .with("fused", Value::None)
             .with("params", Value::List(params));
-        let adam = Dict::new().with("state", adam_state).with("param_groups", Value::List(vec![Value::Dict(group)]));
+        let adam = Dict::new()
+            .with("state", adam_state)
+            .with("param_groups", Value::List(vec![Value::Dict(group)]));
         let metadata = Dict::new()
             .with("device", "cpu")
             .with("precision", "fp32")
@@ -166,26 +192,48 @@ impl SyntheticModel {
             .with("algorithms", Value::List(vec![]))
             .with("scaler", Dict::new())
             .with("rank_zero_seed", self.seed as i64)
-            .with("dataset_state", Dict::new().with("train", Value::None).with("eval", Dict::new()))
+            .with(
+                "dataset_state",
+                Dict::new()
+                    .with("train", Value::None)
+                    .with("eval", Dict::new()),
+            )
             .with("integrations", Dict::new())
             .with("metadata", metadata);
-        let rng = Dict::new().with("cairn_seed", self.seed as i64).with("step", self.step as i64);
-        Snapshot { state, rng: Some(Value::List(vec![Value::Dict(rng)])) }
+        let rng = Dict::new()
+            .with("cairn_seed", self.seed as i64)
+            .with("step", self.step as i64);
+        Snapshot {
+            state,
+            rng: Some(Value::List(vec![Value::Dict(rng)])),
+        }
     }
 
     /// Load weights and Adam state from a checkpoint written by [`SyntheticModel::snapshot`].
     pub fn restore(&mut self, tree: &Value) -> Result<()> {
-        let model = tree.get_path(&["state", "model"]).and_then(Value::as_dict).context("the checkpoint has no state/model")?;
-        let adam = tree.get_path(&["state", "optimizers", "Adam", "state"]).and_then(Value::as_dict);
+        let model = tree
+            .get_path(&["state", "model"])
+            .and_then(Value::as_dict)
+            .context("the checkpoint has no state/model")?;
+        let adam = tree
+            .get_path(&["state", "optimizers", "Adam", "state"])
+            .and_then(Value::as_dict);
         for (i, layer) in self.layers.iter_mut().enumerate() {
             read_into(model.get(&layer.name), &mut layer.weight, &layer.name)?;
-            if let Some(s) = adam.and_then(|a| a.entries.get(&Key::Int(i as i64))).and_then(Value::as_dict) {
+            if let Some(s) = adam
+                .and_then(|a| a.entries.get(&Key::Int(i as i64)))
+                .and_then(Value::as_dict)
+            {
                 read_into(s.get("exp_avg"), &mut layer.exp_avg, &layer.name)?;
                 read_into(s.get("exp_avg_sq"), &mut layer.exp_avg_sq, &layer.name)?;
             }
         }
         if model.len() != self.layers.len() {
-            bail!("the checkpoint's model has {} tensors, this run's has {}", model.len(), self.layers.len());
+            bail!(
+                "the checkpoint's model has {} tensors, this run's has {}",
+                model.len(),
+                self.layers.len()
+            );
         }
         self.step = match tree.get_path(&["rng", "0", "step"]) {
             Some(Value::Int(n)) => *n as u64,
@@ -199,7 +247,9 @@ fn read_into(v: Option<&Value>, out: &mut [f32], name: &str) -> Result<()> {
     let Some(Value::Tensor(t)) = v else {
         bail!("the checkpoint has no tensor for {name}");
     };
-    let bytes = t.contiguous_bytes().filter(|b| t.dtype() == DType::F32 && b.len() == out.len() * 4);
+    let bytes = t
+        .contiguous_bytes()
+        .filter(|b| t.dtype() == DType::F32 && b.len() == out.len() * 4);
     let Some(bytes) = bytes else {
         bail!("the checkpoint's {name} does not match this run's model (size or dtype)");
     };

@@ -78,6 +78,12 @@ impl Events {
             self.done = true;
             return;
         }
+        if self.timestamp.batch_in_epoch >= self.spec.batches_per_epoch {
+            // Resumed from a checkpoint taken at the last batch of an epoch, before the epoch
+            // ended: Composer's loop finds the dataloader exhausted and ends the epoch at once.
+            self.end_epoch();
+            return;
+        }
         let spec = &self.spec;
         let before = self.timestamp;
         self.timestamp = before.to_next_batch(
@@ -89,16 +95,21 @@ impl Events {
         self.push(Event::Batch);
         let finished = self.spec.max_duration.reached(&self.timestamp);
         if self.timestamp.batch_in_epoch >= self.spec.batches_per_epoch {
-            self.timestamp = self.timestamp.to_next_epoch();
-            self.push(Event::Epoch);
-            if let Some(n) = self.spec.epochs_per_iteration
-                && self.timestamp.epoch_in_iteration == n
-            {
-                self.timestamp = self.timestamp.to_next_iteration();
-                self.push(Event::Iteration);
-            }
+            self.end_epoch();
         }
         self.done = finished;
+    }
+
+    /// `EPOCH_CHECKPOINT`, then `ITERATION_CHECKPOINT` if the epoch closes an iteration.
+    fn end_epoch(&mut self) {
+        self.timestamp = self.timestamp.to_next_epoch();
+        self.push(Event::Epoch);
+        if let Some(n) = self.spec.epochs_per_iteration
+            && self.timestamp.epoch_in_iteration == n
+        {
+            self.timestamp = self.timestamp.to_next_iteration();
+            self.push(Event::Iteration);
+        }
     }
 
     fn push(&mut self, event: Event) {

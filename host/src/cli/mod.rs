@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod run;
 mod simulate;
 
 /// cairn: Composer-compatible checkpoint saving with sandboxed WebAssembly policies.
@@ -17,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: a simulated training run that saves through the real saver.
+    Run(run::RunArgs),
     /// Which checkpoints a save_interval would save, without training or writing.
     Simulate(simulate::SimulateArgs),
 }
@@ -35,6 +38,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run::run(args)?,
         Command::Simulate(args) => simulate::run(args)?,
     }
     Ok(ExitCode::SUCCESS)

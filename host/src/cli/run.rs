@@ -62,11 +62,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => Config::embedded_default(),
     };
     if let Some(mib) = args.model_mib {
-        anyhow::ensure!(mib > 0.0 && mib.is_finite(), "--model-mib must be a positive number, not {mib}");
+        anyhow::ensure!(
+            mib > 0.0 && mib.is_finite(),
+            "--model-mib must be a positive number, not {mib}"
+        );
         config.train.model_mib = mib;
     }
     if let Some(s) = args.seconds_per_batch {
-        anyhow::ensure!(s >= 0.0 && s.is_finite(), "--seconds-per-batch must be a non-negative number, not {s}");
+        anyhow::ensure!(
+            s >= 0.0 && s.is_finite(),
+            "--seconds-per-batch must be a non-negative number, not {s}"
+        );
         config.train.seconds_per_batch = s;
     }
     let summary = train(&config, args.resume)?;
@@ -90,13 +96,22 @@ fn train(config: &Config, resume: bool) -> Result<Summary> {
             folder: saver.folder(),
             filename: &config.filename,
             latest: saver.latest_path(),
-            vars: Vars { run_name: &config.run_name, ranks, timestamp: None },
+            vars: Vars {
+                run_name: &config.run_name,
+                ranks,
+                timestamp: None,
+            },
         };
         if let Some(point) = search.find()? {
             for (path, why) in &point.skipped {
-                eprintln!("cairn: skipped damaged checkpoint {}: {why}", path.display());
+                eprintln!(
+                    "cairn: skipped damaged checkpoint {}: {why}",
+                    path.display()
+                );
             }
-            model.restore(&point.tree).with_context(|| format!("cannot resume from {}", point.path.display()))?;
+            model
+                .restore(&point.tree)
+                .with_context(|| format!("cannot resume from {}", point.path.display()))?;
             start = point.timestamp;
             summary.resumed_from = Some(point.path.display().to_string());
             saver.restore_history(point.history);
@@ -130,7 +145,9 @@ fn train(config: &Config, resume: bool) -> Result<Summary> {
             ranks: Ranks::from_env(),
             metrics: &metrics,
         };
-        let saved = saver.on_event(&state, tick.event, || Ok(model.snapshot(t.samples_per_batch)))?;
+        let saved = saver.on_event(&state, tick.event, || {
+            Ok(model.snapshot(t.samples_per_batch))
+        })?;
         if let Some(s) = saved {
             summary.saves += 1;
             summary.bytes += s.bytes;
@@ -148,9 +165,12 @@ fn train(config: &Config, resume: bool) -> Result<Summary> {
     if summary.save_seconds > 0.0 {
         summary.throughput_mb_s = summary.bytes as f64 / 1e6 / summary.save_seconds;
     }
-    summary.latest = saver
-        .latest_path()
-        .and_then(|l| crate::local::latest::resolve(&l).ok().flatten().map(|t| format!("{} -> {}", l.display(), t.display())));
+    summary.latest = saver.latest_path().and_then(|l| {
+        crate::local::latest::resolve(&l)
+            .ok()
+            .flatten()
+            .map(|t| format!("{} -> {}", l.display(), t.display()))
+    });
     Ok(summary)
 }
 
@@ -165,14 +185,18 @@ impl Progress {
             return Progress { bar: None };
         }
         let total = match spec.max_duration.unit {
-            crate::time::CountUnit::Epoch => spec.max_duration.value as u64 * spec.batches_per_epoch,
+            crate::time::CountUnit::Epoch => {
+                spec.max_duration.value as u64 * spec.batches_per_epoch
+            }
             crate::time::CountUnit::Batch => spec.max_duration.value as u64,
             _ => 0,
         };
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} batches  {msg}")
-                .expect("static template"),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} batches  {msg}",
+            )
+            .expect("static template"),
         );
         bar.set_position(start.batch);
         Progress { bar: Some(bar) }
@@ -220,12 +244,18 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     }
     let rows = [
         ("run", s.run_name.clone()),
-        ("resumed from", s.resumed_from.clone().unwrap_or_else(|| "-".into())),
+        (
+            "resumed from",
+            s.resumed_from.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("batches trained", s.batches.to_string()),
         ("checkpoints saved", s.saves.to_string()),
         ("bytes written", format!("{:.1} MB", s.bytes as f64 / 1e6)),
         ("time saving", format!("{:.2} s", s.save_seconds)),
-        ("save throughput", format!("{:.0} MB/s (durable: fsync + rename)", s.throughput_mb_s)),
+        (
+            "save throughput",
+            format!("{:.0} MB/s (durable: fsync + rename)", s.throughput_mb_s),
+        ),
         ("wall time", format!("{:.2} s", s.wall_seconds)),
         ("folder", s.folder.clone()),
         ("latest", s.latest.clone().unwrap_or_else(|| "-".into())),

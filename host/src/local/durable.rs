@@ -20,7 +20,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A fresh temporary path next to `target` (same folder, so the rename never crosses a
 /// filesystem).
 pub fn temp_path_for(target: &Path) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let dir = target.parent().unwrap_or(Path::new("."));
     dir.join(format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id()))
@@ -42,11 +45,17 @@ pub fn write_durably<T>(
     replace: Replace,
     write: impl FnOnce(&mut File) -> io::Result<T>,
 ) -> io::Result<T> {
-    let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let temp = temp_path_for(target);
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
         let value = write(&mut file)?;
         file.sync_all()?;
         drop(file);
@@ -77,7 +86,13 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let (f, t) = (c(from)?, c(to)?);
     // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     if rc == 0 {
         return Ok(());
@@ -149,7 +164,11 @@ mod tests {
         assert_eq!(fs::read(&target).unwrap(), b"one");
         write_durably(&target, Replace::Allowed, |f| f.write_all(b"two")).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        assert_eq!(fs::read_dir(target.parent().unwrap()).unwrap().count(), 1, "no temp left");
+        assert_eq!(
+            fs::read_dir(target.parent().unwrap()).unwrap().count(),
+            1,
+            "no temp left"
+        );
     }
 
     #[test]
@@ -173,6 +192,10 @@ mod tests {
         let removed = remove_leftovers(dir.path()).unwrap();
         assert_eq!(removed.len(), 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(remove_leftovers(&dir.path().join("missing")).unwrap().is_empty());
+        assert!(
+            remove_leftovers(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -27,7 +27,10 @@ pub enum PointerKind {
 
 /// Point `link` at `target`, atomically. Returns how the pointer was stored.
 pub fn swap(link: &Path, target: &Path) -> io::Result<PointerKind> {
-    let dir = link.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = link
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let relative = relative_to(target, dir);
     let temp = temp_path_for(link);
@@ -64,7 +67,10 @@ fn symlink(_target: &Path, _link: &Path) -> io::Result<()> {
 /// CIFS returns).
 fn symlinks_refused(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Unsupported
-        || matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | 524))
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOSYS | 524)
+        )
 }
 
 /// Where `link` points, if it is a pointer: a symlink (one level, relative to its folder), or
@@ -95,7 +101,9 @@ pub fn resolve(link: &Path) -> io::Result<Option<PathBuf>> {
 fn is_relative_name(name: &str) -> bool {
     !name.is_empty()
         && !name.chars().any(char::is_control)
-        && Path::new(name).components().all(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
 }
 
 /// `target` relative to `dir` (Composer's `os.path.relpath`), for paths that share a prefix.
@@ -118,7 +126,9 @@ fn normalize(p: &Path) -> PathBuf {
     let abs = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|c| c.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|c| c.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     };
     let mut out = PathBuf::new();
     for c in abs.components() {
@@ -143,12 +153,19 @@ mod tests {
         let link = dir.path().join("latest-rank0.pt");
         fs::write(dir.path().join("ep1.pt"), b"1").unwrap();
         fs::write(dir.path().join("ep2.pt"), b"2").unwrap();
-        assert_eq!(swap(&link, &dir.path().join("ep1.pt")).unwrap(), PointerKind::Symlink);
+        assert_eq!(
+            swap(&link, &dir.path().join("ep1.pt")).unwrap(),
+            PointerKind::Symlink
+        );
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("ep1.pt"));
         swap(&link, &dir.path().join("ep2.pt")).unwrap();
         assert_eq!(fs::read(&link).unwrap(), b"2");
         assert_eq!(resolve(&link).unwrap().unwrap(), dir.path().join("ep2.pt"));
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3, "no temporary link left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "no temporary link left"
+        );
     }
 
     #[test]
@@ -176,8 +193,17 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        assert_eq!(relative_to(Path::new("/a/b/c.pt"), Path::new("/a/b")), Path::new("c.pt"));
-        assert_eq!(relative_to(Path::new("/a/c.pt"), Path::new("/a/b")), Path::new("../c.pt"));
-        assert_eq!(relative_to(Path::new("/a/b/./x/c.pt"), Path::new("/a/b/")), Path::new("x/c.pt"));
+        assert_eq!(
+            relative_to(Path::new("/a/b/c.pt"), Path::new("/a/b")),
+            Path::new("c.pt")
+        );
+        assert_eq!(
+            relative_to(Path::new("/a/c.pt"), Path::new("/a/b")),
+            Path::new("../c.pt")
+        );
+        assert_eq!(
+            relative_to(Path::new("/a/b/./x/c.pt"), Path::new("/a/b/")),
+            Path::new("x/c.pt")
+        );
     }
 }

@@ -40,7 +40,10 @@ const ORDER: [Var; 7] = [
 impl Found {
     /// The counter for `var`, if the name carries it.
     pub fn get(&self, var: Var) -> Option<u64> {
-        self.counters.iter().find(|(v, _)| *v == var).map(|(_, n)| *n)
+        self.counters
+            .iter()
+            .find(|(v, _)| *v == var)
+            .map(|(_, n)| *n)
     }
 
     fn key(&self) -> Vec<u64> {
@@ -49,7 +52,9 @@ impl Found {
 
     /// Oldest first; names without counters fall back to modification time.
     pub fn training_order(&self, other: &Found) -> Ordering {
-        self.key().cmp(&other.key()).then_with(|| mtime(&self.path).cmp(&mtime(&other.path)))
+        self.key()
+            .cmp(&other.key())
+            .then_with(|| mtime(&self.path).cmp(&mtime(&other.path)))
     }
 }
 
@@ -62,22 +67,39 @@ fn mtime(p: &Path) -> Option<std::time::SystemTime> {
 pub fn checkpoints(folder: &Path, filename: &Template, vars: &Vars<'_>) -> io::Result<Vec<Found>> {
     let (pattern, groups) = filename.match_regex(vars);
     let regex = Regex::new(&pattern).map_err(io::Error::other)?;
-    let depth = filename.source().trim_start_matches('/').matches('/').count();
+    let depth = filename
+        .source()
+        .trim_start_matches('/')
+        .matches('/')
+        .count();
     let mut found = Vec::new();
     walk(folder, "", depth, &mut |path, relative| {
         if let Some(caps) = regex.captures(relative) {
             let counters = groups
                 .iter()
-                .filter_map(|v| caps.name(v.name()).and_then(|m| m.as_str().parse().ok()).map(|n| (*v, n)))
+                .filter_map(|v| {
+                    caps.name(v.name())
+                        .and_then(|m| m.as_str().parse().ok())
+                        .map(|n| (*v, n))
+                })
                 .collect();
-            found.push(Found { path: path.to_path_buf(), relative: relative.to_owned(), counters });
+            found.push(Found {
+                path: path.to_path_buf(),
+                relative: relative.to_owned(),
+                counters,
+            });
         }
     })?;
     found.sort_by(Found::training_order);
     Ok(found)
 }
 
-fn walk(dir: &Path, prefix: &str, depth: usize, visit: &mut dyn FnMut(&Path, &str)) -> io::Result<()> {
+fn walk(
+    dir: &Path,
+    prefix: &str,
+    depth: usize,
+    visit: &mut dyn FnMut(&Path, &str),
+) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -89,7 +111,11 @@ fn walk(dir: &Path, prefix: &str, depth: usize, visit: &mut dyn FnMut(&Path, &st
         if name.starts_with(super::durable::TEMP_PREFIX) {
             continue;
         }
-        let relative = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let relative = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let kind = entry.file_type()?;
         if kind.is_file() {
             visit(&entry.path(), &relative);
@@ -101,9 +127,9 @@ fn walk(dir: &Path, prefix: &str, depth: usize, visit: &mut dyn FnMut(&Path, &st
 }
 
 /// Composer's overwrite check (§12.1): a file whose name says it comes *after* `now` would be
-/// overwritten or confused with a checkpoint of this run. Returns the first such file.
+/// overwritten or confused with a checkpoint of this run. Returns the newest such file.
 pub fn future_conflict(found: &[Found], now: &Timestamp) -> Result<Option<PathBuf>, String> {
-    for f in found {
+    for f in found.iter().rev() {
         for (var, value) in &f.counters {
             let current = match var {
                 Var::Epoch => now.epoch,
@@ -143,7 +169,11 @@ mod tests {
     use crate::policy::Ranks;
 
     fn vars() -> Vars<'static> {
-        Vars { run_name: "run", ranks: Ranks::default(), timestamp: None }
+        Vars {
+            run_name: "run",
+            ranks: Ranks::default(),
+            timestamp: None,
+        }
     }
 
     fn scan(files: &[&str], filename: &str) -> Vec<String> {
@@ -168,12 +198,22 @@ mod tests {
             fs::write(p, b"x").unwrap();
         }
         let found = checkpoints(dir.path(), &Template::parse(filename).unwrap(), &vars()).unwrap();
-        future_conflict(&found, &now)
-            .map(|o| o.map(|p| p.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned()))
+        future_conflict(&found, &now).map(|o| {
+            o.map(|p| {
+                p.strip_prefix(dir.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        })
     }
 
     fn at(epoch: u64, batch: u64) -> Timestamp {
-        Timestamp { epoch, batch, ..Timestamp::default() }
+        Timestamp {
+            epoch,
+            batch,
+            ..Timestamp::default()
+        }
     }
 
     const DEFAULT: &str = "ep{epoch}-ba{batch}-rank{rank}.pt";
@@ -181,9 +221,15 @@ mod tests {
     /// Reference §12.1, with the rows where Composer crashes or mis-matches fixed.
     #[test]
     fn composer_conflict_table() {
-        let ok = |files: &[&str], filename: &str, now| assert_eq!(conflict(files, filename, now), Ok(None), "{files:?}");
+        let ok = |files: &[&str], filename: &str, now| {
+            assert_eq!(conflict(files, filename, now), Ok(None), "{files:?}")
+        };
         let clash = |files: &[&str], filename: &str, now| {
-            assert_eq!(conflict(files, filename, now), Ok(Some(files[0].to_owned())), "{files:?}")
+            assert_eq!(
+                conflict(files, filename, now),
+                Ok(Some(files[0].to_owned())),
+                "{files:?}"
+            )
         };
         ok(&["ep0-ba0-rank0.pt"], DEFAULT, at(0, 0));
         clash(&["ep1-ba5-rank0.pt"], DEFAULT, at(0, 0));
@@ -200,17 +246,42 @@ mod tests {
         clash(&["run/ep1.pt"], "{run_name}/ep{epoch}.pt", at(0, 0));
         assert!(conflict(&["ba3.pt"], "ba{batch_in_epoch}.pt", at(0, 0)).is_err());
         clash(&["ep0-ba3.pt"], "ep{epoch}-ba{batch_in_epoch}.pt", at(0, 0));
-        ok(&["ep1-ba3.pt"], "ep{epoch}-ba{batch_in_epoch}.pt", at(1, 0).to_next_batch(0, 0, Default::default()).to_next_batch(0, 0, Default::default()).to_next_batch(0, 0, Default::default()));
+        ok(
+            &["ep1-ba3.pt"],
+            "ep{epoch}-ba{batch_in_epoch}.pt",
+            at(1, 0)
+                .to_next_batch(0, 0, Default::default())
+                .to_next_batch(0, 0, Default::default())
+                .to_next_batch(0, 0, Default::default()),
+        );
         // Composer: re.error (duplicate group); here the second occurrence just has to match.
         clash(&["ep5-ep5.pt"], "ep{epoch}-ep{epoch}.pt", at(0, 0));
-        ok(&["ep1-ba5-rank0.pt"], "ep{epoch}-ba{batch}-rank{rank}.pt.lz4", at(0, 0));
+        ok(
+            &["ep1-ba5-rank0.pt"],
+            "ep{epoch}-ba{batch}-rank{rank}.pt.lz4",
+            at(0, 0),
+        );
     }
 
     #[test]
     fn scan_orders_by_training_position() {
-        let got = scan(&["ep1-ba10-rank0.pt", "ep0-ba2-rank0.pt", "ep1-ba9-rank0.pt", "x.pt"], DEFAULT);
-        assert_eq!(got, ["ep0-ba2-rank0.pt", "ep1-ba9-rank0.pt", "ep1-ba10-rank0.pt"]);
-        let got = scan(&["run/ep2.pt", "run/ep10.pt", "ep3.pt"], "{run_name}/ep{epoch}.pt");
+        let got = scan(
+            &[
+                "ep1-ba10-rank0.pt",
+                "ep0-ba2-rank0.pt",
+                "ep1-ba9-rank0.pt",
+                "x.pt",
+            ],
+            DEFAULT,
+        );
+        assert_eq!(
+            got,
+            ["ep0-ba2-rank0.pt", "ep1-ba9-rank0.pt", "ep1-ba10-rank0.pt"]
+        );
+        let got = scan(
+            &["run/ep2.pt", "run/ep10.pt", "ep3.pt"],
+            "{run_name}/ep{epoch}.pt",
+        );
         assert_eq!(got, ["run/ep2.pt", "run/ep10.pt"]);
     }
 }
