@@ -1,9 +1,10 @@
 //! Resume: find the newest complete checkpoint of a folder and load it.
 //!
-//! The `latest` pointer is trusted only after the file it names verifies (every CRC, the pickle,
-//! every storage record); when the pointer is missing or names a damaged file, the folder's
-//! checkpoints are tried newest first (the lesson of HF Transformers #35782: never trust the
-//! pointer alone).
+//! Candidates are the folder's checkpoints, newest first, and the file the `latest` pointer
+//! names; the first that verifies (every CRC, the pickle, every storage record) wins. The
+//! pointer alone is never trusted (HF Transformers #35782): it may name a damaged file, and a
+//! crash between a checkpoint's durable rename and the pointer swap leaves a complete checkpoint
+//! newer than the one `latest` names — resuming from the older one would then collide with it.
 
 use std::path::{Path, PathBuf};
 
@@ -47,20 +48,20 @@ impl ResumeSearch<'_> {
     /// The newest checkpoint that verifies, loaded; `None` when the folder has none.
     pub fn find(&self) -> Result<Option<ResumePoint>> {
         let mut skipped = Vec::new();
-        let mut candidates: Vec<PathBuf> = Vec::new();
+        let found = scan::checkpoints(self.folder, self.filename, &self.vars)
+            .with_context(|| format!("cannot list {}", self.folder.display()))?;
+        let mut candidates: Vec<PathBuf> = found.into_iter().rev().map(|f| f.path).collect();
         if let Some(link) = &self.latest
             && let Some(target) = latest::resolve(link)
                 .with_context(|| format!("cannot read the latest pointer {}", link.display()))?
         {
-            candidates.push(target);
-        }
-        let found = scan::checkpoints(self.folder, self.filename, &self.vars)
-            .with_context(|| format!("cannot list {}", self.folder.display()))?;
-        candidates.extend(found.into_iter().rev().map(|f| f.path));
-        for path in candidates {
-            if skipped.iter().any(|(p, _)| *p == path) {
-                continue;
+            let same = |p: &PathBuf| p.canonicalize().ok() == target.canonicalize().ok();
+            if !candidates.iter().any(same) {
+                // A pointer to a name the template does not produce (an older config).
+                candidates.insert(0, target);
             }
+        }
+        for path in candidates {
             match load(&path) {
                 Ok((tree, timestamp)) => {
                     let history = read_history(&tree);
