@@ -22,9 +22,10 @@ use crate::trainer::{Events, TrainerSpec, synthetic_loss};
 /// Arguments of `cairn run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The job's TOML config; without it, the embedded default runs.
+    /// The job's TOML config; without it, the embedded default runs. Given several times, the
+    /// jobs run concurrently in this process (one per tenant), sharing one WebAssembly engine.
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    config: Vec<PathBuf>,
     /// Continue from the newest complete checkpoint in the folder, if there is one.
     #[arg(long)]
     resume: bool,
@@ -57,10 +58,57 @@ struct Summary {
 
 /// Run `cairn run`.
 pub fn run(args: RunArgs) -> Result<()> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default(),
+    let mut configs = if args.config.is_empty() {
+        vec![Config::embedded_default()]
+    } else {
+        args.config
+            .iter()
+            .map(|p| Config::load(p))
+            .collect::<Result<Vec<_>, _>>()?
     };
+    for config in &mut configs {
+        apply_overrides(config, &args)?;
+    }
+    if let [config] = configs.as_slice() {
+        let summary = train(config, args.resume, true)?;
+        return print_summary(&summary, args.json);
+    }
+    // Several tenants' jobs in one process: each on its own thread with its own saver.
+    let results: Vec<Result<Summary>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = configs
+            .iter()
+            .map(|c| scope.spawn(|| train(c, args.resume, false)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the job panicked")))
+            })
+            .collect()
+    });
+    let mut failed = Vec::new();
+    for (config, result) in configs.iter().zip(results) {
+        match result {
+            Ok(summary) => print_summary(&summary, args.json)?,
+            Err(e) => {
+                eprintln!("cairn: job {}: {e:#}", config.run_name);
+                failed.push(config.run_name.clone());
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} jobs failed: {}",
+        failed.len(),
+        configs.len(),
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+/// The command-line flags that override `[train]`.
+fn apply_overrides(config: &mut Config, args: &RunArgs) -> Result<()> {
     if let Some(mib) = args.model_mib {
         anyhow::ensure!(
             mib > 0.0 && mib.is_finite(),
@@ -75,11 +123,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
         config.train.seconds_per_batch = s;
     }
-    let summary = train(&config, args.resume)?;
-    print_summary(&summary, args.json)
+    Ok(())
 }
 
-fn train(config: &Config, resume: bool) -> Result<Summary> {
+fn train(config: &Config, resume: bool, interactive: bool) -> Result<Summary> {
     let started = Instant::now();
     let t = &config.train;
     let mut saver = CheckpointSaver::new(config)?;
@@ -126,7 +173,7 @@ fn train(config: &Config, resume: bool) -> Result<Summary> {
         batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
         epochs_per_iteration: t.epochs_per_iteration,
     };
-    let progress = Progress::new(&spec, &start);
+    let progress = Progress::new(&spec, &start, interactive, &config.run_name);
     let mut metrics = vec![("loss".to_owned(), 0.0)];
     for tick in Events::resume(spec.clone(), start) {
         if tick.event == Event::Batch {
@@ -177,12 +224,23 @@ fn train(config: &Config, resume: bool) -> Result<Summary> {
 /// A progress bar on a terminal, plain lines otherwise.
 struct Progress {
     bar: Option<ProgressBar>,
+    prefix: String,
 }
 
 impl Progress {
-    fn new(spec: &TrainerSpec, start: &crate::time::Timestamp) -> Progress {
-        if !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
+    fn new(
+        spec: &TrainerSpec,
+        start: &crate::time::Timestamp,
+        interactive: bool,
+        run_name: &str,
+    ) -> Progress {
+        if !interactive || !std::io::stderr().is_terminal() {
+            let prefix = if interactive {
+                String::new()
+            } else {
+                format!("[{run_name}] ")
+            };
+            return Progress { bar: None, prefix };
         }
         let total = match spec.max_duration.unit {
             crate::time::CountUnit::Epoch => {
@@ -199,7 +257,10 @@ impl Progress {
             .expect("static template"),
         );
         bar.set_position(start.batch);
-        Progress { bar: Some(bar) }
+        Progress {
+            bar: Some(bar),
+            prefix: String::new(),
+        }
     }
 
     fn batch(&self, batch: u64, loss: f64) {
@@ -211,9 +272,10 @@ impl Progress {
 
     fn saved(&self, event: Event, path: &str, bytes: u64, seconds: f64) {
         let line = format!(
-            "saved {path} at {event} ({:.1} MB in {seconds:.2} s, {:.0} MB/s)",
+            "{prefix}saved {path} at {event} ({:.1} MB in {seconds:.2} s, {:.0} MB/s)",
             bytes as f64 / 1e6,
-            bytes as f64 / 1e6 / seconds.max(1e-9)
+            bytes as f64 / 1e6 / seconds.max(1e-9),
+            prefix = self.prefix
         );
         match &self.bar {
             Some(bar) => bar.println(line),
@@ -224,7 +286,7 @@ impl Progress {
     fn warn(&self, w: &str) {
         match &self.bar {
             Some(bar) => bar.println(format!("warning: {w}")),
-            None => eprintln!("warning: {w}"),
+            None => eprintln!("{}warning: {w}", self.prefix),
         }
     }
 
