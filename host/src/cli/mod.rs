@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench_upload;
+
 /// cairn: Composer-compatible checkpoint saving with sandboxed WebAssembly policies.
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about)]
@@ -14,7 +16,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Measure cairn's components.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Upload throughput of cairn's uploader against a single-stream upload of the same file.
+    Upload(bench_upload::BenchUploadArgs),
+}
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
@@ -29,5 +41,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Bench(BenchCommand::Upload(args)) => bench_upload::run(args),
+    }
 }
