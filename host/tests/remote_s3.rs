@@ -55,6 +55,7 @@ fn small_and_multipart_uploads_land_byte_exact_with_an_exact_pointer() {
         assert_eq!(t1.key, "prefix/a/run/ep0-ba1-rank0.pt");
         assert_eq!(t2.bytes, 40 * MIB as u64);
         let report = uploader.finish();
+        eprintln!("{report}\n{:#?}", report.failures);
         assert_eq!((report.uploaded, report.failed), (2, 0), "{report:?}");
         assert_eq!(report.bytes, 1000 + 40 * MIB as u64);
         assert!(report.seconds > 0.0 && report.throughput() > 0.0);
@@ -112,6 +113,7 @@ fn concurrent_uploads_all_land_and_the_pointer_names_the_newest() {
             files.push((name, path, data));
         }
         let report = uploader.finish();
+        eprintln!("{report}\n{:#?}", report.failures);
         assert_eq!((report.uploaded, report.failed), (6, 0), "{report:?}");
         for (name, _, data) in &files {
             assert_eq!(&std::fs::read(server.object_file(name)).unwrap(), data);
@@ -149,6 +151,7 @@ fn overwrite_false_refuses_to_replace_objects_on_the_server() {
         second.enqueue(job(&small2, "small.pt", 2)).unwrap();
         second.enqueue(job(&big2, "big.pt", 3)).unwrap();
         let report = second.finish();
+        eprintln!("{report}\n{:#?}", report.failures);
         assert_eq!((report.uploaded, report.failed), (0, 2), "{report:?}");
         for f in &report.failures {
             assert!(
@@ -199,6 +202,7 @@ fn resume_downloads_the_latest_checkpoint_after_the_local_folder_is_deleted() {
         uploader.enqueue(job(&p1, "run/ep1.pt", 1)).unwrap();
         uploader.enqueue(job(&p2, "run/ep2.pt", 2)).unwrap();
         let report = uploader.finish();
+        eprintln!("{report}\n{:#?}", report.failures);
         assert_eq!(report.uploaded, 2, "{report:?}");
         std::fs::remove_dir_all(&folder).unwrap();
 
@@ -278,6 +282,7 @@ fn bad_credentials_fail_with_the_stores_own_error() {
         let uploader = Uploader::new(store, options()).unwrap();
         uploader.enqueue(job(&p, "ep1.pt", 1)).unwrap();
         let report = uploader.finish();
+        eprintln!("{report}\n{:#?}", report.failures);
         assert_eq!(report.failed, 1);
         let msg = &report.failures[0].message;
         assert!(
