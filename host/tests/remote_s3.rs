@@ -277,6 +277,19 @@ fn bad_credentials_fail_with_the_stores_own_error() {
         env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
         env.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
         let store = RemoteStore::from_url_with(&format!("s3://{BUCKET}/x"), &opts).unwrap();
+        let err = store
+            .check_access(Duration::from_secs(10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("cannot reach remote URL 's3://{BUCKET}/x'"))
+                && err.contains("403 Forbidden"),
+            "{err}"
+        );
+        server
+            .store("x")
+            .check_access(Duration::from_secs(10))
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (p, data) = write_file(dir.path(), "ep1.pt", 1000, 1);
         let uploader = Uploader::new(store, options()).unwrap();

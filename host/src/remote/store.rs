@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -23,6 +22,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// Why a URL could not be turned into a store, or an object name into a key.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,14 @@ pub enum StoreError {
         url: String,
         /// The object store's own error.
         source: object_store::Error,
+    },
+    /// The store did not answer, or refused, a probe request (credentials, endpoint, bucket).
+    #[error("cannot reach remote URL '{url}': {reason}")]
+    Unreachable {
+        /// The URL as given.
+        url: String,
+        /// The store's own error, or the time bound that passed.
+        reason: String,
     },
     /// An object name cannot be used as a key (empty, `..`, empty segments...).
     #[error("'{name}' is not a valid object name in remote URL '{url}': {reason}")]
@@ -270,6 +278,33 @@ impl RemoteStore {
         })
     }
 
+    /// Probe the store once (a HEAD of a key that need not exist), so bad credentials, a wrong
+    /// endpoint or a missing bucket are reported before training starts rather than at the first
+    /// upload. Composer does the same with a marker object at `INIT`; a HEAD writes nothing.
+    /// Synchronous and bounded by `limit`; call it from the CLI, not from async code.
+    pub fn check_access(&self, limit: Duration) -> Result<(), StoreError> {
+        let probe = self.key(".cairn-access-check")?;
+        let unreachable = |reason: String| StoreError::Unreachable {
+            url: self.url.clone(),
+            reason,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| unreachable(e.to_string()))?;
+        // The timer must be created inside the runtime, hence the async block.
+        let head =
+            runtime.block_on(async { tokio::time::timeout(limit, self.inner.head(&probe)).await });
+        match head {
+            Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Err(_) => Err(unreachable(format!(
+                "no answer within {:.1} s",
+                limit.as_secs_f64()
+            ))),
+        }
+    }
+
     /// The URL this store was made from, for messages.
     pub fn url(&self) -> &str {
         &self.url
@@ -385,6 +420,43 @@ mod tests {
             let err = store.key(bad).unwrap_err().to_string();
             assert!(err.contains("memory://p"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn access_check_passes_on_a_working_store_and_fails_on_a_dead_endpoint() {
+        RemoteStore::from_url("memory://x")
+            .unwrap()
+            .check_access(Duration::from_secs(5))
+            .unwrap();
+        // A loopback port with nothing listening: refused at once, reported with the URL.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let options = StoreOptions {
+            retry: RetryConfig {
+                max_retries: 1,
+                ..StoreOptions::default().retry
+            },
+            env: Some(vec![
+                (
+                    "AWS_ENDPOINT_URL".into(),
+                    format!("http://127.0.0.1:{port}"),
+                ),
+                ("AWS_ALLOW_HTTP".into(), "true".into()),
+                ("AWS_ACCESS_KEY_ID".into(), "k".into()),
+                ("AWS_SECRET_ACCESS_KEY".into(), "s".into()),
+            ]),
+            ..StoreOptions::default()
+        };
+        let store = RemoteStore::from_url_with("s3://bucket/p", &options).unwrap();
+        let err = store
+            .check_access(Duration::from_secs(10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot reach remote URL 's3://bucket/p'"),
+            "{err}"
+        );
     }
 
     #[test]
