@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 
 use super::latest::{LatestPointers, SYMLINK_SUFFIX};
@@ -202,6 +202,10 @@ pub struct Uploader {
     options: Arc<UploadOptions>,
     slots: Arc<Semaphore>,
     pointers: Arc<LatestPointers>,
+    /// Per object key, a signal that fires when the last job enqueued for that key ends. Uploads
+    /// of one key run in enqueue order, so with `overwrite = true` an older checkpoint can never
+    /// land on top of a newer one with the same name.
+    last_for_key: Mutex<HashMap<String, oneshot::Receiver<()>>>,
 }
 
 #[derive(Default)]
@@ -246,6 +250,7 @@ impl Uploader {
             slots: Arc::new(Semaphore::new(options.num_concurrent_uploads.max(1))),
             options: Arc::new(options),
             pointers: Arc::default(),
+            last_for_key: Mutex::default(),
         })
     }
 
@@ -297,9 +302,22 @@ impl Uploader {
         let sequence = job.sequence;
         let local_path = job.local_path;
         let name = object_name.clone();
+        let (done, done_rx) = oneshot::channel::<()>();
+        let previous = self
+            .last_for_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ticket.key.clone(), done_rx);
         let work = runtime.spawn(async move {
-            // Closing the semaphore is never done, so acquire only fails if it was; treat as a
-            // bug-free no-op by proceeding without a slot.
+            // Dropped when this job ends, however it ends, releasing the next job of this key.
+            let _done = done;
+            if let Some(previous) = previous {
+                // Err means the previous job ended without sending: also "ended".
+                let _ = previous.await;
+            }
+            // Waiting for the previous job of this key comes first, so a waiting job never holds
+            // one of the `num_concurrent_uploads` slots. The semaphore is never closed, so
+            // `acquire_owned` cannot fail.
             let _slot = slots.acquire_owned().await.ok();
             let started = Instant::now();
             shared.begin(started);
@@ -466,8 +484,8 @@ mod tests {
 
     use super::*;
 
-    /// A real in-memory store with per-key scripted behaviour for ordering tests: hold a `PUT`
-    /// until released, fail it as a store would after its retries, or keep one byte less than it
+    /// A real in-memory store with per-key scripted behaviour for ordering tests: hold the first
+    /// `PUT` of a key until released, fail it as a store would after its retries, or keep one byte less than it
     /// acknowledged (a store lying about a write).
     #[derive(Debug, Default)]
     struct Scripted {
@@ -503,7 +521,8 @@ mod tests {
             opts: PutOptions,
         ) -> object_store::Result<PutResult> {
             let key = location.to_string();
-            let gate = self.held.lock().unwrap().get(&key).cloned();
+            // Only the first `PUT` of a held key waits.
+            let gate = self.held.lock().unwrap().remove(&key);
             if let Some(gate) = gate {
                 let _pass = gate.acquire().await;
             }
@@ -816,6 +835,42 @@ mod tests {
         assert!(msg.contains("did not finish within 0.3 s"), "{msg}");
         assert_eq!(get(&store, "latest.symlink").unwrap(), b"ep2.pt");
         assert_eq!(get(&store, "ep1.pt"), None);
+    }
+
+    #[test]
+    fn uploads_of_one_object_name_land_in_enqueue_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (scripted, store) = scripted();
+        // The first upload of "ckpt.pt" is held; the second, with other bytes, must wait for it
+        // rather than land first and be overwritten by the older one.
+        let gate = scripted.hold("ckpt.pt");
+        let options = UploadOptions {
+            overwrite: true,
+            num_concurrent_uploads: 4,
+            ..fast_options()
+        };
+        let uploader = Uploader::new(store.clone(), options).unwrap();
+        let (old, _) = write_file(dir.path(), "old.pt", 1000, 1);
+        let (new, new_data) = write_file(dir.path(), "new.pt", 1000, 2);
+        uploader
+            .enqueue(job(&old, "ckpt.pt", Some("l"), 1))
+            .unwrap();
+        wait_until("the older upload is held", || {
+            !scripted.held.lock().unwrap().contains_key("ckpt.pt")
+        });
+        uploader
+            .enqueue(job(&new, "ckpt.pt", Some("l"), 2))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            uploader.in_flight(&new),
+            "the newer upload overtook the older"
+        );
+        gate.add_permits(1);
+        let report = uploader.finish();
+        assert_eq!(report.uploaded, 2, "{report:?}");
+        assert_eq!(get(&store, "ckpt.pt").unwrap(), new_data);
+        assert_eq!(get(&store, "l.symlink").unwrap(), b"ckpt.pt");
     }
 
     #[test]
