@@ -31,7 +31,7 @@ pub mod uploader;
 
 pub use download::{DownloadError, download_latest};
 pub use latest::SYMLINK_SUFFIX;
-pub use store::{RemoteStore, StoreError, StoreOptions};
+pub use store::{RemoteStore, StoreError, StoreOptions, is_remote_url};
 pub use transfer::{TransferError, part_size_for};
 pub use uploader::{
     UploadFailure, UploadJob, UploadOptions, UploadReport, UploadStatus, UploadTicket, Uploader,

@@ -346,6 +346,18 @@ impl RemoteStore {
     }
 }
 
+/// Whether a `folder` (or any location) names a store rather than a local path: it has a scheme
+/// cairn can store to. Composer treats such a `folder` by writing checkpoints to a local temporary
+/// directory and uploading each one.
+pub fn is_remote_url(location: &str) -> bool {
+    location.split_once("://").is_some_and(|(scheme, _)| {
+        matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "file" | "memory" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs"
+        )
+    })
+}
+
 fn parse_prefix(url: &str, path: &str) -> Result<Option<ObjectPath>, StoreError> {
     let trimmed = path.trim_matches('/');
     if trimmed.is_empty() {
@@ -467,6 +479,29 @@ mod tests {
         let store = RemoteStore::from_url(&url).unwrap();
         assert!(dir.is_dir());
         assert_eq!(store.key("a/b.pt").unwrap().as_ref(), "a/b.pt");
+    }
+
+    #[test]
+    fn remote_urls_are_told_from_local_paths() {
+        for url in [
+            "s3://b/p",
+            "S3://b",
+            "gs://b",
+            "az://c/p",
+            "file://./remote",
+            "memory://",
+        ] {
+            assert!(is_remote_url(url), "{url}");
+        }
+        for path in [
+            "runs/ckpt",
+            "/abs/dir",
+            "C:\\dir",
+            "ftp://x",
+            "{run_name}/checkpoints",
+        ] {
+            assert!(!is_remote_url(path), "{path}");
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub struct UploadTicket {
 }
 
 /// A checkpoint (or pointer) that could not be uploaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UploadFailure {
     /// The object name of the job (or of its `.symlink` pointer, if only that failed).
     pub object_name: String,
@@ -133,8 +133,8 @@ impl UploadStatus {
     }
 }
 
-/// Totals for the `cairn run` summary.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Totals for the `cairn run` summary (serialisable for `--json` output).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct UploadReport {
     /// Checkpoints uploaded and confirmed.
     pub uploaded: usize,
