@@ -15,6 +15,7 @@ pub mod local;
 pub mod policy;
 pub mod pt;
 pub mod pyrepr;
+pub mod remote;
 pub mod resume;
 pub mod safetensors_io;
 pub mod saver;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench_upload;
 mod run;
 mod simulate;
 
@@ -22,6 +23,15 @@ enum Command {
     Run(run::RunArgs),
     /// Which checkpoints a save_interval would save, without training or writing.
     Simulate(simulate::SimulateArgs),
+    /// Measure cairn's components.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Upload throughput of cairn's uploader against a single-stream upload of the same file.
+    Upload(bench_upload::BenchUploadArgs),
 }
 
 /// Run the command line; the process exit status.
@@ -40,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args)?,
         Command::Simulate(args) => simulate::run(args)?,
+        Command::Bench(BenchCommand::Upload(args)) => return bench_upload::run(args),
     }
     Ok(ExitCode::SUCCESS)
 }

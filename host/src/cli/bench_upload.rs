@@ -1,0 +1,264 @@
+//! `cairn bench upload`: upload throughput of cairn's uploader against a plain single-stream
+//! upload of the same file to the same store.
+//!
+//! Three contenders, each run `--runs` times, medians reported:
+//!
+//! * `cairn` — [`Uploader`] as the saver uses it (multipart, parallel parts, HEAD confirmation),
+//!   timed from `enqueue` to `finish`.
+//! * `single-put` — one object_store `put` of the whole file (read into memory first, timed
+//!   together), the simplest correct upload.
+//! * `aws s3 cp` — the AWS CLI, if `aws` is on `PATH` (it reads the same `AWS_*` variables).
+//!
+//! The store URL is read like any other (`s3://bucket/prefix` with `AWS_ENDPOINT_URL`...);
+//! objects are written under `<prefix>/cairn-bench/` and deleted afterwards.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::remote::{RemoteStore, UploadJob, UploadOptions, Uploader};
+
+const MIB: usize = 1024 * 1024;
+
+/// Arguments of `cairn bench upload`.
+#[derive(Debug, Args)]
+pub struct BenchUploadArgs {
+    /// Store to upload to, e.g. s3://bucket/prefix (endpoint and credentials from AWS_* variables).
+    #[arg(long, env = "CAIRN_BENCH_URL")]
+    url: String,
+    /// Size of the random test file, in MiB (ignored with --file).
+    #[arg(long, default_value_t = 512)]
+    size_mib: usize,
+    /// Upload this file instead of a generated one.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Runs per contender; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// cairn: smallest multipart part, in MiB.
+    #[arg(long, default_value_t = 8)]
+    part_size_mib: usize,
+    /// cairn: parts in flight per upload.
+    #[arg(long, default_value_t = 4)]
+    part_concurrency: usize,
+    /// Directory for the generated file (default: the system temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Skip `aws s3 cp` even if it is on PATH.
+    #[arg(long)]
+    no_aws: bool,
+}
+
+/// Run the benchmark and print one line per contender and the ratios.
+pub fn run(args: BenchUploadArgs) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let store = RemoteStore::from_url(&args.url)?;
+    let mut generated = None;
+    let (path, size) = match &args.file {
+        Some(file) => {
+            let size = std::fs::metadata(file)
+                .with_context(|| format!("cannot read '{}'", file.display()))?
+                .len();
+            (file.clone(), size)
+        }
+        None => {
+            let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+            let path = dir.join(format!("cairn-bench-{}.bin", std::process::id()));
+            let file = generated.insert(TempFile(path.clone()));
+            write_random(&file.0, args.size_mib * MIB)?;
+            (path, (args.size_mib * MIB) as u64)
+        }
+    };
+    let aws = !args.no_aws && aws_available();
+    println!(
+        "uploading {:.0} MiB to {} ({} runs each; cairn: parts ≥ {} MiB, {} in flight)",
+        size as f64 / MIB as f64,
+        args.url,
+        args.runs,
+        args.part_size_mib,
+        args.part_concurrency
+    );
+
+    let mut cairn = Vec::new();
+    let mut single = Vec::new();
+    let mut awscli = Vec::new();
+    for run in 0..args.runs {
+        cairn.push(time_cairn(&store, &args, &path, run)?);
+        single.push(time_single_put(&store, &path, run)?);
+        if aws {
+            awscli.push(time_aws(&store, &args.url, &path, run)?);
+        }
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        for run in 0..args.runs {
+            for who in ["cairn", "single-put", "aws-cli"] {
+                let key = store.key(&bench_name(who, run))?;
+                let _ = store.object_store().delete(&key).await;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+
+    let mib = size as f64 / MIB as f64;
+    let report = |label: &str, times: &mut Vec<f64>| -> f64 {
+        let m = median(times);
+        println!(
+            "{label:<12} median {m:>7.2} s  {:>8.1} MiB/s   (runs: {})",
+            mib / m,
+            times
+                .iter()
+                .map(|t| format!("{t:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        m
+    };
+    let c = report("cairn", &mut cairn);
+    let s = report("single-put", &mut single);
+    println!("ratio cairn / single-put throughput: {:.2}x", s / c);
+    if aws {
+        let a = report("aws s3 cp", &mut awscli);
+        println!("ratio cairn / aws s3 cp throughput: {:.2}x", a / c);
+    } else {
+        println!("aws s3 cp: skipped (not on PATH or --no-aws)");
+    }
+    drop(generated);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The generated file, removed however the benchmark ends.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn bench_name(who: &str, run: usize) -> String {
+    format!("cairn-bench/{who}-{run}.bin")
+}
+
+fn time_cairn(
+    store: &RemoteStore,
+    args: &BenchUploadArgs,
+    path: &Path,
+    run: usize,
+) -> anyhow::Result<f64> {
+    let options = UploadOptions {
+        overwrite: true,
+        part_size_min: args.part_size_mib * MIB,
+        part_concurrency: args.part_concurrency,
+        ..UploadOptions::default()
+    };
+    let uploader = Uploader::new(store.clone(), options)?;
+    let start = Instant::now();
+    uploader.enqueue(UploadJob {
+        local_path: path.to_path_buf(),
+        object_name: bench_name("cairn", run),
+        latest_pointer: None,
+        sequence: run as u64,
+    })?;
+    let report = uploader.finish();
+    let seconds = start.elapsed().as_secs_f64();
+    if let Some(failure) = report.failures.first() {
+        bail!("{failure}");
+    }
+    Ok(seconds)
+}
+
+fn time_single_put(store: &RemoteStore, path: &Path, run: usize) -> anyhow::Result<f64> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let key = store.key(&bench_name("single-put", run))?;
+    let start = Instant::now();
+    let data = std::fs::read(path)?;
+    runtime
+        .block_on(store.object_store().put(&key, PutPayload::from(data)))
+        .with_context(|| format!("single put of '{key}' to '{}' failed", store.url()))?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn time_aws(store: &RemoteStore, url: &str, path: &Path, run: usize) -> anyhow::Result<f64> {
+    let key = store.key(&bench_name("aws-cli", run))?;
+    let bucket = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+        .unwrap_or("");
+    let target = format!("s3://{bucket}/{key}");
+    let start = Instant::now();
+    let out = Command::new("aws")
+        .args(["s3", "cp", "--only-show-errors"])
+        .arg(path)
+        .arg(&target)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run 'aws'")?;
+    if !out.status.success() {
+        bail!(
+            "aws s3 cp to '{target}' failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn aws_available() -> bool {
+    let child = Command::new("aws")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return false,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// Incompressible bytes (xorshift64*), written in 8 MiB blocks and fsynced.
+fn write_random(path: &Path, len: usize) -> anyhow::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
+    let mut block = vec![0u8; 8 * MIB];
+    let mut left = len;
+    while left > 0 {
+        for chunk in block.chunks_exact_mut(8) {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            chunk.copy_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let n = left.min(block.len());
+        file.write_all(&block[..n])?;
+        left -= n;
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    }
+}
