@@ -37,10 +37,11 @@
 //! # anyhow::Ok(())
 //! ```
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -53,6 +54,7 @@ use crate::interval::{IntervalScheduler, Schedule};
 use crate::local::durable::{self, Replace};
 use crate::local::{latest, scan};
 use crate::policy::{Event, KeyFilter, Ranks, SavePolicy, TrainingState};
+use crate::remote::{RemoteStore, UploadJob, UploadOptions, UploadReport, UploadStatus, Uploader};
 use crate::template::{Template, Vars};
 use crate::time::Timestamp;
 
@@ -95,6 +97,18 @@ pub struct CheckpointSaver {
     history: Vec<(String, Timestamp)>,
     saved: Vec<SavedCheckpoint>,
     warnings: Vec<String>,
+    remote: Option<RemoteHalf>,
+    /// Local files whose upload failed: with `num_checkpoints_to_keep = 0` they are the only copy.
+    failed_uploads: HashSet<PathBuf>,
+}
+
+/// The remote half of a saver: every checkpoint is uploaded as `remote_file_name`, and the
+/// remote `latest` pointer moves only after the object it names is confirmed.
+struct RemoteHalf {
+    uploader: Uploader,
+    remote_file_name: Template,
+    latest_remote_file_name: Option<Template>,
+    sequence: u64,
 }
 
 impl CheckpointSaver {
@@ -138,7 +152,28 @@ impl CheckpointSaver {
                 ),
             },
         };
+        let remote = match &config.remote_file_name {
+            None => None,
+            Some(name) => {
+                let store = RemoteStore::from_url(&config.remote_url)
+                    .with_context(|| format!("remote.url '{}'", config.remote_url))?;
+                let options = UploadOptions {
+                    num_concurrent_uploads: config.num_concurrent_uploads,
+                    timeout: Duration::from_secs_f64(config.upload_timeout_in_seconds),
+                    overwrite: config.overwrite,
+                    ..UploadOptions::default()
+                };
+                Some(RemoteHalf {
+                    uploader: Uploader::new(store, options)?,
+                    remote_file_name: name.clone(),
+                    latest_remote_file_name: config.latest_remote_file_name.clone(),
+                    sequence: 0,
+                })
+            }
+        };
         Ok(CheckpointSaver {
+            remote,
+            failed_uploads: HashSet::new(),
             run_name: config.run_name.clone(),
             ranks,
             folder,
@@ -213,6 +248,13 @@ impl CheckpointSaver {
         })?;
         durable::remove_leftovers(&self.folder)
             .with_context(|| format!("cannot clean {}", self.folder.display()))?;
+        if let Some(remote) = &self.remote {
+            // Bad credentials or a missing bucket fail now, not after the first checkpoint.
+            remote
+                .uploader
+                .store()
+                .check_access(Duration::from_secs(30))?;
+        }
         if !self.overwrite {
             let found = scan::checkpoints(&self.folder, &self.filename, &self.vars(None))?;
             match scan::future_conflict(&found, now) {
@@ -235,6 +277,7 @@ impl CheckpointSaver {
         event: Event,
         snapshot: impl FnOnce() -> Result<Snapshot>,
     ) -> Result<Option<SavedCheckpoint>> {
+        self.collect_upload_failures();
         if !self.schedule.should_save(state, event)? {
             return Ok(None);
         }
@@ -270,6 +313,7 @@ impl CheckpointSaver {
                 format!("cannot point {} at {}", link.display(), path.display())
             })?;
         }
+        self.upload(&path, timestamp)?;
         let saved = SavedCheckpoint {
             timestamp: *timestamp,
             event,
@@ -321,8 +365,88 @@ impl CheckpointSaver {
         })
     }
 
+    /// Resume from remote: download the checkpoint the remote `latest` pointer names into the
+    /// local folder. `None` when the saver does not upload, has no remote pointer, or the store
+    /// holds none yet.
+    pub fn download_remote_latest(&self) -> Result<Option<PathBuf>> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let Some(template) = &remote.latest_remote_file_name else {
+            return Ok(None);
+        };
+        let name = template
+            .render(&self.vars(None))
+            .trim_start_matches('/')
+            .to_owned();
+        fs::create_dir_all(&self.folder)?;
+        Ok(crate::remote::download_latest(
+            remote.uploader.store(),
+            &name,
+            &self.folder,
+        )?)
+    }
+
+    /// Hand a durable checkpoint to the uploader (it returns at once; the upload runs in the
+    /// background and the remote `latest` follows once the object is confirmed).
+    fn upload(&mut self, path: &Path, timestamp: &Timestamp) -> Result<()> {
+        let vars = Vars {
+            run_name: &self.run_name,
+            ranks: self.ranks,
+            timestamp: Some(timestamp),
+        };
+        let Some(remote) = self.remote.as_mut() else {
+            return Ok(());
+        };
+        let object_name = remote
+            .remote_file_name
+            .render(&vars)
+            .trim_start_matches('/')
+            .to_owned();
+        let latest_pointer = remote
+            .latest_remote_file_name
+            .as_ref()
+            .map(|t| t.render(&vars).trim_start_matches('/').to_owned());
+        remote.uploader.enqueue(UploadJob {
+            local_path: path.to_path_buf(),
+            object_name,
+            latest_pointer,
+            sequence: remote.sequence,
+        })?;
+        remote.sequence += 1;
+        Ok(())
+    }
+
+    /// Upload failures since the last event become warnings (and are listed again at the end).
+    fn collect_upload_failures(&mut self) {
+        let Some(remote) = &self.remote else { return };
+        for failure in remote.uploader.poll_failures() {
+            self.failed_uploads.insert(failure.local_path.clone());
+            self.warnings.push(format!("upload failed: {failure}"));
+        }
+    }
+
+    fn upload_status(&self, path: &Path) -> UploadStatus {
+        if self.failed_uploads.contains(path) {
+            return UploadStatus::Failed;
+        }
+        self.remote
+            .as_ref()
+            .map_or(UploadStatus::NotTracked, |r| r.uploader.status(path))
+    }
+
+    /// May retention delete this local file now? Never while it is uploading; with
+    /// `num_checkpoints_to_keep = 0` (remote-only) never if its upload failed.
+    fn may_delete(&self, path: &Path) -> bool {
+        match self.upload_status(path) {
+            UploadStatus::InFlight => false,
+            UploadStatus::Failed => self.num_checkpoints_to_keep != 0,
+            UploadStatus::Uploaded | UploadStatus::NotTracked => true,
+        }
+    }
+
     /// Keep the newest `num_checkpoints_to_keep` checkpoints in the folder, counting those of
-    /// earlier runs, never deleting the one `latest` names.
+    /// earlier runs, never deleting the one `latest` names or one still being uploaded.
     fn rotate(&mut self) -> Result<()> {
         let Ok(keep) = usize::try_from(self.num_checkpoints_to_keep) else {
             return Ok(());
@@ -335,7 +459,9 @@ impl CheckpointSaver {
         let excess = found.len().saturating_sub(keep);
         let mut deleted = false;
         for f in found.into_iter().take(excess) {
-            if pinned.is_some() && f.path.canonicalize().ok() == pinned {
+            if (pinned.is_some() && f.path.canonicalize().ok() == pinned)
+                || !self.may_delete(&f.path)
+            {
                 continue;
             }
             fs::remove_file(&f.path)
@@ -349,9 +475,19 @@ impl CheckpointSaver {
         Ok(())
     }
 
-    /// `FIT_END`: nothing is saved here (Composer never saves at the end by itself; the
-    /// interval's final save already happened at the last event).
-    pub fn fit_end(&mut self) -> Result<()> {
-        Ok(())
+    /// `FIT_END`: wait for the uploads (the remote `latest` is written last), then apply the
+    /// retention that had to wait for them. Nothing is saved here: Composer never saves at the end
+    /// by itself; the interval's final save already happened at the last event. Returns the
+    /// upload totals, with every failure, when the saver uploads.
+    pub fn fit_end(&mut self) -> Result<Option<UploadReport>> {
+        let Some(remote) = self.remote.take() else {
+            return Ok(None);
+        };
+        let report = remote.uploader.finish();
+        for failure in &report.failures {
+            self.failed_uploads.insert(failure.local_path.clone());
+        }
+        self.rotate()?;
+        Ok(Some(report))
     }
 }

@@ -54,6 +54,19 @@ struct Summary {
     latest: Option<String>,
     folder: String,
     warnings: Vec<String>,
+    uploads: Option<UploadSummary>,
+}
+
+/// The uploads of a run.
+#[derive(Debug, Default, Serialize)]
+struct UploadSummary {
+    uploaded: usize,
+    failed: usize,
+    bytes: u64,
+    seconds: f64,
+    throughput_mb_s: f64,
+    failures: Vec<String>,
+    remote_latest: Vec<(String, String)>,
 }
 
 /// Run `cairn run`.
@@ -71,7 +84,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     if let [config] = configs.as_slice() {
         let summary = train(config, args.resume, true)?;
-        return print_summary(&summary, args.json);
+        print_summary(&summary, args.json)?;
+        return upload_outcome(&summary);
     }
     // Several tenants' jobs in one process: each on its own thread with its own saver.
     let results: Vec<Result<Summary>> = std::thread::scope(|scope| {
@@ -90,7 +104,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut failed = Vec::new();
     for (config, result) in configs.iter().zip(results) {
         match result {
-            Ok(summary) => print_summary(&summary, args.json)?,
+            Ok(summary) => {
+                print_summary(&summary, args.json)?;
+                if let Err(e) = upload_outcome(&summary) {
+                    eprintln!("cairn: job {}: {e:#}", config.run_name);
+                    failed.push(config.run_name.clone());
+                }
+            }
             Err(e) => {
                 eprintln!("cairn: job {}: {e:#}", config.run_name);
                 failed.push(config.run_name.clone());
@@ -105,6 +125,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         failed.join(", ")
     );
     Ok(())
+}
+
+/// A run whose uploads failed did not do its job, even though every local checkpoint is fine.
+fn upload_outcome(s: &Summary) -> Result<()> {
+    match &s.uploads {
+        Some(u) if u.failed > 0 => anyhow::bail!(
+            "{} of {} uploads failed; the local checkpoints are intact (first failure: {})",
+            u.failed,
+            u.failed + u.uploaded,
+            u.failures.first().map_or("unknown", String::as_str)
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The command-line flags that override `[train]`.
@@ -149,7 +182,28 @@ fn train(config: &Config, resume: bool, interactive: bool) -> Result<Summary> {
                 timestamp: None,
             },
         };
-        if let Some(point) = search.find()? {
+        let mut found = search.find()?;
+        if found.is_none()
+            && let Some(downloaded) = saver.download_remote_latest()?
+        {
+            eprintln!(
+                "cairn: no local checkpoint; downloaded {} from the remote latest pointer",
+                downloaded.display()
+            );
+            found = search.find()?;
+            if found.is_none() {
+                let (tree, timestamp) = crate::resume::load(&downloaded)?;
+                let history = crate::checkpoint::read_history(&tree);
+                found = Some(crate::resume::ResumePoint {
+                    path: downloaded,
+                    tree,
+                    timestamp,
+                    history,
+                    skipped: vec![],
+                });
+            }
+        }
+        if let Some(point) = found {
             for (path, why) in &point.skipped {
                 eprintln!(
                     "cairn: skipped damaged checkpoint {}: {why}",
@@ -206,8 +260,20 @@ fn train(config: &Config, resume: bool, interactive: bool) -> Result<Summary> {
             summary.warnings.push(w);
         }
     }
-    saver.fit_end()?;
+    let report = saver.fit_end()?;
     progress.finish();
+    for w in saver.take_warnings() {
+        summary.warnings.push(w);
+    }
+    summary.uploads = report.map(|r| UploadSummary {
+        uploaded: r.uploaded,
+        failed: r.failed,
+        bytes: r.bytes,
+        seconds: r.seconds,
+        throughput_mb_s: r.throughput() / 1e6,
+        failures: r.failures.iter().map(|f| f.to_string()).collect(),
+        remote_latest: r.pointers.clone(),
+    });
     summary.wall_seconds = started.elapsed().as_secs_f64();
     if summary.save_seconds > 0.0 {
         summary.throughput_mb_s = summary.bytes as f64 / 1e6 / summary.save_seconds;
@@ -324,6 +390,23 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     ];
     for (k, v) in rows {
         writeln!(out, "{k:<18} {v}")?;
+    }
+    if let Some(u) = &s.uploads {
+        let line = format!(
+            "{} ok, {} failed, {:.1} MB in {:.2} s ({:.0} MB/s)",
+            u.uploaded,
+            u.failed,
+            u.bytes as f64 / 1e6,
+            u.seconds,
+            u.throughput_mb_s
+        );
+        writeln!(out, "{:<18} {line}", "uploads")?;
+        for (pointer, key) in &u.remote_latest {
+            writeln!(out, "{:<18} {pointer} -> {key}", "remote latest")?;
+        }
+        for f in &u.failures {
+            writeln!(out, "{:<18} {f}", "upload failure")?;
+        }
     }
     Ok(())
 }
