@@ -1,6 +1,11 @@
 //! The `cairn` command line. One module per subcommand; this file parses and dispatches, and
 //! turns errors into one sentence on stderr with a non-zero exit status.
 
+mod bench;
+mod filter;
+mod inspect;
+mod verify;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,7 +19,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Show what a checkpoint holds (any supported format).
+    Inspect(inspect::Args),
+    /// Rewrite a checkpoint without the ignored keys, in the format OUT's extension names.
+    Filter(filter::Args),
+    /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
+    Verify(verify::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
@@ -29,5 +44,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Filter(args) => filter::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Bench(b) => bench::run(b),
+    }
 }
