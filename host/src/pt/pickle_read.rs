@@ -52,6 +52,10 @@ pub trait StorageSource {
 
 type Id = usize;
 
+/// Elements a tensor view may address (2^48: a petabyte of bytes). Larger shapes only come
+/// from hostile files, e.g. stride-0 views that would expand to exabytes when densified.
+const MAX_TENSOR_NUMEL: u64 = 1 << 48;
+
 #[derive(Debug)]
 enum Node {
     None,
@@ -1072,6 +1076,12 @@ impl Converter<'_, '_> {
                     requires_grad: *requires_grad,
                     parameter: *parameter,
                 };
+                let numel = shape.iter().try_fold(1u64, |acc, &n| acc.checked_mul(n));
+                if numel.is_none_or(|n| n > MAX_TENSOR_NUMEL) {
+                    return self.err(format!(
+                        "a tensor of shape {shape:?} has an absurd number of elements"
+                    ));
+                }
                 if !super::view_fits(&t) {
                     return self.err(format!(
                         "a tensor of shape {shape:?} at offset {offset} does not fit its {}-element storage",
