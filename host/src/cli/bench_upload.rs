@@ -49,6 +49,10 @@ pub struct BenchUploadArgs {
     /// Directory for the generated file (default: the system temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Process id of a local server (e.g. s3s-fs): also report the server's CPU seconds per
+    /// contender, since on one machine the server's work competes with the client's.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Skip `aws s3 cp` even if it is on PATH.
     #[arg(long)]
     no_aws: bool,
@@ -86,14 +90,15 @@ pub fn run(args: BenchUploadArgs) -> anyhow::Result<ExitCode> {
         args.part_concurrency
     );
 
-    let mut cairn = Vec::new();
-    let mut single = Vec::new();
-    let mut awscli = Vec::new();
+    let mut cairn = Sample::default();
+    let mut single = Sample::default();
+    let mut awscli = Sample::default();
+    let server = args.server_pid;
     for run in 0..args.runs {
-        cairn.push(time_cairn(&store, &args, &path, run)?);
-        single.push(time_single_put(&store, &path, run)?);
+        cairn.measure(server, || time_cairn(&store, &args, &path, run))?;
+        single.measure(server, || time_single_put(&store, &path, run))?;
         if aws {
-            awscli.push(time_aws(&store, &args.url, &path, run)?);
+            awscli.measure(server, || time_aws(&store, &args.url, &path, run))?;
         }
     }
     let runtime = tokio::runtime::Runtime::new()?;
@@ -108,12 +113,19 @@ pub fn run(args: BenchUploadArgs) -> anyhow::Result<ExitCode> {
     })?;
 
     let mib = size as f64 / MIB as f64;
-    let report = |label: &str, times: &mut Vec<f64>| -> f64 {
-        let m = median(times);
+    let report = |label: &str, sample: &mut Sample| -> f64 {
+        let m = median(&mut sample.wall);
+        let server_cpu = if server.is_some() {
+            format!("  server CPU {:>5.2} s", median(&mut sample.server_cpu))
+        } else {
+            String::new()
+        };
         println!(
-            "{label:<12} median {m:>7.2} s  {:>8.1} MiB/s   (runs: {})",
+            "{label:<12} median {m:>7.2} s  {:>8.1} MiB/s  client CPU {:>5.2} s{server_cpu}   (runs: {})",
             mib / m,
-            times
+            median(&mut sample.client_cpu),
+            sample
+                .wall
                 .iter()
                 .map(|t| format!("{t:.2}"))
                 .collect::<Vec<_>>()
@@ -132,6 +144,67 @@ pub fn run(args: BenchUploadArgs) -> anyhow::Result<ExitCode> {
     }
     drop(generated);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Wall-clock and CPU seconds of each run of one contender.
+#[derive(Default)]
+struct Sample {
+    wall: Vec<f64>,
+    client_cpu: Vec<f64>,
+    server_cpu: Vec<f64>,
+}
+
+impl Sample {
+    /// Run `f` (which returns its wall-clock seconds) and record the CPU time it cost this process
+    /// and its children (the `aws` CLI), and the server if its pid is known.
+    fn measure(
+        &mut self,
+        server: Option<u32>,
+        f: impl FnOnce() -> anyhow::Result<f64>,
+    ) -> anyhow::Result<()> {
+        let (client0, server0) = (client_cpu(), server.map(process_cpu));
+        let wall = f()?;
+        self.wall.push(wall);
+        self.client_cpu.push(client_cpu() - client0);
+        if let (Some(pid), Some(before)) = (server, server0) {
+            self.server_cpu.push(process_cpu(pid) - before);
+        }
+        Ok(())
+    }
+}
+
+/// CPU seconds used by this process and its waited-for children.
+fn client_cpu() -> f64 {
+    let of = |who| {
+        // SAFETY: `getrusage` only writes into the zeroed struct we pass.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid `who` constant and a valid pointer.
+        unsafe { libc::getrusage(who, &mut usage) };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU seconds used so far by process `pid` (Linux `/proc/PID/stat`), 0 if unreadable.
+fn process_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: `sysconf` has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 /// The generated file, removed however the benchmark ends.
