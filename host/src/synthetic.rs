@@ -16,9 +16,10 @@ use crate::state_dict::{DType, Dict, Key, Tensor, Value};
 const LAYER_ELEMS: usize = 1 << 20;
 /// Elements of each tensor touched by one training step.
 const WINDOW: usize = 4096;
-const LR: f32 = 1e-3;
-const BETAS: (f32, f32) = (0.9, 0.999);
-const EPS: f32 = 1e-8;
+// Adam's hyper-parameters as Python floats, as torch records them in `param_groups`.
+const LR: f64 = 1e-3;
+const BETAS: (f64, f64) = (0.9, 0.999);
+const EPS: f64 = 1e-8;
 
 /// One parameter tensor and its Adam state.
 struct Layer {
@@ -115,7 +116,8 @@ impl SyntheticModel {
     pub fn train_step(&mut self, batch: u64) {
         self.step += 1;
         let t = self.step as i32;
-        let (b1, b2) = BETAS;
+        let (b1, b2) = (BETAS.0 as f32, BETAS.1 as f32);
+        let (lr, eps) = (LR as f32, EPS as f32);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let len = layer.weight.len();
@@ -128,7 +130,7 @@ impl SyntheticModel {
                 let v = b2 * layer.exp_avg_sq[j] + (1.0 - b2) * g * g;
                 layer.exp_avg[j] = m;
                 layer.exp_avg_sq[j] = v;
-                layer.weight[j] -= LR * (m / c1) / ((v / c2).sqrt() + EPS);
+                layer.weight[j] -= lr * (m / c1) / ((v / c2).sqrt() + eps);
             }
         }
     }
@@ -159,15 +161,12 @@ impl SyntheticModel {
         }
         let params: Vec<Value> = (0..self.layers.len() as i64).map(Value::Int).collect();
         let group = Dict::new()
-            .with("lr", LR as f64)
+            .with("lr", LR)
             .with(
                 "betas",
-                Value::Tuple(vec![
-                    Value::Float(BETAS.0 as f64),
-                    Value::Float(BETAS.1 as f64),
-                ]),
+                Value::Tuple(vec![Value::Float(BETAS.0), Value::Float(BETAS.1)]),
             )
-            .with("eps", EPS as f64)
+            .with("eps", EPS)
             .with("weight_decay", 0.0)
             .with("amsgrad", false)
             .with("maximize", false)
