@@ -159,3 +159,62 @@ fn cairn_run_uploads_to_a_real_s3_server_and_resumes_from_it() {
     assert_eq!(resumed["batches"], 2);
     assert_eq!(resumed["uploads"]["uploaded"], 1);
 }
+
+/// An S3 endpoint that accepts connections and never answers uploads: training goes on at full
+/// pace, each upload fails within `upload_timeout_in_seconds` naming its object, no remote
+/// `latest` is ever written, and every local checkpoint is intact.
+#[test]
+fn a_hanging_store_never_slows_training_and_fails_within_the_timeout() {
+    use common::fault_proxy::{Fault, FaultProxy, Match};
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    let proxy = FaultProxy::start(server.addr);
+    proxy.inject(Fault::Hang, 1000, Match::method("PUT"));
+    proxy.inject(Fault::Hang, 1000, Match::method("POST"));
+    let env = S3Server::env(&proxy.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("s3://{}/hang", common::s3::BUCKET);
+    let config = job(dir.path(), "h", &url, -1, "4ba");
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replace("[remote]", "upload_timeout_in_seconds = 2\n[remote]");
+    fs::write(&config, text).unwrap();
+    let started = std::time::Instant::now();
+    let out = common::within(Duration::from_secs(60), {
+        let (d, env) = (dir.path().to_path_buf(), env.clone());
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .current_dir(&d)
+                .envs(env)
+                .args(["run", "--json", "--config", &config])
+                .output()
+                .unwrap()
+        }
+    });
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "failed uploads fail the run");
+    assert!(
+        stderr.contains("uploads failed") && stderr.contains("ep0-ba2-rank0.pt"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["uploads"]["failed"], 2, "{summary}");
+    assert!(
+        summary["training_seconds"].as_f64().unwrap() < 2.0,
+        "training waited on the network: {summary}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "each upload is bounded by its timeout: {elapsed:?}"
+    );
+    for name in ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt"] {
+        cairn::verify_checkpoint(&dir.path().join("h/ck").join(name)).unwrap();
+    }
+    assert!(
+        !server
+            .object_file("hang/h/checkpoints/latest-rank0.pt.symlink")
+            .exists()
+    );
+}

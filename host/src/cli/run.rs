@@ -50,6 +50,9 @@ struct Summary {
     bytes: u64,
     save_seconds: f64,
     throughput_mb_s: f64,
+    /// Until the last checkpoint event: what training itself took (uploads run beside it).
+    training_seconds: f64,
+    /// Including the wait for uploads at the end.
     wall_seconds: f64,
     latest: Option<String>,
     folder: String,
@@ -260,6 +263,7 @@ fn train(config: &Config, resume: bool, interactive: bool) -> Result<Summary> {
             summary.warnings.push(w);
         }
     }
+    summary.training_seconds = started.elapsed().as_secs_f64();
     let report = saver.fit_end()?;
     progress.finish();
     for w in saver.take_warnings() {
@@ -384,7 +388,11 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
             "save throughput",
             format!("{:.0} MB/s (durable: fsync + rename)", s.throughput_mb_s),
         ),
-        ("wall time", format!("{:.2} s", s.wall_seconds)),
+        ("training time", format!("{:.2} s", s.training_seconds)),
+        (
+            "wall time",
+            format!("{:.2} s (with the wait for uploads)", s.wall_seconds),
+        ),
         ("folder", s.folder.clone()),
         ("latest", s.latest.clone().unwrap_or_else(|| "-".into())),
     ];
