@@ -4,6 +4,7 @@
 //! save ([`policy::SavePolicy`]) and what to leave out ([`policy::KeyFilter`]) — are built in
 //! ([`interval`], [`globs`]) or supplied as sandboxed WebAssembly components.
 
+pub mod cli;
 pub mod globs;
 pub mod interval;
 pub mod policy;
@@ -11,4 +12,4 @@ pub mod pyrepr;
 pub mod state_dict;
 pub mod template;
 pub mod time;
-pub mod cli;
+pub mod wasm;
