@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+pub mod policy;
+
 /// cairn: Composer-compatible checkpoint saving with sandboxed WebAssembly policies.
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about)]
@@ -14,7 +17,18 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Work with policy components (`cairn policy check FILE.wasm`).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
+    /// Measure cairn (`cairn bench policy FILE.wasm ...`).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
@@ -29,5 +43,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {}
+    match cli.command {
+        Command::Policy { command } => policy::run(command),
+        Command::Bench { command } => bench::run(command),
+    }
 }

@@ -15,7 +15,10 @@ struct Config {
     last_batch_seen: Option<u64>,
 }
 
-static STATE: Mutex<Config> = Mutex::new(Config { n: 1, last_batch_seen: None });
+static STATE: Mutex<Config> = Mutex::new(Config {
+    n: 1,
+    last_batch_seen: None,
+});
 
 struct EveryN;
 
@@ -30,17 +33,27 @@ impl Guest for EveryN {
                         .parse::<u64>()
                         .ok()
                         .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("n must be a positive whole number of batches, not '{value}'"))?
+                        .ok_or_else(|| {
+                            format!("n must be a positive whole number of batches, not '{value}'")
+                        })?
                 }
-                other => return Err(format!("unknown config key '{other}' (this policy takes 'n')")),
+                other => {
+                    return Err(format!(
+                        "unknown config key '{other}' (this policy takes 'n')"
+                    ));
+                }
             }
         }
         Ok(())
     }
 
     fn should_save(state: TrainingState, event: Event) -> bool {
-        let Ok(mut me) = STATE.lock() else { return false };
-        let Some(prev) = state.previous else { return false };
+        let Ok(mut me) = STATE.lock() else {
+            return false;
+        };
+        let Some(prev) = state.previous else {
+            return false;
+        };
         let batch = state.timestamp.batch;
         let final_event = matches!(event, Event::Batch | Event::Epoch);
         if final_event && state.elapsed >= 1.0 && me.last_batch_seen != Some(batch) {
