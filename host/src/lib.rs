@@ -25,6 +25,7 @@ pub mod synthetic;
 pub mod template;
 pub mod time;
 pub mod trainer;
+pub mod wasm;
 
 pub use checkpoint_io::{
     FormatError, VerifyReport, read_checkpoint, verify_checkpoint, write_checkpoint,

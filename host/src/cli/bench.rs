@@ -25,6 +25,8 @@ pub enum Bench {
     Save(SaveArgs),
     /// Upload throughput of cairn's uploader against a single-stream upload of the same file.
     Upload(super::bench_upload::BenchUploadArgs),
+    #[command(flatten)]
+    Policy(super::bench_policy::BenchCommand),
 }
 
 /// Arguments of `cairn bench save`.
@@ -53,6 +55,7 @@ pub fn run(b: Bench) -> anyhow::Result<ExitCode> {
     match b {
         Bench::Save(args) => save(args),
         Bench::Upload(args) => super::bench_upload::run(args),
+        Bench::Policy(cmd) => super::bench_policy::run(cmd),
     }
 }
 

@@ -2,9 +2,11 @@
 //! turns errors into one sentence on stderr with a non-zero exit status.
 
 mod bench;
+pub mod bench_policy;
 pub mod bench_upload;
 mod filter;
 mod inspect;
+pub mod policy;
 mod run;
 mod simulate;
 mod verify;
@@ -31,6 +33,11 @@ enum Command {
     Inspect(inspect::Args),
     /// Rewrite a checkpoint without the ignored keys, in the format OUT's extension names.
     Filter(filter::Args),
+    /// Work with policy components (`cairn policy check FILE.wasm`).
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
     Verify(verify::Args),
     /// Benchmarks.
@@ -57,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args),
         Command::Filter(args) => filter::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Policy { command } => policy::run(command),
         Command::Bench(b) => bench::run(b),
     }
 }

@@ -1,10 +1,15 @@
 //! Shared helpers for the end-to-end tests: a real S3 server ([`s3`]), a fault-injecting proxy in
-//! front of it ([`fault_proxy`]), and a watchdog so no network test can hang the suite.
+//! front of it ([`fault_proxy`]), the policy components built from source ([`policies`]), and a
+//! watchdog so no network test can hang the suite.
 
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod policies;
 pub mod s3;
+
+#[allow(unused_imports)]
+pub use policies::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;

@@ -1,0 +1,179 @@
+//! The TOML shapes of a policy component and of the sandbox that runs it.
+//!
+//! `PolicySpec` is what `save_interval = { wasm = "...", config = {...} }` and
+//! `ignore_keys = { wasm = "...", config = {...} }` deserialize into; `SandboxConfig` is the
+//! job's `[sandbox]` table. Every limit has a safe default, so an empty `[sandbox]` is valid.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A policy component and its configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Path of the `.wasm` component.
+    pub wasm: PathBuf,
+    /// Handed to the component's `init` as key/value strings (see [`PolicySpec::init_config`]).
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+impl PolicySpec {
+    /// A spec for `wasm` with no configuration.
+    pub fn new(wasm: impl Into<PathBuf>) -> PolicySpec {
+        PolicySpec {
+            wasm: wasm.into(),
+            config: BTreeMap::new(),
+        }
+    }
+
+    /// Builder: add one config entry.
+    pub fn with(mut self, key: &str, value: impl Into<toml::Value>) -> PolicySpec {
+        self.config.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// The config as `init` receives it: strings stay as they are (no quotes), numbers and
+    /// booleans as TOML writes them, arrays and tables as inline TOML.
+    pub fn init_config(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+
+    /// The file name, for messages (`every_n.wasm`).
+    pub fn name(&self) -> String {
+        self.wasm
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.wasm.display().to_string())
+    }
+}
+
+/// What training does when a policy fails (trap, limit, invalid result, `err` from `filter`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Stop the job with the error (the default: a broken policy should be noticed).
+    #[default]
+    Fail,
+    /// Log the error and carry on as if the policy had not been there: a save-interval
+    /// answers "don't save", a filter leaves the state dict unchanged.
+    Skip,
+    /// Log the error and err on the side of keeping data: a save-interval answers "save", a
+    /// filter leaves the state dict unchanged (nothing is dropped that should have been kept).
+    Save,
+}
+
+/// The `[sandbox]` table: limits for every policy component of a job.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Fuel (≈ wasm instructions) per call; refilled before every call. 0 turns fuel off.
+    pub fuel_per_call: u64,
+    /// Cap of each linear memory, in MiB. Python components need ≥ 24, JS ≥ 96.
+    pub memory_limit_mib: u64,
+    /// Wall-clock deadline of one call, in milliseconds. 0 turns the deadline off.
+    pub timeout_ms: u64,
+    /// Wall-clock deadline of instantiation + `init`, in milliseconds (Python starts slower).
+    pub init_timeout_ms: u64,
+    /// Fuel for instantiation + `init`.
+    pub init_fuel: u64,
+    /// Most entries a filter may return.
+    pub max_filter_entries: u64,
+    /// Most bytes of strings and bytes (keys and values together) a filter may return.
+    pub max_filter_string_bytes: u64,
+    /// WebAssembly stack per call, in KiB (at most 1024, so it fits in any host thread).
+    pub max_stack_kib: u64,
+    /// Most elements of a table.
+    pub max_table_elements: u64,
+    /// Most core instances a component may create (componentize-py needs about 10).
+    pub max_instances: u64,
+    /// Bytes of the component's stdout and stderr kept per call for the log.
+    pub max_log_bytes: u64,
+    /// What training does when the policy fails.
+    pub on_error: OnError,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            fuel_per_call: 10_000_000,
+            memory_limit_mib: 128,
+            timeout_ms: 100,
+            init_timeout_ms: 5_000,
+            init_fuel: 2_000_000_000,
+            max_filter_entries: 1_000_000,
+            max_filter_string_bytes: 64 << 20,
+            max_stack_kib: 512,
+            max_table_elements: 100_000,
+            max_instances: 64,
+            max_log_bytes: 16 << 10,
+            on_error: OnError::Fail,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Every limit switched off (for benchmarks that compare limited and unlimited calls).
+    pub fn unlimited() -> SandboxConfig {
+        SandboxConfig {
+            fuel_per_call: 0,
+            memory_limit_mib: 0,
+            timeout_ms: 0,
+            init_timeout_ms: 0,
+            init_fuel: 0,
+            max_table_elements: 0,
+            max_instances: 0,
+            ..SandboxConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_sandbox_table_has_defaults() {
+        let c: SandboxConfig = toml::from_str("").unwrap();
+        assert_eq!(c, SandboxConfig::default());
+        let c: SandboxConfig = toml::from_str("on_error = \"save\"\ntimeout_ms = 5").unwrap();
+        assert_eq!((c.on_error, c.timeout_ms), (OnError::Save, 5));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = toml::from_str::<SandboxConfig>("fuel = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fuel"), "{e}");
+        let e = toml::from_str::<PolicySpec>("wasm = \"a.wasm\"\nconfg = {}").unwrap_err();
+        assert!(e.to_string().contains("confg"));
+    }
+
+    #[test]
+    fn config_values_render_as_strings() {
+        let spec: PolicySpec =
+            toml::from_str("wasm = \"p.wasm\"\nconfig = { n = 5, prefix = \"enc.\", on = true }")
+                .unwrap();
+        assert_eq!(
+            spec.init_config(),
+            vec![
+                ("n".into(), "5".into()),
+                ("on".into(), "true".into()),
+                ("prefix".into(), "enc.".into())
+            ]
+        );
+        assert_eq!(spec.name(), "p.wasm");
+    }
+}

@@ -1,0 +1,389 @@
+//! One live instance of a policy, and every call into it under the job's limits.
+//!
+//! The instance is kept across calls (a predicate may keep state, as Composer's does). Before
+//! each call the fuel is refilled and the epoch deadline set; after a failed call the store is
+//! dropped — a trapped component store refuses every later call (`CannotEnterComponent`), and
+//! its memory may be inconsistent anyway — and the next call starts from a fresh instance,
+//! re-running `init`, which is logged because the policy's own state is lost.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Func, Instance};
+use wasmtime::{Store, Trap, WasmBacktrace};
+
+use super::component::Loaded;
+use super::config::SandboxConfig;
+use super::engine::ticks_for;
+use super::error::{Call, PolicyError, chain};
+use super::limits::Limiter;
+use super::state::HostState;
+use super::{LogSink, RunInfo};
+
+/// What a policy has cost so far: for the run summary and per-tenant accounting.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyStats {
+    /// Calls of `should-save` / `filter`.
+    pub calls: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Fuel consumed by all calls that finished (wasmtime does not report fuel of a trap).
+    pub fuel: u64,
+    /// Wall-clock time spent in calls.
+    pub time: Duration,
+    /// Largest linear memory granted, bytes.
+    pub peak_memory: u64,
+    /// Fresh instances made after a failure.
+    pub reinstantiations: u64,
+}
+
+/// A shared view of a policy's [`PolicyStats`], readable after the policy is boxed.
+pub type StatsHandle = Arc<Mutex<PolicyStats>>;
+
+struct Live {
+    store: Store<HostState>,
+    main: Func,
+}
+
+/// A policy component with its limits and (when healthy) a live instance.
+pub struct Runner {
+    loaded: Loaded,
+    sandbox: SandboxConfig,
+    init_config: Vec<(String, String)>,
+    run: RunInfo,
+    log: LogSink,
+    live: Option<Live>,
+    stats: StatsHandle,
+    fuel_on: bool,
+    epoch_on: bool,
+}
+
+impl Runner {
+    /// Instantiate `loaded` and run its `init`; errors are fatal to loading.
+    pub fn start(
+        loaded: Loaded,
+        sandbox: SandboxConfig,
+        init_config: Vec<(String, String)>,
+        run: RunInfo,
+        log: LogSink,
+        fuel_on: bool,
+        epoch_on: bool,
+    ) -> Result<Runner, PolicyError> {
+        let mut runner = Runner {
+            loaded,
+            sandbox,
+            init_config,
+            run,
+            log,
+            live: None,
+            stats: StatsHandle::default(),
+            fuel_on,
+            epoch_on,
+        };
+        runner.live = Some(runner.instantiate()?);
+        Ok(runner)
+    }
+
+    /// The policy's file name.
+    pub fn policy(&self) -> &str {
+        &self.loaded.policy
+    }
+
+    /// The job's sandbox settings.
+    pub fn sandbox(&self) -> &SandboxConfig {
+        &self.sandbox
+    }
+
+    /// Shared accounting.
+    pub fn stats(&self) -> StatsHandle {
+        self.stats.clone()
+    }
+
+    fn limiter(&self) -> Limiter {
+        let s = &self.sandbox;
+        Limiter {
+            memory_bytes: (s.memory_limit_mib > 0).then(|| (s.memory_limit_mib as usize) << 20),
+            table_elements: (s.max_table_elements > 0).then_some(s.max_table_elements as usize),
+            count: (s.max_instances > 0).then_some(s.max_instances as usize),
+            ..Limiter::default()
+        }
+    }
+
+    /// Set fuel and deadline for the next call.
+    fn arm(
+        &self,
+        store: &mut Store<HostState>,
+        fuel: u64,
+        timeout_ms: u64,
+    ) -> wasmtime::Result<()> {
+        if self.fuel_on {
+            store.set_fuel(if fuel == 0 { u64::MAX } else { fuel })?;
+        }
+        if self.epoch_on {
+            store.set_epoch_deadline(if timeout_ms == 0 {
+                u64::MAX / 2
+            } else {
+                ticks_for(timeout_ms)
+            });
+        }
+        Ok(())
+    }
+
+    /// A fresh store and instance, `init` called, under the init limits.
+    fn instantiate(&mut self) -> Result<Live, PolicyError> {
+        let mut store = Store::new(
+            &self.loaded.engine,
+            HostState::new(
+                self.limiter(),
+                self.sandbox.max_log_bytes as usize,
+                &self.run,
+            ),
+        );
+        store.limiter(|s| &mut s.limiter);
+        let (fuel, ms) = (self.sandbox.init_fuel, self.sandbox.init_timeout_ms);
+        let result = self.arm(&mut store, fuel, ms).and_then(|()| {
+            let instance = self.loaded.pre.instantiate(&mut store)?;
+            Ok(instance)
+        });
+        let instance = match result {
+            Ok(i) => i,
+            Err(e) => return Err(self.failure(&mut store, e, Call::Instantiate, fuel, ms)),
+        };
+        let main = self.main_func(&mut store, &instance)?;
+        if let Some(init_idx) = &self.loaded.init {
+            let init = instance
+                .get_typed_func::<(&[(String, String)],), (Result<(), String>,)>(
+                    &mut store, init_idx,
+                )
+                .map_err(|e| PolicyError::WrongWorld {
+                    policy: self.loaded.policy.clone(),
+                    world: self.loaded.world.name(),
+                    reason: format!("its 'init' has the wrong signature: {}", chain(&e)),
+                })?;
+            let outcome = init.call(&mut store, (&self.init_config,));
+            self.drain_output(&store);
+            match outcome {
+                Ok((Ok(()),)) => {}
+                Ok((Err(message),)) => {
+                    return Err(PolicyError::InitRefused {
+                        policy: self.loaded.policy.clone(),
+                        message,
+                    });
+                }
+                Err(e) => return Err(self.failure(&mut store, e, Call::Init, fuel, ms)),
+            }
+        }
+        Ok(Live { store, main })
+    }
+
+    /// The world's main export of `instance`, type-checked once here so that each call can
+    /// skip the check.
+    fn main_func(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> Result<Func, PolicyError> {
+        let policy = &self.loaded.policy;
+        let func = instance
+            .get_func(&mut *store, self.loaded.main)
+            .ok_or_else(|| PolicyError::WrongWorld {
+                policy: policy.clone(),
+                world: self.loaded.world.name(),
+                reason: format!(
+                    "its '{}' export is not a function",
+                    self.loaded.world.main_export()
+                ),
+            })?;
+        let checked = match self.loaded.world {
+            super::component::World::SaveInterval => func
+                .typed::<(&super::bindings::types::TrainingState, super::bindings::types::Event), (bool,)>(&*store)
+                .map(|_| ()),
+            super::component::World::StateDictFilter => func
+                .typed::<(&[super::bindings::types::Entry],), (Result<Vec<super::bindings::types::Entry>, String>,)>(&*store)
+                .map(|_| ()),
+        };
+        checked.map_err(|e| PolicyError::WrongWorld {
+            policy: policy.clone(),
+            world: self.loaded.world.name(),
+            reason: format!(
+                "its '{}' export has the wrong signature: {}",
+                self.loaded.world.main_export(),
+                chain(&e)
+            ),
+        })?;
+        Ok(func)
+    }
+
+    /// Run `f` against the live instance (making one if the last call failed) under the
+    /// per-call limits; on failure the instance is discarded.
+    pub fn call<R>(
+        &mut self,
+        call: Call,
+        f: impl FnOnce(&mut Store<HostState>, Func) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        if self.live.is_none() {
+            (self.log)(&format!(
+                "[policy {}] starting a fresh instance after the last failure; the policy's own state was reset",
+                self.loaded.policy
+            ));
+            self.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reinstantiations += 1;
+            let live = self.instantiate();
+            let live = self.count(live, Duration::ZERO, 0)?;
+            self.live = Some(live);
+        }
+        let (fuel, ms) = (self.sandbox.fuel_per_call, self.sandbox.timeout_ms);
+        let mut live = self.live.take().expect("set above");
+        live.store.data_mut().limiter.denied_memory = None;
+        if let Err(e) = self.arm(&mut live.store, fuel, ms) {
+            return Err(PolicyError::Host {
+                policy: self.loaded.policy.clone(),
+                call,
+                reason: chain(&e),
+            });
+        }
+        let started = Instant::now();
+        let result = f(&mut live.store, live.main);
+        let elapsed = started.elapsed();
+        self.drain_output(&live.store);
+        let used = if self.fuel_on && fuel > 0 {
+            fuel.saturating_sub(live.store.get_fuel().unwrap_or(fuel))
+        } else {
+            0
+        };
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.peak_memory = stats
+                .peak_memory
+                .max(live.store.data().limiter.peak_memory as u64);
+        }
+        let result = match result {
+            Ok(v) => {
+                self.live = Some(live);
+                Ok(v)
+            }
+            Err(e) => {
+                let err = self.failure(&mut live.store, e, call, fuel, ms);
+                (self.log)(&format!(
+                    "[policy {}] {err}; discarding the instance",
+                    self.loaded.policy
+                ));
+                Err(err)
+            }
+        };
+        self.count(result, elapsed, used)
+    }
+
+    fn count<R>(
+        &self,
+        result: Result<R, PolicyError>,
+        elapsed: Duration,
+        fuel: u64,
+    ) -> Result<R, PolicyError> {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.calls += 1;
+        stats.time += elapsed;
+        stats.fuel += fuel;
+        if result.is_err() {
+            stats.errors += 1;
+        }
+        result
+    }
+
+    /// Forget the live instance (the next call makes a fresh one).
+    pub fn discard(&mut self) {
+        self.live = None;
+    }
+
+    /// Send what the component printed to the log, one line each, prefixed with its name.
+    fn drain_output(&self, store: &Store<HostState>) {
+        for (stream, out) in [
+            ("stdout", &store.data().stdout),
+            ("stderr", &store.data().stderr),
+        ] {
+            let (text, dropped) = out.drain();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                (self.log)(&format!("[policy {}] {line}", self.loaded.policy));
+            }
+            if dropped > 0 {
+                (self.log)(&format!(
+                    "[policy {}] ({dropped} more bytes of {stream} dropped: over [sandbox] max_log_bytes)",
+                    self.loaded.policy
+                ));
+            }
+        }
+    }
+
+    /// Classify a failed call by its trap (downcast, never string matching), consulting the
+    /// limiter first: a refused memory grow ends in the guest's own abort.
+    fn failure(
+        &self,
+        store: &mut Store<HostState>,
+        err: wasmtime::Error,
+        call: Call,
+        fuel: u64,
+        timeout_ms: u64,
+    ) -> PolicyError {
+        let policy = self.loaded.policy.clone();
+        let (stderr, _) = store.data().stderr.drain();
+        if let Some(requested) = store.data().limiter.denied_memory {
+            return PolicyError::MemoryLimit {
+                policy,
+                call,
+                limit_mib: self.sandbox.memory_limit_mib,
+                requested,
+            };
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => PolicyError::OutOfFuel { policy, call, fuel },
+            Some(Trap::Interrupt) => PolicyError::DeadlineExceeded {
+                policy,
+                call,
+                timeout_ms,
+            },
+            Some(Trap::StackOverflow) => PolicyError::StackOverflow {
+                policy,
+                call,
+                stack_kib: self.sandbox.max_stack_kib,
+            },
+            Some(trap) => PolicyError::Trap {
+                policy,
+                call,
+                trap: trap.to_string(),
+                message: tail(&stderr, 2048),
+                backtrace: err
+                    .downcast_ref::<WasmBacktrace>()
+                    .map(|bt| tail(&bt.to_string(), 4096))
+                    .unwrap_or_default(),
+            },
+            None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) => PolicyError::Trap {
+                    policy,
+                    call,
+                    trap: format!("the component exited with status {}", exit.0),
+                    message: tail(&stderr, 2048),
+                    backtrace: String::new(),
+                },
+                None => PolicyError::Host {
+                    policy,
+                    call,
+                    reason: chain(&err),
+                },
+            },
+        }
+    }
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.trim().to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", s[start..].trim())
+}

@@ -1,0 +1,85 @@
+//! A save-interval component that misbehaves on purpose, chosen by `config.mode`: the test
+//! suite's hostile tenant. Capability probes (`read-file`, `env`, `socket`) answer `true` when
+//! the capability was (wrongly) granted; `clock` answers `true` when the clock is cairn's fixed
+//! one.
+
+use std::hint::black_box;
+use std::sync::Mutex;
+
+wit_bindgen::generate!({ path: "../../../wit", world: "cairn:policy/save-interval" });
+
+static MODE: Mutex<(String, u64)> = Mutex::new((String::new(), 0));
+static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+fn recurse(n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        black_box(recurse(black_box(n - 1))) + 1
+    }
+}
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn init(config: Vec<(String, String)>) -> Result<(), String> {
+        let mut mode = MODE.lock().unwrap();
+        for (k, v) in config {
+            match k.as_str() {
+                "mode" => mode.0 = v,
+                "arg" => {
+                    mode.1 = v
+                        .parse()
+                        .map_err(|_| format!("arg '{v}' is not a number"))?
+                }
+                _ => return Err(format!("unknown key {k}")),
+            }
+        }
+        match mode.0.as_str() {
+            "panic-init" => panic!("hostile policy panics in init"),
+            "loop-init" => loop {
+                black_box(0);
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn should_save(state: TrainingState, _event: Event) -> bool {
+        let (mode, arg) = MODE.lock().unwrap().clone();
+        match mode.as_str() {
+            "loop" => loop {
+                black_box(0);
+            },
+            "alloc" => loop {
+                HOARD.lock().unwrap().push(vec![1u8; 1 << 20]);
+            },
+            "recurse" => recurse(black_box(u64::MAX)) > 0,
+            "panic" => panic!("hostile policy panics at batch {}", state.timestamp.batch),
+            "panic-at" => {
+                if state.timestamp.batch == arg {
+                    panic!("hostile policy panics at batch {arg}");
+                }
+                true
+            }
+            "read-file" => std::fs::read("/etc/passwd").is_ok() || std::fs::read_dir("/").is_ok(),
+            "env" => std::env::vars().next().is_some() || std::env::args().next().is_some(),
+            "socket" => std::net::TcpStream::connect(("127.0.0.1", arg as u16)).is_ok(),
+            "clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                now.as_secs() == 946_684_800
+            }
+            "print" => {
+                for i in 0..arg {
+                    println!("hostile line {i} {}", "x".repeat(100));
+                }
+                true
+            }
+            "run-name" => cairn::policy::host::describe_run().run_name == "tenant-a",
+            _ => false,
+        }
+    }
+}
+
+export!(Hostile);
