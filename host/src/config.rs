@@ -6,9 +6,8 @@
 //! [`ConfigFile::validate`] turns strings into checked values (time strings, name templates)
 //! and reports the first problem with the file, line, key and value at fault.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -17,6 +16,7 @@ use toml::Spanned;
 use crate::policy::MaxDuration;
 use crate::template::{Template, Var};
 use crate::time::Time;
+pub use crate::wasm::{OnError, PolicySpec, SandboxConfig};
 
 /// A configuration problem: where it is and what is wrong, in one sentence.
 #[derive(Debug, Error)]
@@ -45,7 +45,7 @@ pub struct ConfigFile {
     pub remote: RemoteSection,
     /// Limits for every policy component of this job.
     #[serde(default)]
-    pub sandbox: SandboxSection,
+    pub sandbox: SandboxConfig,
     /// The simulated training run of `cairn run`.
     #[serde(default)]
     pub train: TrainSection,
@@ -188,44 +188,6 @@ fn default_remote_url() -> Spanned<String> {
     Spanned::new(0..0, "file://./remote".to_owned())
 }
 
-/// `[sandbox]`: limits for every policy component of the job.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SandboxSection {
-    /// Fuel (≈ wasm instructions) per call.
-    pub fuel_per_call: u64,
-    /// Linear-memory cap per instance.
-    pub memory_limit_mib: u64,
-    /// Wall-clock deadline per call.
-    pub timeout_ms: u64,
-    /// What training does when a policy fails.
-    pub on_error: OnError,
-}
-
-impl Default for SandboxSection {
-    fn default() -> Self {
-        SandboxSection {
-            fuel_per_call: 10_000_000,
-            memory_limit_mib: 128,
-            timeout_ms: 100,
-            on_error: OnError::Fail,
-        }
-    }
-}
-
-/// What training does when a policy component fails.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Stop training with the policy's error.
-    #[default]
-    Fail,
-    /// Log it and carry on as if the policy said no (nothing saved / nothing filtered).
-    Skip,
-    /// Log it and save (unfiltered) anyway.
-    Save,
-}
-
 /// `[train]`: the simulated run of `cairn run`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -260,33 +222,6 @@ impl Default for TrainSection {
             model_mib: 16.0,
             seed: 0,
         }
-    }
-}
-
-/// A WebAssembly policy reference: `{ wasm = "policy.wasm", config = { k = v } }`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySpec {
-    /// Path to the component (relative paths are relative to the config file).
-    pub wasm: PathBuf,
-    /// Passed to the component's `init` as key/value strings.
-    #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
-}
-
-impl PolicySpec {
-    /// The `config` table as the strings `init` receives (strings unquoted, others as TOML).
-    pub fn init_args(&self) -> Vec<(String, String)> {
-        self.config
-            .iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), s)
-            })
-            .collect()
     }
 }
 
@@ -342,7 +277,7 @@ pub struct Config {
     /// Remote store URL.
     pub remote_url: String,
     /// Policy limits.
-    pub sandbox: SandboxSection,
+    pub sandbox: SandboxConfig,
     /// The simulated run.
     pub train: TrainSpecConfig,
 }
@@ -661,7 +596,7 @@ mod tests {
             (c.num_concurrent_uploads, c.upload_timeout_in_seconds),
             (1, 3600.0)
         );
-        assert_eq!(c.sandbox, SandboxSection::default());
+        assert_eq!(c.sandbox, SandboxConfig::default());
     }
 
     #[test]

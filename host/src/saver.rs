@@ -57,6 +57,7 @@ use crate::policy::{Event, KeyFilter, Ranks, SavePolicy, TrainingState};
 use crate::remote::{RemoteStore, UploadJob, UploadOptions, UploadReport, UploadStatus, Uploader};
 use crate::template::{Template, Vars};
 use crate::time::Timestamp;
+use crate::wasm::{PolicyHost, PolicyStats, RunInfo, StatsHandle};
 
 /// A checkpoint this saver wrote.
 #[derive(Clone, Debug, PartialEq)]
@@ -71,14 +72,6 @@ pub struct SavedCheckpoint {
     pub bytes: u64,
     /// Seconds from the decision to save to the durable rename (snapshot, filter, write, fsync).
     pub seconds: f64,
-}
-
-/// Builds the two policies of a saver; the WebAssembly host plugs in here.
-pub trait PolicyLoader {
-    /// The `save_interval` policy for a `{ wasm = ... }` spec.
-    fn save_policy(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn SavePolicy>>;
-    /// The `ignore_keys` filter for a `{ wasm = ... }` spec.
-    fn key_filter(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn KeyFilter>>;
 }
 
 /// Composer's `CheckpointSaver`.
@@ -98,6 +91,8 @@ pub struct CheckpointSaver {
     saved: Vec<SavedCheckpoint>,
     warnings: Vec<String>,
     remote: Option<RemoteHalf>,
+    /// Accounting of each WebAssembly policy (calls, fuel, time, peak memory, errors).
+    policy_stats: Vec<(String, StatsHandle)>,
     /// Local files whose upload failed: with `num_checkpoints_to_keep = 0` they are the only copy.
     failed_uploads: HashSet<PathBuf>,
 }
@@ -112,16 +107,15 @@ struct RemoteHalf {
 }
 
 impl CheckpointSaver {
-    /// A saver for a checked config, with built-in policies only.
+    /// A saver for a checked config. WebAssembly policies, if the config names any, run on a
+    /// policy host of their own.
     pub fn new(config: &Config) -> Result<CheckpointSaver> {
-        CheckpointSaver::with_policies(config, None)
+        CheckpointSaver::with_host(config, &PolicyHost::default())
     }
 
-    /// A saver whose WebAssembly policies `loader` builds.
-    pub fn with_policies(
-        config: &Config,
-        loader: Option<&dyn PolicyLoader>,
-    ) -> Result<CheckpointSaver> {
+    /// A saver whose WebAssembly policies run on `host`, shared by every job of the process
+    /// (one engine, one epoch ticker, one compile cache; stores and limits stay per job).
+    pub fn with_host(config: &Config, host: &PolicyHost) -> Result<CheckpointSaver> {
         let ranks = Ranks::from_env();
         let vars = Vars {
             run_name: &config.run_name,
@@ -131,26 +125,27 @@ impl CheckpointSaver {
         let folder = PathBuf::from(config.folder.render(&vars));
         let format = CheckpointFormat::from_name(config.filename.source())
             .with_context(|| format!("checkpoint.filename '{}'", config.filename))?;
+        let run = RunInfo {
+            run_name: config.run_name.clone(),
+            ranks,
+        };
+        let mut policy_stats = Vec::new();
         let policy: Box<dyn SavePolicy> = match &config.save_interval {
             SaveIntervalSpec::Time(t) => Box::new(IntervalScheduler::new(*t)?),
-            SaveIntervalSpec::Wasm(spec) => match loader {
-                Some(l) => l.save_policy(spec)?,
-                None => bail!(
-                    "{}: this saver was built without a WebAssembly host",
-                    spec.wasm.display()
-                ),
-            },
+            SaveIntervalSpec::Wasm(spec) => {
+                let p = host.save_policy(spec, &config.sandbox, &run)?;
+                policy_stats.push((spec.name(), p.stats()));
+                Box::new(p)
+            }
         };
         let filter: Option<Box<dyn KeyFilter>> = match &config.ignore_keys {
             IgnoreKeysSpec::None => None,
             IgnoreKeysSpec::Globs(g) => Some(Box::new(IgnoreGlobs::new(g)?)),
-            IgnoreKeysSpec::Wasm(spec) => match loader {
-                Some(l) => Some(l.key_filter(spec)?),
-                None => bail!(
-                    "{}: this saver was built without a WebAssembly host",
-                    spec.wasm.display()
-                ),
-            },
+            IgnoreKeysSpec::Wasm(spec) => {
+                let f = host.key_filter(spec, &config.sandbox, &run)?;
+                policy_stats.push((spec.name(), f.stats()));
+                Some(Box::new(f))
+            }
         };
         let remote = match &config.remote_file_name {
             None => None,
@@ -172,6 +167,7 @@ impl CheckpointSaver {
             }
         };
         Ok(CheckpointSaver {
+            policy_stats,
             remote,
             failed_uploads: HashSet::new(),
             run_name: config.run_name.clone(),
@@ -216,6 +212,19 @@ impl CheckpointSaver {
     /// Warnings collected since the last call (globs that matched nothing, ...).
     pub fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
+    }
+
+    /// What each WebAssembly policy of this saver has cost so far, by file name.
+    pub fn policy_stats(&self) -> Vec<(String, PolicyStats)> {
+        self.policy_stats
+            .iter()
+            .map(|(name, h)| {
+                (
+                    name.clone(),
+                    h.lock().map(|s| s.clone()).unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     /// The save-interval policy's description.

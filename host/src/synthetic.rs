@@ -148,18 +148,24 @@ impl SyntheticModel {
         };
         let mut model = Dict::ordered();
         let mut adam_state = Dict::new();
-        for (i, l) in self.layers.iter().enumerate() {
+        for l in &self.layers {
             model.insert(l.name.as_str(), tensor(&l.shape, &l.weight));
             let step = Tensor::from_f32(vec![], &[self.step as f32]);
             adam_state.insert(
-                i as i64,
+                l.name.as_str(),
                 Dict::new()
                     .with("step", step)
                     .with("exp_avg", tensor(&l.shape, &l.exp_avg))
                     .with("exp_avg_sq", tensor(&l.shape, &l.exp_avg_sq)),
             );
         }
-        let params: Vec<Value> = (0..self.layers.len() as i64).map(Value::Int).collect();
+        // Composer saves optimizer state through torch's `get_optimizer_state_dict`, which keys
+        // it by parameter name rather than by index.
+        let params: Vec<Value> = self
+            .layers
+            .iter()
+            .map(|l| Value::from(l.name.as_str()))
+            .collect();
         let group = Dict::new()
             .with("lr", LR)
             .with(
@@ -217,10 +223,10 @@ impl SyntheticModel {
         let adam = tree
             .get_path(&["state", "optimizers", "Adam", "state"])
             .and_then(Value::as_dict);
-        for (i, layer) in self.layers.iter_mut().enumerate() {
+        for layer in self.layers.iter_mut() {
             read_into(model.get(&layer.name), &mut layer.weight, &layer.name)?;
             if let Some(s) = adam
-                .and_then(|a| a.entries.get(&Key::Int(i as i64)))
+                .and_then(|a| a.entries.get(&Key::from(layer.name.as_str())))
                 .and_then(Value::as_dict)
             {
                 read_into(s.get("exp_avg"), &mut layer.exp_avg, &layer.name)?;

@@ -14,7 +14,7 @@ use cairn::time::{Time, Timestamp};
 
 fn config(dir: &Path, extra: &str) -> Config {
     let text = format!(
-        "run_name = \"r\"\n[checkpoint]\nfolder = \"{}/ck\"\nfilename = \"checkpoint_ep{{epoch}}_ba{{batch}}.pt\"\n{extra}",
+        "run_name = \"r\"\n[checkpoint]\nfolder = \"{}/ck\"\nfilename = \"checkpoint_ep{{epoch}}_ba{{batch}}.pt\"\nremote_file_name = false\n{extra}",
         dir.display()
     );
     Config::parse(&text, "test.toml", dir).unwrap()
@@ -314,7 +314,7 @@ fn resume_reaches_the_same_final_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let job = |name: &str, max: &str| {
         let text = format!(
-            "run_name = \"r\"\n[checkpoint]\nfolder = \"{name}\"\nsave_interval = \"3ba\"\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 0.5\n"
+            "run_name = \"r\"\n[checkpoint]\nfolder = \"{name}\"\nsave_interval = \"3ba\"\nremote_file_name = false\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 0.5\n"
         );
         let path = dir.path().join(format!("{name}-{max}.toml"));
         fs::write(&path, text).unwrap();

@@ -76,11 +76,13 @@ def test_full_checkpoints_load_in_torch_with_composer_layout(tmp_path):
         assert sum(t.numel() for t in model.values()) * 4 == 1 << 20
         adam = state["optimizers"]["Adam"]
         assert adam["param_groups"][0]["betas"] == (0.9, 0.999)
-        for i, (k, t) in enumerate(model.items()):
+        # Optimizer state keyed by parameter name, as Composer's get_optimizer_state_dict saves it.
+        assert adam["param_groups"][0]["params"] == list(model)
+        for k, t in model.items():
             assert torch.equal(t, mapped["state"]["model"][k])
-            assert adam["state"][i]["exp_avg"].shape == t.shape
-            assert torch.equal(adam["state"][i]["exp_avg_sq"], mapped["state"]["optimizers"]["Adam"]["state"][i]["exp_avg_sq"])
-            assert (adam["state"][i]["exp_avg_sq"] >= 0).all()
+            assert adam["state"][k]["exp_avg"].shape == t.shape
+            assert torch.equal(adam["state"][k]["exp_avg_sq"], mapped["state"]["optimizers"]["Adam"]["state"][k]["exp_avg_sq"])
+            assert (adam["state"][k]["exp_avg_sq"] >= 0).all()
     latest = load(ck / "latest-rank0.pt")
     assert latest["state"]["timestamp"]["Timestamp"]["batch"] == 4
 

@@ -14,6 +14,8 @@ use anyhow::Context;
 
 use crate::checkpoint_io::{format_of, read_checkpoint, write_checkpoint};
 use crate::globs::{IgnoreGlobs, restore_state_key};
+use crate::policy::KeyFilter;
+use crate::wasm::{PolicyHost, PolicySpec, RunInfo, SandboxConfig};
 
 /// Arguments of `cairn filter`.
 #[derive(Debug, clap::Args)]
@@ -24,16 +26,31 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// Glob patterns of paths to drop (e.g. 'state/optimizers/*').
-    #[arg(long = "ignore-keys", num_args = 1.., required = true)]
+    #[arg(long = "ignore-keys", num_args = 1.., required_unless_present = "filter", conflicts_with = "filter")]
     ignore_keys: Vec<String>,
+    /// A state-dict-filter component to run instead of globs (sandboxed with default limits).
+    #[arg(long, value_name = "FILE.wasm")]
+    filter: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let globs = IgnoreGlobs::new(&args.ignore_keys)?;
+    let mut filter: Box<dyn KeyFilter> = match &args.filter {
+        Some(wasm) => {
+            let spec = PolicySpec::new(wasm);
+            Box::new(PolicyHost::default().key_filter(
+                &spec,
+                &SandboxConfig::default(),
+                &RunInfo::default(),
+            )?)
+        }
+        None => Box::new(IgnoreGlobs::new(&args.ignore_keys)?),
+    };
     let format = format_of(&args.output)?;
-    let mut tree = read_checkpoint(&args.input)?;
+    let tree = read_checkpoint(&args.input)?;
     let full = tree.as_dict().is_some_and(|d| d.get("state").is_some());
-    for warning in globs.apply(&mut tree) {
+    let mut warnings = Vec::new();
+    let mut tree = filter.filter(tree, &mut warnings)?;
+    for warning in warnings {
         eprintln!("cairn: warning: {warning}");
     }
     if full {

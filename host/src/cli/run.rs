@@ -18,6 +18,7 @@ use crate::saver::CheckpointSaver;
 use crate::synthetic::SyntheticModel;
 use crate::template::Vars;
 use crate::trainer::{Events, TrainerSpec, synthetic_loss};
+use crate::wasm::PolicyHost;
 
 /// Arguments of `cairn run`.
 #[derive(Debug, Args)]
@@ -58,6 +59,19 @@ struct Summary {
     folder: String,
     warnings: Vec<String>,
     uploads: Option<UploadSummary>,
+    policies: Vec<PolicySummary>,
+}
+
+/// What one WebAssembly policy of the job cost (per-tenant accounting).
+#[derive(Debug, Default, Serialize)]
+struct PolicySummary {
+    policy: String,
+    calls: u64,
+    errors: u64,
+    fuel: u64,
+    seconds: f64,
+    peak_memory_bytes: u64,
+    reinstantiations: u64,
 }
 
 /// The uploads of a run.
@@ -85,8 +99,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     for config in &mut configs {
         apply_overrides(config, &args)?;
     }
+    // One policy runtime for the process: every job shares its engine, epoch ticker and compile
+    // cache, while each job's components get their own stores and limits.
+    let host = PolicyHost::default();
     if let [config] = configs.as_slice() {
-        let summary = train(config, args.resume, true)?;
+        let summary = train(config, &host, args.resume, true)?;
         print_summary(&summary, args.json)?;
         return upload_outcome(&summary);
     }
@@ -94,7 +111,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let results: Vec<Result<Summary>> = std::thread::scope(|scope| {
         let handles: Vec<_> = configs
             .iter()
-            .map(|c| scope.spawn(|| train(c, args.resume, false)))
+            .map(|c| scope.spawn(|| train(c, &host, args.resume, false)))
             .collect();
         handles
             .into_iter()
@@ -162,10 +179,10 @@ fn apply_overrides(config: &mut Config, args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(config: &Config, resume: bool, interactive: bool) -> Result<Summary> {
+fn train(config: &Config, host: &PolicyHost, resume: bool, interactive: bool) -> Result<Summary> {
     let started = Instant::now();
     let t = &config.train;
-    let mut saver = CheckpointSaver::new(config)?;
+    let mut saver = CheckpointSaver::with_host(config, host)?;
     let mut model = SyntheticModel::new(t.model_mib, t.seed);
     let mut summary = Summary {
         run_name: config.run_name.clone(),
@@ -264,6 +281,19 @@ fn train(config: &Config, resume: bool, interactive: bool) -> Result<Summary> {
         }
     }
     summary.training_seconds = started.elapsed().as_secs_f64();
+    summary.policies = saver
+        .policy_stats()
+        .into_iter()
+        .map(|(policy, st)| PolicySummary {
+            policy,
+            calls: st.calls,
+            errors: st.errors,
+            fuel: st.fuel,
+            seconds: st.time.as_secs_f64(),
+            peak_memory_bytes: st.peak_memory,
+            reinstantiations: st.reinstantiations,
+        })
+        .collect();
     let report = saver.fit_end()?;
     progress.finish();
     for w in saver.take_warnings() {
@@ -398,6 +428,18 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
     ];
     for (k, v) in rows {
         writeln!(out, "{k:<18} {v}")?;
+    }
+    for p in &s.policies {
+        let line = format!(
+            "{} calls, {} errors, {} fuel, {:.1} ms, peak memory {:.1} MiB, {} fresh instances",
+            p.calls,
+            p.errors,
+            p.fuel,
+            p.seconds * 1e3,
+            p.peak_memory_bytes as f64 / (1 << 20) as f64,
+            p.reinstantiations
+        );
+        writeln!(out, "{:<18} {}: {line}", "policy", p.policy)?;
     }
     if let Some(u) = &s.uploads {
         let line = format!(

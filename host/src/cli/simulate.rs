@@ -3,8 +3,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-use std::path::Path;
-
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
@@ -18,6 +16,7 @@ use crate::simulate::{PlannedSave, Simulation};
 use crate::template::Template;
 use crate::time::{Time, Timestamp};
 use crate::trainer::TrainerSpec;
+use crate::wasm::{PolicyHost, PolicySpec, RunInfo, SandboxConfig};
 
 /// Arguments of `cairn simulate`.
 #[derive(Debug, Args)]
@@ -174,11 +173,16 @@ fn resolve(
             .epochs_per_iteration
             .or(train.and_then(|t| t.epochs_per_iteration)),
     };
+    let run_name = args
+        .run_name
+        .clone()
+        .or(config.map(|c| c.run_name.clone()))
+        .unwrap_or_else(|| "cairn-run".into());
     let policy = match (&args.save_interval, config) {
-        (Some(spec), _) => policy(spec)?,
+        (Some(spec), _) => policy(spec, config.map(|c| &c.sandbox), &run_name)?,
         (None, Some(c)) => match &c.save_interval {
             SaveIntervalSpec::Time(t) => Box::new(IntervalScheduler::new(*t)?),
-            SaveIntervalSpec::Wasm(p) => wasm_policy(&p.wasm)?,
+            SaveIntervalSpec::Wasm(p) => wasm_policy(p, &c.sandbox, &c.run_name)?,
         },
         (None, None) => bail!("--save-interval is required without --config"),
     };
@@ -187,20 +191,24 @@ fn resolve(
         (None, Some(c)) => c.filename.clone(),
         (None, None) => Template::parse(DEFAULT_FILENAME).expect("default template is valid"),
     };
-    let run_name = args
-        .run_name
-        .clone()
-        .or(config.map(|c| c.run_name.clone()))
-        .unwrap_or_else(|| "cairn-run".into());
     Ok((spec, Schedule::new(policy), filename, run_name))
 }
 
 const DEFAULT_FILENAME: &str = "ep{epoch}-ba{batch}-rank{rank}.pt";
 
 /// The policy a `--save-interval` SPEC names.
-fn policy(spec: &str) -> Result<Box<dyn SavePolicy>> {
+fn policy(
+    spec: &str,
+    sandbox: Option<&SandboxConfig>,
+    run_name: &str,
+) -> Result<Box<dyn SavePolicy>> {
     if spec.ends_with(".wasm") {
-        return wasm_policy(Path::new(spec));
+        let spec = PolicySpec::new(spec);
+        return wasm_policy(
+            &spec,
+            sandbox.unwrap_or(&SandboxConfig::default()),
+            run_name,
+        );
     }
     let time = match spec.trim().parse::<i64>() {
         Ok(epochs) => Time::epochs(epochs),
@@ -209,10 +217,18 @@ fn policy(spec: &str) -> Result<Box<dyn SavePolicy>> {
     Ok(Box::new(IntervalScheduler::new(time)?))
 }
 
-/// A WebAssembly save-interval component.
-fn wasm_policy(path: &Path) -> Result<Box<dyn SavePolicy>> {
-    bail!(
-        "{}: WebAssembly policies are not available in this build",
-        path.display()
-    )
+/// A WebAssembly save-interval component, run exactly as `cairn run` runs it (same limits,
+/// same deterministic clock and randomness), so the prediction holds.
+fn wasm_policy(
+    spec: &PolicySpec,
+    sandbox: &SandboxConfig,
+    run_name: &str,
+) -> Result<Box<dyn SavePolicy>> {
+    let run = RunInfo {
+        run_name: run_name.to_owned(),
+        ranks: Ranks::from_env(),
+    };
+    Ok(Box::new(
+        PolicyHost::default().save_policy(spec, sandbox, &run)?,
+    ))
 }

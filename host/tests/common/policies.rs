@@ -4,7 +4,6 @@
 //! target dir `<cargo target>/policies`. The Python policy: `componentize-py` (from
 //! `$COMPONENTIZE_PY` or `PATH`), rebuilt only when its sources change.
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
