@@ -122,7 +122,7 @@ impl CheckpointSaver {
             ranks,
             timestamp: None,
         };
-        let folder = PathBuf::from(config.folder.render(&vars));
+        let (folder, remote_url) = locations(&config.folder.render(&vars), &config.remote_url)?;
         let format = CheckpointFormat::from_name(config.filename.source())
             .with_context(|| format!("checkpoint.filename '{}'", config.filename))?;
         let run = RunInfo {
@@ -150,8 +150,8 @@ impl CheckpointSaver {
         let remote = match &config.remote_file_name {
             None => None,
             Some(name) => {
-                let store = RemoteStore::from_url(&config.remote_url)
-                    .with_context(|| format!("remote.url '{}'", config.remote_url))?;
+                let store = RemoteStore::from_url(&remote_url)
+                    .with_context(|| format!("remote store '{remote_url}'"))?;
                 let options = UploadOptions {
                     num_concurrent_uploads: config.num_concurrent_uploads,
                     timeout: Duration::from_secs_f64(config.upload_timeout_in_seconds),
@@ -499,4 +499,22 @@ impl CheckpointSaver {
         self.rotate()?;
         Ok(Some(report))
     }
+}
+
+/// Where checkpoints are written locally, and where they are uploaded. A `folder` that is a
+/// store URL (`s3://bucket/prefix`) stages checkpoints in a fresh local temporary folder, as
+/// Composer does, and uploads under that URL (which then takes the place of `[remote] url`).
+fn locations(folder: &str, remote_url: &str) -> Result<(PathBuf, String)> {
+    if !crate::remote::is_remote_url(folder) {
+        return Ok((PathBuf::from(folder), remote_url.to_owned()));
+    }
+    let (_, rest) = folder.split_once("://").expect("a URL has a scheme");
+    let path = rest.split_once('/').map_or("", |(_, p)| p).trim_matches('/');
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let staging = std::env::temp_dir().join(format!("cairn-{}-{stamp}", std::process::id()));
+    fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create a staging folder in {}", staging.display()))?;
+    Ok((staging.join(path), folder.to_owned()))
 }

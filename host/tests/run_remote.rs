@@ -218,3 +218,25 @@ fn a_hanging_store_never_slows_training_and_fails_within_the_timeout() {
             .exists()
     );
 }
+
+/// `folder` as a store URL: checkpoints are staged in a local temporary folder and uploaded
+/// under that URL, as Composer does with `save_folder = "s3://..."`.
+#[test]
+fn a_folder_url_stages_locally_and_uploads_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let text = format!(
+        "run_name = \"u\"\n[checkpoint]\nfolder = \"file://{}/runs\"\nsave_interval = \"2ba\"\n[train]\nmax_duration = \"4ba\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 1\n",
+        store.display()
+    );
+    let config = dir.path().join("url.toml");
+    fs::write(&config, text).unwrap();
+    let summary = cairn(dir.path(), &[], &["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(summary["uploads"]["uploaded"], 2, "{summary}");
+    let staged = summary["folder"].as_str().unwrap();
+    assert!(staged.starts_with(std::env::temp_dir().to_str().unwrap()), "{staged}");
+    let remote = store.join("runs/u/checkpoints");
+    assert_eq!(checkpoints(&remote), ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt"]);
+    assert_eq!(fs::read_to_string(remote.join("latest-rank0.pt.symlink")).unwrap(), "u/checkpoints/ep0-ba4-rank0.pt");
+    fs::remove_dir_all(Path::new(staged).parent().unwrap()).ok();
+}
