@@ -80,6 +80,8 @@ pub fn run(args: BenchUploadArgs) -> anyhow::Result<ExitCode> {
         bail!("--runs must be at least 1");
     }
     let store = RemoteStore::from_url(&args.url)?;
+    // Fail on a wrong endpoint or credentials before generating hundreds of MiB.
+    store.check_access(Duration::from_secs(60))?;
     let mut generated = None;
     let (path, size) = match &args.file {
         Some(file) => {

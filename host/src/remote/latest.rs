@@ -30,7 +30,8 @@ pub const SYMLINK_SUFFIX: &str = ".symlink";
 pub enum PointerError {
     /// The store failed the write.
     #[error(
-        "writing the latest pointer '{pointer}' in '{url}' (to name '{target}') failed: {source}"
+        "writing the latest pointer '{pointer}' in '{url}' (to name '{target}') failed: {}",
+        super::error_chain(.source)
     )]
     Store {
         /// The pointer's key.
