@@ -1,11 +1,17 @@
 //! The `cairn` command line. One module per subcommand; this file parses and dispatches, and
 //! turns errors into one sentence on stderr with a non-zero exit status.
 
+mod bench;
+pub mod bench_upload;
+mod filter;
+mod inspect;
+mod run;
+mod simulate;
+mod verify;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub mod bench_upload;
 
 /// cairn: Composer-compatible checkpoint saving with sandboxed WebAssembly policies.
 #[derive(Debug, Parser)]
@@ -17,15 +23,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Measure cairn's components.
+    /// The main job: a simulated training run that saves through the real saver.
+    Run(run::RunArgs),
+    /// Which checkpoints a save_interval would save, without training or writing.
+    Simulate(simulate::SimulateArgs),
+    /// Show what a checkpoint holds (any supported format).
+    Inspect(inspect::Args),
+    /// Rewrite a checkpoint without the ignored keys, in the format OUT's extension names.
+    Filter(filter::Args),
+    /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
+    Verify(verify::Args),
+    /// Benchmarks.
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Upload throughput of cairn's uploader against a single-stream upload of the same file.
-    Upload(bench_upload::BenchUploadArgs),
+    Bench(bench::Bench),
 }
 
 /// Run the command line; the process exit status.
@@ -42,6 +52,11 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Bench(BenchCommand::Upload(args)) => bench_upload::run(args),
+        Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Filter(args) => filter::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Bench(b) => bench::run(b),
     }
 }
