@@ -355,3 +355,55 @@ fn under_mixed_faults_the_pointer_only_ever_names_whole_objects() {
         assert!(server.leftover_parts().is_empty());
     });
 }
+
+#[test]
+fn when_even_the_abort_hangs_the_failure_says_parts_may_remain() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    within(Duration::from_secs(60), move || {
+        let proxy = FaultProxy::start(server.addr);
+        let store = server.store_via(&proxy.endpoint(), "");
+        let dir = tempfile::tempdir().unwrap();
+        // Part 1 lands, part 2 hangs, and so does the abort (DELETE ?uploadId=...).
+        proxy.inject(
+            Fault::Hang,
+            usize::MAX,
+            Match {
+                method: Some("PUT"),
+                target_contains: Some("partNumber=2&"),
+            },
+        );
+        proxy.inject(Fault::Hang, usize::MAX, Match::method("DELETE"));
+        let (big, _) = write_file(dir.path(), "big.pt", 16 * MIB + 1, 1);
+        let opts = UploadOptions {
+            timeout: Duration::from_secs(2),
+            abort_timeout: Duration::from_millis(500),
+            part_concurrency: 1,
+            ..options()
+        };
+        let start = Instant::now();
+        let uploader = Uploader::new(store, opts).unwrap();
+        uploader.enqueue(job(&big, "big.pt", 1)).unwrap();
+        let report = uploader.finish();
+        eprintln!("{report}\n{:#?}", report.failures);
+        assert!(
+            start.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(report.failed, 1);
+        let msg = &report.failures[0].message;
+        assert!(
+            msg.contains("did not finish within 2.0 s")
+                && msg.contains(
+                    "aborting the unfinished multipart upload also failed (no answer within 0.5 s)"
+                )
+                && msg.contains("lifecycle rule"),
+            "{msg}"
+        );
+        assert_eq!(server.leftover_parts().len(), 1, "part 1 is on the server");
+        assert!(!server.object_file("big.pt").exists());
+        assert!(!server.object_file("latest-rank0.pt.symlink").exists());
+    });
+}

@@ -26,7 +26,10 @@ pub enum DownloadError {
     #[error(transparent)]
     Name(#[from] StoreError),
     /// Reading the pointer failed for a reason other than its absence.
-    #[error("cannot read the latest pointer '{pointer}' in '{url}': {source}")]
+    #[error(
+        "cannot read the latest pointer '{pointer}' in '{url}': {}",
+        super::error_chain(.source)
+    )]
     Pointer {
         /// The pointer's key.
         pointer: String,
@@ -58,7 +61,7 @@ pub enum DownloadError {
         url: String,
     },
     /// Downloading the checkpoint failed.
-    #[error("cannot download '{target}' from '{url}': {source}")]
+    #[error("cannot download '{target}' from '{url}': {}", super::error_chain(.source))]
     Store {
         /// The checkpoint key.
         target: String,

@@ -30,7 +30,8 @@ pub const SYMLINK_SUFFIX: &str = ".symlink";
 pub enum PointerError {
     /// The store failed the write.
     #[error(
-        "writing the latest pointer '{pointer}' in '{url}' (to name '{target}') failed: {source}"
+        "writing the latest pointer '{pointer}' in '{url}' (to name '{target}') failed: {}",
+        super::error_chain(.source)
     )]
     Store {
         /// The pointer's key.
@@ -71,13 +72,18 @@ pub enum Advance {
 /// The highest save sequence each pointer has named, for this process.
 #[derive(Debug, Default)]
 pub struct LatestPointers {
-    named: Mutex<HashMap<ObjectPath, (u64, String)>>,
+    /// Serialises check-and-write, so two checkpoints finishing together cannot interleave.
+    writing: Mutex<()>,
+    /// What each pointer names now. A plain lock, held only for map access, so readers (the
+    /// report) never wait behind a slow write.
+    named: std::sync::Mutex<HashMap<ObjectPath, (u64, String)>>,
 }
 
 impl LatestPointers {
     /// Point `pointer` at `target` (a confirmed checkpoint of save `sequence`), unless it already
     /// names a later save. The pointer is overwritten in place: the store makes each `PUT` atomic,
-    /// so a reader sees the old or the new key, never a mix.
+    /// so a reader sees the old or the new key, never a mix. Waiting for another checkpoint's
+    /// pointer write counts against this checkpoint's `deadline` too.
     pub async fn advance(
         &self,
         store: &RemoteStore,
@@ -87,19 +93,22 @@ impl LatestPointers {
         deadline: Instant,
         limit: Duration,
     ) -> Result<Advance, PointerError> {
-        let mut named = self.named.lock().await;
-        if let Some((newest, _)) = named.get(pointer)
-            && *newest >= sequence
-        {
-            return Ok(Advance::AlreadyNewer(*newest));
-        }
         let content = target.as_ref().to_string();
-        let payload = PutPayload::from(content.clone().into_bytes());
-        match timeout_at(deadline, store.object_store().put(pointer, payload)).await {
-            Ok(Ok(_)) => {
-                named.insert(pointer.clone(), (sequence, content));
-                Ok(Advance::Written)
+        let write = async {
+            let _writing = self.writing.lock().await;
+            if let Some((newest, _)) = self.named_map().get(pointer)
+                && *newest >= sequence
+            {
+                return Ok(Advance::AlreadyNewer(*newest));
             }
+            let payload = PutPayload::from(content.clone().into_bytes());
+            store.object_store().put(pointer, payload).await?;
+            self.named_map()
+                .insert(pointer.clone(), (sequence, content.clone()));
+            Ok(Advance::Written)
+        };
+        match timeout_at(deadline, write).await {
+            Ok(Ok(advance)) => Ok(advance),
             Ok(Err(source)) => Err(PointerError::Store {
                 pointer: pointer.to_string(),
                 target: target.to_string(),
@@ -115,10 +124,14 @@ impl LatestPointers {
         }
     }
 
-    /// The key each pointer names now, as written by this process.
-    pub async fn current(&self) -> Vec<(String, String)> {
-        let named = self.named.lock().await;
-        let mut all: Vec<_> = named
+    fn named_map(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectPath, (u64, String)>> {
+        self.named.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key each pointer names now, as written by this process. Never waits for a write.
+    pub fn current(&self) -> Vec<(String, String)> {
+        let mut all: Vec<_> = self
+            .named_map()
             .iter()
             .map(|(p, (_, t))| (p.to_string(), t.clone()))
             .collect();
@@ -184,7 +197,7 @@ mod tests {
             "runs/a/ep3.pt"
         );
         assert_eq!(
-            pointers.current().await,
+            pointers.current(),
             vec![(
                 "runs/a/latest-rank0.pt.symlink".to_string(),
                 "runs/a/ep3.pt".to_string()

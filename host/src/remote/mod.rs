@@ -30,6 +30,23 @@ pub mod transfer;
 pub mod uploader;
 
 pub use download::{DownloadError, download_latest};
+
+/// An error and its causes in one line. object_store's messages stop at the HTTP layer ("error
+/// sending request"); the cause ("tcp connect error: Connection refused") is what a user can act
+/// on. Causes whose text is already included are skipped, as many errors repeat their source.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
+}
 pub use latest::SYMLINK_SUFFIX;
 pub use store::{RemoteStore, StoreError, StoreOptions, is_remote_url};
 pub use transfer::{TransferError, part_size_for};

@@ -60,7 +60,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The object-store client rejected its configuration (credentials, endpoint, region...).
-    #[error("cannot configure the store for remote URL '{url}': {source}")]
+    #[error(
+        "cannot configure the store for remote URL '{url}': {}",
+        super::error_chain(.source)
+    )]
     Configure {
         /// The URL as given.
         url: String,
@@ -297,7 +300,7 @@ impl RemoteStore {
             runtime.block_on(async { tokio::time::timeout(limit, self.inner.head(&probe)).await });
         match head {
             Ok(Ok(_)) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
-            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Ok(Err(e)) => Err(unreachable(super::error_chain(&e))),
             Err(_) => Err(unreachable(format!(
                 "no answer within {:.1} s",
                 limit.as_secs_f64()

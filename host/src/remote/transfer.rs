@@ -111,7 +111,10 @@ pub enum TransferError {
     },
     /// The store refused or failed the upload (after object_store's own request retries and
     /// cairn's whole-upload retries).
-    #[error("uploading '{key}' to '{url}' failed after {attempts} attempt(s): {source}{cleanup}")]
+    #[error(
+        "uploading '{key}' to '{url}' failed after {attempts} attempt(s): {}{cleanup}",
+        super::error_chain(.source)
+    )]
     Store {
         /// The bucket-relative key.
         key: String,
@@ -181,7 +184,7 @@ impl AttemptError {
         match self {
             AttemptError::Exists => "the object already exists".to_string(),
             AttemptError::Read(e) => e.to_string(),
-            AttemptError::Store(e) => e.to_string(),
+            AttemptError::Store(e) => super::error_chain(e),
         }
     }
 }
@@ -382,7 +385,7 @@ async fn abort_unfinished(upload: Option<Box<dyn MultipartUpload>>, bound: Durat
     };
     match timeout(bound, upload.abort()).await {
         Ok(Ok(())) => Cleanup::Aborted,
-        Ok(Err(e)) => Cleanup::AbortFailed(e.to_string()),
+        Ok(Err(e)) => Cleanup::AbortFailed(super::error_chain(&e)),
         Err(_) => Cleanup::AbortFailed(format!("no answer within {:.1} s", bound.as_secs_f64())),
     }
 }

@@ -345,7 +345,7 @@ impl Uploader {
                     format!("the upload task of '{object_name}' crashed: {join}"),
                 )),
             };
-            let named = pointers.current().await;
+            let named = pointers.current();
             shared.end(&local_path, outcome, named);
         });
         Ok(ticket)

@@ -162,6 +162,11 @@ impl S3Server {
             .collect()
     }
 
+    /// The server's process id (for CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn root(&self) -> &Path {
         self.root.path()
     }
