@@ -906,19 +906,21 @@ fn dict_node(items: Vec<(Id, Id)>) -> Node {
     }
 }
 
-/// A `LONG1`/`LONG4` payload: little-endian two's complement.
+/// A `LONG1`/`LONG4` payload: little-endian two's complement, of any (even non-minimal) width.
 fn long_node(le: &[u8]) -> Node {
-    if le.len() <= 8 {
-        let fill = if le.last().is_some_and(|b| b & 0x80 != 0) {
-            0xFF
-        } else {
-            0
-        };
+    let negative = le.last().is_some_and(|b| b & 0x80 != 0);
+    let fill = if negative { 0xFF } else { 0 };
+    let mut len = le.len();
+    // Drop sign-extension bytes that do not change the value.
+    while len > 1 && le[len - 1] == fill && (le[len - 2] & 0x80 != 0) == negative {
+        len -= 1;
+    }
+    if len <= 8 {
         let mut a = [fill; 8];
-        a[..le.len()].copy_from_slice(le);
+        a[..len].copy_from_slice(&le[..len]);
         Node::Int(i64::from_le_bytes(a))
     } else {
-        Node::BigInt(le.to_vec())
+        Node::BigInt(le[..len].to_vec())
     }
 }
 
