@@ -265,7 +265,10 @@ fn check(v: &Value, want: &Json, path: &str) {
             let got = elements(t);
             assert_eq!(got.len(), values.len(), "{path}");
             for (g, w) in got.iter().zip(&values) {
-                assert!((g - w).abs() <= 1e-12 * w.abs().max(1.0), "{path}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                    "{path}: {g} vs {w}"
+                );
             }
         }
         (Value::Dict(d), _) => {
@@ -561,10 +564,7 @@ proptest! {
 /// branch's build by the time the tests run).
 fn cairn(args: &[&str]) -> (bool, String, String) {
     let bin = std::env::var("CAIRN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cairn").to_owned());
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(bin).args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),

@@ -66,6 +66,7 @@ def load_weights_only(path, **kw):
 
 def decompress(path, tmp):
     """The plain .pt inside any cairn/Composer checkpoint, using Python's own tools."""
+    os.makedirs(tmp, exist_ok=True)
     if path.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.lzma")):
         with tarfile.open(path) as t:
             t.extractall(tmp, filter="data")
