@@ -243,7 +243,19 @@ impl Archive {
         Ok(Archive { records })
     }
 
+    /// torch records the writer's byte order; cairn reads only little-endian data.
+    fn check_byteorder(&self) -> Result<(), PtError> {
+        match self.records.get("byteorder") {
+            Some(e) if &e.data[..] != b"little" => Err(PtError::NotTorch(format!(
+                "its storages are in '{}' byte order; cairn reads only little-endian checkpoints",
+                String::from_utf8_lossy(&e.data)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn pickle(&self) -> Result<&ZipEntry, PtError> {
+        self.check_byteorder()?;
         let entry = self
             .records
             .get("data.pkl")
@@ -394,6 +406,18 @@ mod tests {
         let mut got = vec![0u8; expected.len()];
         f.read_exact_at(&mut got, 0).unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn big_endian_files_are_refused() {
+        let plan = PtPlan::new(&sample(), "x").unwrap();
+        let mut buf = Vec::new();
+        plan.write_to(&mut buf).unwrap();
+        // Same length as "little", so only the content (and CRC, unchecked here) changes.
+        let pos = buf.windows(6).position(|w| w == b"little").unwrap();
+        buf[pos..pos + 6].copy_from_slice(b"big\0\0\0");
+        let err = read_pt(&Bytes::from(buf)).unwrap_err().to_string();
+        assert!(err.contains("byte order"), "{err}");
     }
 
     #[test]
