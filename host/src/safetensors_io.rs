@@ -404,6 +404,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn files_from_other_writers_read_as_a_flat_dict() {
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+        let bytes = safetensors::serialize([("w", view)], None).unwrap();
+        let back = read(&Bytes::from(bytes)).unwrap();
+        let Some(Value::Tensor(t)) = back.get_path(&["w"]) else {
+            panic!("{back:?}")
+        };
+        assert_eq!(t.shape, vec![2]);
+        assert_eq!(&t.storage.bytes()[..], &data[..]);
+    }
+
+    #[test]
     fn strided_views_are_packed() {
         let t = Tensor::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]);
         let mut tr = t.clone();

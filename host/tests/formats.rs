@@ -663,3 +663,32 @@ fn verify_checks_folders_and_latest_pointers() {
     assert_eq!(err.lines().count(), 3, "{err}");
     assert!(err.contains("missing.pt"), "{err}");
 }
+
+/// ZIP64 for real: one storage past 4 GiB, so sizes and offsets need the ZIP64 fields. Slow and
+/// disk-hungry (~4.3 GB), so opt-in: `cargo test --release -- --ignored zip64`. Set
+/// `CAIRN_ZIP64_OUT` to keep the file (e.g. to load it with torch).
+#[test]
+#[ignore]
+fn zip64_archives_past_4_gib_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::var("CAIRN_ZIP64_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dir.path().join("big.pt"));
+    let n = (4u64 << 30) + 4096;
+    let mut bytes = vec![0u8; n as usize];
+    bytes[n as usize - 1] = 7;
+    let tree = Value::Dict(
+        Dict::new()
+            .with("big", Tensor::from_bytes(DType::U8, vec![n], bytes))
+            .with("after", Tensor::from_f32(vec![2], &[1.0, 2.0])),
+    );
+    write_to(&path, &tree);
+    let report = verify_checkpoint(&path).unwrap();
+    assert_eq!(report.summary.tensors, 2);
+    let back = read_checkpoint(&path).unwrap();
+    assert_eq!(back.get_path(&["after"]), tree.get_path(&["after"]));
+    let Some(Value::Tensor(big)) = back.get_path(&["big"]) else {
+        panic!()
+    };
+    assert_eq!(big.storage.bytes()[n as usize - 1], 7);
+}
