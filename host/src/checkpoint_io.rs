@@ -96,7 +96,7 @@ fn read_err(path: &Path) -> impl Fn(io::Error) -> FormatError + '_ {
 
 /// The format `path`'s name selects.
 pub fn format_of(path: &Path) -> Result<CheckpointFormat, FormatError> {
-    Ok(CheckpointFormat::from_name(&path.to_string_lossy())?)
+    CheckpointFormat::from_name(&path.to_string_lossy())
 }
 
 /// The archive prefix torch.save would use: the file's stem for a path, `archive` for a stream
