@@ -250,6 +250,12 @@ pub fn decoder<'a, R: Read + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Rea
 pub const TAR_MEMBER: &str = "composer_states.pt";
 
 /// The 512-byte tar header for a `composer_states.pt` member of `size` bytes.
+///
+/// Composer's tar (Python `tarfile.add(tmpdir, arcname='')`) also holds a directory entry
+/// named `''` for its temporary folder. It carries nothing a reader needs and an empty member
+/// name trips some tar tools, so cairn writes only the member; Composer's loader extracts the
+/// tar and opens `composer_states.pt`, which works either way. The header is GNU-format so
+/// members past 8 GiB get a binary size field.
 pub fn tar_header(size: u64) -> io::Result<[u8; 512]> {
     let mut h = tar::Header::new_gnu();
     h.set_path(TAR_MEMBER)?;
