@@ -36,7 +36,14 @@ pub enum SafetensorsError {
     Unwritable(String),
     /// Writing failed.
     #[error("could not be written: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// Not `#[from]`: the message includes the cause already (see `pt::PtError`).
+impl From<io::Error> for SafetensorsError {
+    fn from(e: io::Error) -> Self {
+        SafetensorsError::Io(e)
+    }
 }
 
 fn to_st(d: DType) -> Dtype {

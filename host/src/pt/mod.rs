@@ -26,19 +26,45 @@ use zip::{CrcWriter, Plan, ZipEntry, ZipError};
 pub enum PtError {
     /// The zip container is damaged.
     #[error("{0}")]
-    Zip(#[from] ZipError),
+    Zip(ZipError),
     /// The pickle is damaged or hostile.
     #[error("has an unreadable pickle: {0}")]
-    Pickle(#[from] PickleError),
+    Pickle(PickleError),
     /// A tensor cannot be written.
     #[error("cannot be written: {0}")]
-    View(#[from] ViewError),
+    View(ViewError),
     /// Not a zip-format torch file.
     #[error("is not a torch.save zip archive: {0}")]
     NotTorch(String),
     /// Reading or writing failed.
     #[error("could not be written: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// Conversions without `#[from]`: the message already includes the cause, and a `source()` would
+// make `{:#}` printers repeat it.
+impl From<ZipError> for PtError {
+    fn from(e: ZipError) -> Self {
+        PtError::Zip(e)
+    }
+}
+
+impl From<PickleError> for PtError {
+    fn from(e: PickleError) -> Self {
+        PtError::Pickle(e)
+    }
+}
+
+impl From<ViewError> for PtError {
+    fn from(e: ViewError) -> Self {
+        PtError::View(e)
+    }
+}
+
+impl From<io::Error> for PtError {
+    fn from(e: io::Error) -> Self {
+        PtError::Io(e)
+    }
 }
 
 /// True when every element a tensor view addresses lies inside its storage.
@@ -243,6 +269,14 @@ impl Archive {
         Ok(Archive { records })
     }
 
+    /// Every record must match its CRC-32 (cheap next to reading the bytes at all).
+    fn check_crcs(&self) -> Result<(), PtError> {
+        for entry in self.records.values() {
+            entry.check_crc()?;
+        }
+        Ok(())
+    }
+
     /// torch records the writer's byte order; cairn reads only little-endian data.
     fn check_byteorder(&self) -> Result<(), PtError> {
         match self.records.get("byteorder") {
@@ -260,7 +294,6 @@ impl Archive {
             .records
             .get("data.pkl")
             .ok_or_else(|| PtError::NotTorch("it has no data.pkl record".into()))?;
-        entry.check_crc()?;
         Ok(entry)
     }
 }
@@ -278,7 +311,6 @@ impl StorageSource for Archive {
                 entry.data.len()
             ));
         }
-        entry.check_crc().map_err(|e| e.to_string())?;
         Ok(Storage::new(dtype, entry.data.clone()))
     }
 }
@@ -286,6 +318,7 @@ impl StorageSource for Archive {
 /// Read a `.pt` held in `data` (a memory map or buffer); tensors share `data`'s memory.
 pub fn read_pt(data: &Bytes) -> Result<Value, PtError> {
     let mut archive = Archive::open(data)?;
+    archive.check_crcs()?;
     let pickle = archive.pickle()?.data.clone();
     Ok(pickle_read::unpickle(&pickle, &mut archive)?)
 }
@@ -307,9 +340,7 @@ pub struct PtSummary {
 /// present at the declared size.
 pub fn verify_pt(data: &Bytes) -> Result<PtSummary, PtError> {
     let mut archive = Archive::open(data)?;
-    for entry in archive.records.values() {
-        entry.check_crc()?;
-    }
+    archive.check_crcs()?;
     if !archive.records.contains_key("version") && !archive.records.contains_key(".data/version") {
         return Err(PtError::NotTorch("it has no version record".into()));
     }
@@ -410,12 +441,20 @@ mod tests {
 
     #[test]
     fn big_endian_files_are_refused() {
-        let plan = PtPlan::new(&sample(), "x").unwrap();
+        let entries: [(&str, &[u8]); 3] = [
+            ("x/data.pkl", b"\x80\x02N."),
+            ("x/byteorder", b"big"),
+            ("x/version", b"3\n"),
+        ];
+        let plan = Plan::new(entries.iter().map(|(n, d)| (*n, d.len() as u64)));
         let mut buf = Vec::new();
-        plan.write_to(&mut buf).unwrap();
-        // Same length as "little", so only the content (and CRC, unchecked here) changes.
-        let pos = buf.windows(6).position(|w| w == b"little").unwrap();
-        buf[pos..pos + 6].copy_from_slice(b"big\0\0\0");
+        let mut w = CrcWriter::new(&mut buf);
+        let mut crcs = Vec::new();
+        for (i, (_, d)) in entries.iter().enumerate() {
+            w.put(&plan.local_header(i, zip::crc_of(&[d]))).unwrap();
+            crcs.push(w.put_payload(&[d]).unwrap());
+        }
+        w.put(&plan.trailer(&crcs)).unwrap();
         let err = read_pt(&Bytes::from(buf)).unwrap_err().to_string();
         assert!(err.contains("byte order"), "{err}");
     }

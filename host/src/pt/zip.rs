@@ -310,10 +310,12 @@ pub enum ZipError {
     #[error("is corrupt: {0}")]
     Corrupt(String),
     /// An entry is compressed; torch writes only STORED entries.
-    #[error("entry '{0}' is compressed (method {1}); only stored entries are supported")]
+    #[error("has a compressed entry '{0}' (method {1}); torch archives store entries uncompressed")]
     Compressed(String, u16),
     /// An entry's bytes do not match its CRC-32.
-    #[error("entry '{name}' fails its CRC-32 check (stored {stored:08x}, computed {computed:08x})")]
+    #[error(
+        "fails the CRC-32 check of entry '{name}' (stored {stored:08x}, computed {computed:08x})"
+    )]
     Crc {
         /// Entry name.
         name: String,
