@@ -160,23 +160,36 @@ impl PtPlan {
         Ok(w.written)
     }
 
-    /// Write the archive into `file` from its current position in one pass: each CRC is folded
-    /// into the write of its payload and patched into the local header afterwards. Writeback of
+    /// Write the archive into `file` from its current position in one pass: a large record's
+    /// CRC is folded into the write of its payload and patched into the local header afterwards
+    /// (small records are hashed just before their header instead). Writeback of
     /// finished ranges is started while later tensors are still being copied, so the caller's
     /// final fsync has little left to wait for.
     pub fn write_to_file(&self, file: &mut File) -> io::Result<u64> {
         use std::io::Seek;
         let base = file.stream_position()?;
         let mut crcs = Vec::with_capacity(self.zip.entries.len());
+        let mut patches = Vec::new();
         let mut writeback = Writeback::new(file, base);
         {
             let mut buffered = BufWriter::with_capacity(1 << 20, &mut *file);
             let mut w = CrcWriter::new(&mut buffered);
             for (i, entry) in self.zip.entries.iter().enumerate() {
+                let payload = self.payload(i);
                 w.pad_to(entry.header_offset)?;
+                if payload.len() < CHUNK {
+                    // Small: hash first (it stays in cache), write the final header, no patch.
+                    let crc = zip::crc_of(&[payload]);
+                    w.put(&self.zip.local_header(i, crc))?;
+                    w.put(payload)?;
+                    crcs.push(crc);
+                    writeback.start(w.written);
+                    continue;
+                }
                 w.put(&self.zip.local_header(i, 0))?;
+                patches.push(i);
                 let mut hasher = crc32fast::Hasher::new();
-                for chunk in self.payload(i).chunks(CHUNK) {
+                for chunk in payload.chunks(CHUNK) {
                     hasher.update(chunk);
                     w.put(chunk)?;
                     if chunk.len() == CHUNK {
@@ -188,8 +201,8 @@ impl PtPlan {
             w.put(&self.zip.trailer(&crcs))?;
             buffered.flush()?;
         }
-        for (i, crc) in crcs.iter().enumerate() {
-            file.write_all_at(&crc.to_le_bytes(), base + self.zip.crc_field_offset(i))?;
+        for i in patches {
+            file.write_all_at(&crcs[i].to_le_bytes(), base + self.zip.crc_field_offset(i))?;
         }
         Ok(self.total_len())
     }
