@@ -153,6 +153,25 @@ def test_safetensors_output_loads_with_the_safetensors_layout(cairn, tmp_path):
     assert vals.tolist() == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("tool,ext", [("gzip", "gz"), ("bzip2", "bz2"), ("lz4", "lz4"), ("lzma", "lzma"),
+                                      ("xz", "xz"), ("zstd", "zst")])
+def test_compressed_files_match_the_tools_composer_runs(cairn, tmp_path, tool, ext):
+    """Composer pipes through `<tool>` and reads with `<tool> -dc`: both directions must work."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    src = os.path.join(FIXTURES, "views.pt")
+    ours = tmp_path / f"ours.pt.{ext}"
+    cairn("filter", src, "-o", ours, "--ignore-keys", "no-such-key")
+    plain = tmp_path / "plain.pt"
+    with open(plain, "wb") as f:
+        subprocess.run([tool, "-dc", str(ours)], stdout=f, check=True)
+    assert_equal(torch.load(src, weights_only=False), load_weights_only(plain))
+    theirs = tmp_path / f"theirs.pt.{ext}"
+    with open(theirs, "wb") as f:
+        subprocess.run([tool, "-c", src], stdout=f, check=True)
+    cairn("verify", theirs)
+
+
 # ---------- real Composer ----------
 
 COMPOSER_SCRIPT = r"""
