@@ -273,3 +273,37 @@ def test_filtered_composer_checkpoint_loads_in_composer(cairn, composer_checkpoi
     original["state"].pop("optimizers", None)
     assert "optimizers" not in filtered["state"]
     assert_equal(original, filtered)
+
+
+LOAD_SCRIPT = r"""
+import sys, torch, torch.nn as nn
+from composer import Trainer
+from composer.models import ComposerClassifier
+class M(nn.Module):
+    def __init__(s):
+        super().__init__(); s.emb = nn.Embedding(50, 8); s.fc = nn.Linear(8, 2)
+    def forward(s, x): return s.fc(s.emb(x).mean(1))
+path, ref, weights_only = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+torch.manual_seed(123)  # different initial weights: the load must overwrite them
+model = ComposerClassifier(M(), num_classes=2)
+Trainer(model=model, load_path=path, load_weights_only=weights_only, device="cpu",
+        progress_bar=False, log_to_console=False)
+want = torch.load(ref, weights_only=False)["state"]["model"]
+got = model.state_dict()
+assert list(got) == list(want), (list(got), list(want))
+for k in want:
+    assert torch.equal(got[k], want[k]), k
+"""
+
+
+@pytest.mark.parametrize("out_ext", [".pt", ".tar.gz", ".pt.zst"])
+@pytest.mark.parametrize("ignore,weights_only", [("state/optimizers", True), ("no-such-key", False)])
+def test_composer_trainer_resumes_from_cairn_output(cairn, composer_checkpoints, tmp_path, out_ext, ignore,
+                                                    weights_only):
+    """A real Trainer loads what cairn wrote (load_path), weights-only or a full resume."""
+    src = composer_checkpoints[(".pt", False)]
+    out = tmp_path / f"resume{out_ext}"
+    cairn("filter", src, "-o", out, "--ignore-keys", ignore)
+    p = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, out, src, str(int(weights_only))],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
