@@ -4,18 +4,18 @@
 //! save ([`policy::SavePolicy`]) and what to leave out ([`policy::KeyFilter`]) — are built in
 //! ([`interval`], [`globs`]) or supplied as sandboxed WebAssembly components.
 
-pub mod checkpoint_io;
-pub mod cli;
-pub mod container;
 pub mod globs;
 pub mod interval;
 pub mod policy;
-pub mod pt;
 pub mod pyrepr;
-pub mod safetensors_io;
 pub mod state_dict;
 pub mod template;
 pub mod time;
+pub mod cli;
+pub mod checkpoint_io;
+pub mod container;
+pub mod pt;
+pub mod safetensors_io;
 
 pub use checkpoint_io::{
     FormatError, VerifyReport, read_checkpoint, verify_checkpoint, write_checkpoint,
