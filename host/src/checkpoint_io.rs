@@ -23,23 +23,23 @@ use crate::state_dict::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The name selects no supported format.
-    #[error("{0}")]
+    #[error(transparent)]
     Name(#[from] NameError),
     /// A `.pt` (possibly inside a container) is damaged or cannot be written.
-    #[error("{path} {source}")]
+    #[error("{path} {error}")]
     Pt {
         /// The file.
         path: PathBuf,
         /// The fault.
-        source: PtError,
+        error: PtError,
     },
     /// A safetensors file is damaged or cannot be written.
-    #[error("{path} {source}")]
+    #[error("{path} {error}")]
     Safetensors {
         /// The file.
         path: PathBuf,
         /// The fault.
-        source: SafetensorsError,
+        error: SafetensorsError,
     },
     /// The container (tar, compression) is damaged.
     #[error("{path} is damaged: {message}")]
@@ -50,53 +50,53 @@ pub enum FormatError {
         message: String,
     },
     /// The file could not be opened or read.
-    #[error("{path} could not be read: {source}")]
+    #[error("{path} could not be read: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
     /// Writing failed.
-    #[error("{path} could not be written: {source}")]
+    #[error("{path} could not be written: {error}")]
     Write {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 fn pt_err(path: &Path) -> impl Fn(PtError) -> FormatError + '_ {
-    move |source| match source {
-        PtError::Io(source) => FormatError::Write {
+    move |error| match error {
+        PtError::Io(error) => FormatError::Write {
             path: path.to_owned(),
-            source,
+            error,
         },
-        source => FormatError::Pt {
+        error => FormatError::Pt {
             path: path.to_owned(),
-            source,
+            error,
         },
     }
 }
 
 fn write_err(path: &Path) -> impl Fn(io::Error) -> FormatError + '_ {
-    move |source| FormatError::Write {
+    move |error| FormatError::Write {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
 fn read_err(path: &Path) -> impl Fn(io::Error) -> FormatError + '_ {
-    move |source| FormatError::Read {
+    move |error| FormatError::Read {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
 /// The format `path`'s name selects.
 pub fn format_of(path: &Path) -> Result<CheckpointFormat, FormatError> {
-    Ok(CheckpointFormat::from_name(&path.to_string_lossy())?)
+    CheckpointFormat::from_name(&path.to_string_lossy())
 }
 
 /// The archive prefix torch.save would use: the file's stem for a path, `archive` for a stream
@@ -124,9 +124,9 @@ pub fn write_checkpoint(
 ) -> Result<u64, FormatError> {
     let start = out.stream_position().map_err(write_err(path))?;
     if format == CheckpointFormat::Safetensors {
-        return safetensors_io::write(tree, out).map_err(|source| FormatError::Safetensors {
+        return safetensors_io::write(tree, out).map_err(|error| FormatError::Safetensors {
             path: path.to_owned(),
-            source,
+            error,
         });
     }
     let plan = PtPlan::new(tree, &archive_name(path, format)).map_err(pt_err(path))?;
@@ -212,6 +212,11 @@ fn decompress(path: &Path, c: Compression) -> Result<Bytes, FormatError> {
 
 /// The bytes of the torch archive inside any non-safetensors checkpoint.
 fn pt_bytes(path: &Path, format: CheckpointFormat) -> Result<Bytes, FormatError> {
+    if path.is_dir() {
+        return Err(read_err(path)(io::Error::other(
+            "it is a folder, not a checkpoint file",
+        )));
+    }
     let whole = match format {
         CheckpointFormat::Pt | CheckpointFormat::Tar(None) | CheckpointFormat::Safetensors => {
             map(&File::open(path).map_err(read_err(path))?).map_err(read_err(path))?
@@ -233,9 +238,9 @@ pub fn read_checkpoint(path: &Path) -> Result<Value, FormatError> {
     let format = format_of(path)?;
     let data = pt_bytes(path, format)?;
     if format == CheckpointFormat::Safetensors {
-        return safetensors_io::read(&data).map_err(|source| FormatError::Safetensors {
+        return safetensors_io::read(&data).map_err(|error| FormatError::Safetensors {
             path: path.to_owned(),
-            source,
+            error,
         });
     }
     pt::read_pt(&data).map_err(pt_err(path))
@@ -259,9 +264,9 @@ pub fn verify_checkpoint(path: &Path) -> Result<VerifyReport, FormatError> {
     let file_bytes = std::fs::metadata(path).map_err(read_err(path))?.len();
     let data = pt_bytes(path, format)?;
     let summary = if format == CheckpointFormat::Safetensors {
-        let tree = safetensors_io::read(&data).map_err(|source| FormatError::Safetensors {
+        let tree = safetensors_io::read(&data).map_err(|error| FormatError::Safetensors {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut s = PtSummary::default();
         pt::count_tensors(&tree, &mut |t| {

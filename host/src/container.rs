@@ -9,6 +9,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+use crate::checkpoint_io::FormatError;
+
 /// A compressor for `.pt.<ext>` files and the compressed tar variants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
@@ -80,11 +82,13 @@ impl CheckpointFormat {
     /// check first (an unknown compressor is an error, Composer's `CompressorNotFound`), then
     /// tar (a tar name without a valid tar suffix is an error), else a plain `.pt`.
     /// Case-sensitive, like Composer. `.safetensors` is cairn's own addition.
-    pub fn from_name(name: &str) -> Result<CheckpointFormat, NameError> {
+    pub fn from_name(name: &str) -> Result<CheckpointFormat, FormatError> {
         let parts: Vec<&str> = name.split('.').collect();
-        let err = |reason: String| NameError {
-            name: name.to_owned(),
-            reason,
+        let err = |reason: String| {
+            FormatError::Name(NameError {
+                name: name.to_owned(),
+                reason,
+            })
         };
         let n = parts.len();
         if n >= 2 && parts[n - 1] == "safetensors" {
@@ -246,6 +250,12 @@ pub fn decoder<'a, R: Read + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Rea
 pub const TAR_MEMBER: &str = "composer_states.pt";
 
 /// The 512-byte tar header for a `composer_states.pt` member of `size` bytes.
+///
+/// Composer's tar (Python `tarfile.add(tmpdir, arcname='')`) also holds a directory entry
+/// named `''` for its temporary folder. It carries nothing a reader needs and an empty member
+/// name trips some tar tools, so cairn writes only the member; Composer's loader extracts the
+/// tar and opens `composer_states.pt`, which works either way. The header is GNU-format so
+/// members past 8 GiB get a binary size field.
 pub fn tar_header(size: u64) -> io::Result<[u8; 512]> {
     let mut h = tar::Header::new_gnu();
     h.set_path(TAR_MEMBER)?;
@@ -326,16 +336,16 @@ mod tests {
             ("w.safetensors", Safetensors),
         ];
         for (name, want) in ok {
-            assert_eq!(CheckpointFormat::from_name(name), Ok(want), "{name}");
+            assert_eq!(CheckpointFormat::from_name(name).unwrap(), want, "{name}");
         }
         let bad_tar = ["ep1.tar.xz", "ep1.tar.zst", "x.tar.pt", "x.tar.foo"];
         for name in bad_tar {
-            let e = CheckpointFormat::from_name(name).unwrap_err();
-            assert!(e.reason.contains("valid tarfile extension"), "{name}: {e}");
+            let e = CheckpointFormat::from_name(name).unwrap_err().to_string();
+            assert!(e.contains("valid tarfile extension"), "{name}: {e}");
         }
         for name in ["ep1.pt.foo", "x.pt.tar", "ep1.pt.tgz", "ep1.pt.lzo"] {
-            let e = CheckpointFormat::from_name(name).unwrap_err();
-            assert!(e.reason.contains("compress"), "{name}: {e}");
+            let e = CheckpointFormat::from_name(name).unwrap_err().to_string();
+            assert!(e.contains("compress"), "{name}: {e}");
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! The native host does everything that touches bytes; the two programmable decisions — when to
 //! save ([`policy::SavePolicy`]) and what to leave out ([`policy::KeyFilter`]) — are built in
-//! ([`interval`], [`globs`]) or supplied as sandboxed WebAssembly components.
+//! ([`interval`], [`globs`]) or supplied as sandboxed WebAssembly components ([`wasm`]).
 
 pub mod checkpoint;
 pub mod checkpoint_io;

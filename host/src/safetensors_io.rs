@@ -36,7 +36,14 @@ pub enum SafetensorsError {
     Unwritable(String),
     /// Writing failed.
     #[error("could not be written: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// Not `#[from]`: the message includes the cause already (see `pt::PtError`).
+impl From<io::Error> for SafetensorsError {
+    fn from(e: io::Error) -> Self {
+        SafetensorsError::Io(e)
+    }
 }
 
 fn to_st(d: DType) -> Dtype {
@@ -402,6 +409,19 @@ impl Decoder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_from_other_writers_read_as_a_flat_dict() {
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+        let bytes = safetensors::serialize([("w", view)], None).unwrap();
+        let back = read(&Bytes::from(bytes)).unwrap();
+        let Some(Value::Tensor(t)) = back.get_path(&["w"]) else {
+            panic!("{back:?}")
+        };
+        assert_eq!(t.shape, vec![2]);
+        assert_eq!(&t.storage.bytes()[..], &data[..]);
+    }
 
     #[test]
     fn strided_views_are_packed() {

@@ -66,6 +66,7 @@ def load_weights_only(path, **kw):
 
 def decompress(path, tmp):
     """The plain .pt inside any cairn/Composer checkpoint, using Python's own tools."""
+    os.makedirs(tmp, exist_ok=True)
     if path.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.lzma")):
         with tarfile.open(path) as t:
             t.extractall(tmp, filter="data")
@@ -150,6 +151,25 @@ def test_safetensors_output_loads_with_the_safetensors_layout(cairn, tmp_path):
     start, end = header["float32"]["data_offsets"]
     vals = np.frombuffer(raw[8 + n + start:8 + n + end], dtype="<f4")
     assert vals.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("tool,ext", [("gzip", "gz"), ("bzip2", "bz2"), ("lz4", "lz4"), ("lzma", "lzma"),
+                                      ("xz", "xz"), ("zstd", "zst")])
+def test_compressed_files_match_the_tools_composer_runs(cairn, tmp_path, tool, ext):
+    """Composer pipes through `<tool>` and reads with `<tool> -dc`: both directions must work."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    src = os.path.join(FIXTURES, "views.pt")
+    ours = tmp_path / f"ours.pt.{ext}"
+    cairn("filter", src, "-o", ours, "--ignore-keys", "no-such-key")
+    plain = tmp_path / "plain.pt"
+    with open(plain, "wb") as f:
+        subprocess.run([tool, "-dc", str(ours)], stdout=f, check=True)
+    assert_equal(torch.load(src, weights_only=False), load_weights_only(plain))
+    theirs = tmp_path / f"theirs.pt.{ext}"
+    with open(theirs, "wb") as f:
+        subprocess.run([tool, "-c", src], stdout=f, check=True)
+    cairn("verify", theirs)
 
 
 # ---------- real Composer ----------
@@ -253,3 +273,37 @@ def test_filtered_composer_checkpoint_loads_in_composer(cairn, composer_checkpoi
     original["state"].pop("optimizers", None)
     assert "optimizers" not in filtered["state"]
     assert_equal(original, filtered)
+
+
+LOAD_SCRIPT = r"""
+import sys, torch, torch.nn as nn
+from composer import Trainer
+from composer.models import ComposerClassifier
+class M(nn.Module):
+    def __init__(s):
+        super().__init__(); s.emb = nn.Embedding(50, 8); s.fc = nn.Linear(8, 2)
+    def forward(s, x): return s.fc(s.emb(x).mean(1))
+path, ref, weights_only = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+torch.manual_seed(123)  # different initial weights: the load must overwrite them
+model = ComposerClassifier(M(), num_classes=2)
+Trainer(model=model, load_path=path, load_weights_only=weights_only, device="cpu",
+        progress_bar=False, log_to_console=False)
+want = torch.load(ref, weights_only=False)["state"]["model"]
+got = model.state_dict()
+assert list(got) == list(want), (list(got), list(want))
+for k in want:
+    assert torch.equal(got[k], want[k]), k
+"""
+
+
+@pytest.mark.parametrize("out_ext", [".pt", ".tar.gz", ".pt.zst"])
+@pytest.mark.parametrize("ignore,weights_only", [("state/optimizers", True), ("no-such-key", False)])
+def test_composer_trainer_resumes_from_cairn_output(cairn, composer_checkpoints, tmp_path, out_ext, ignore,
+                                                    weights_only):
+    """A real Trainer loads what cairn wrote (load_path), weights-only or a full resume."""
+    src = composer_checkpoints[(".pt", False)]
+    out = tmp_path / f"resume{out_ext}"
+    cairn("filter", src, "-o", out, "--ignore-keys", ignore)
+    p = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, out, src, str(int(weights_only))],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]

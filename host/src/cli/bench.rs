@@ -38,6 +38,10 @@ pub struct SaveArgs {
     /// Folder to write into (it must have room for ~3 copies of the state).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
+    /// Elements per tensor (torch's baseline script always uses 4Mi; with another value the
+    /// torch.save comparison is skipped). Small values measure per-tensor overhead.
+    #[arg(long, default_value_t = LAYER)]
+    layer_elems: u64,
     /// Interleaved repetitions.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -93,14 +97,14 @@ impl Rng {
 }
 
 /// The training state and its tensor bytes.
-fn make_state(params: u64) -> (Value, u64) {
+fn make_state(params: u64, layer: u64) -> (Value, u64) {
     let mut rng = Rng(0);
     let mut model = Dict::ordered();
     let mut opt_state = Dict::new();
     let mut left = params;
     let mut i = 0i64;
     while left > 0 {
-        let k = left.min(LAYER);
+        let k = left.min(layer.max(1));
         model.insert(
             format!("layer{i}.weight"),
             Tensor::from_bytes(
@@ -169,12 +173,20 @@ fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("{} cannot be created", args.dir.display()))?;
     eprintln!("building a {}-parameter state ...", args.params);
-    let (tree, nbytes) = make_state(args.params);
+    let (tree, nbytes) = make_state(args.params, args.layer_elems);
     let gb = nbytes as f64 / 1e9;
     let src = args.dir.join("cairn-bench-dd-src.bin");
     write_dd_source(&src, &tree)?;
-    let torch = find_torch_python(&args);
-    if torch.is_none() {
+    let torch = if args.layer_elems == LAYER {
+        find_torch_python(&args)
+    } else {
+        None
+    };
+    if torch.is_none() && args.layer_elems != LAYER {
+        eprintln!(
+            "--layer-elems differs from the torch script's 4Mi; skipping the torch.save baseline"
+        );
+    } else if torch.is_none() {
         eprintln!(
             "no python with torch found (use --torch-python); skipping the torch.save baseline"
         );
@@ -202,8 +214,9 @@ fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_file(&src);
     let (d, c) = (median(&mut dd), median(&mut cairn));
+    let tensors = args.params.div_ceil(args.layer_elems.max(1)) * 4;
     println!(
-        "state: {gb:.2} GB fp32 (weights + Adam exp_avg/exp_avg_sq), {} reps, dir {}",
+        "state: {gb:.2} GB fp32 (weights + Adam exp_avg/exp_avg_sq), {tensors} tensors, {} reps, dir {}",
         args.reps,
         args.dir.display()
     );

@@ -75,10 +75,14 @@ fn is_checkpoint_name(name: &str) -> bool {
     }
 }
 
-fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) {
+/// Verify every checkpoint under `dir`; returns how many checkpoint entries were found.
+fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) -> usize {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) => return problems.push(format!("{} cannot be listed: {e}", dir.display())),
+        Err(e) => {
+            problems.push(format!("{} cannot be listed: {e}", dir.display()));
+            return 0;
+        }
     };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
@@ -95,7 +99,7 @@ fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) {
             found += 1;
             check_latest(dir, &path, &meta, problems);
         } else if meta.is_dir() && depth < MAX_DEPTH {
-            verify_folder(&path, depth + 1, problems);
+            found += verify_folder(&path, depth + 1, problems);
         } else if meta.is_file() && is_checkpoint_name(&name) {
             found += 1;
             verify_file(&path, problems);
@@ -104,6 +108,7 @@ fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) {
     if found == 0 && depth == 0 {
         problems.push(format!("{} holds no checkpoint files", dir.display()));
     }
+    found
 }
 
 /// A `latest` entry must name an existing, complete checkpoint.

@@ -26,19 +26,45 @@ use zip::{CrcWriter, Plan, ZipEntry, ZipError};
 pub enum PtError {
     /// The zip container is damaged.
     #[error("{0}")]
-    Zip(#[from] ZipError),
+    Zip(ZipError),
     /// The pickle is damaged or hostile.
     #[error("has an unreadable pickle: {0}")]
-    Pickle(#[from] PickleError),
+    Pickle(PickleError),
     /// A tensor cannot be written.
     #[error("cannot be written: {0}")]
-    View(#[from] ViewError),
+    View(ViewError),
     /// Not a zip-format torch file.
     #[error("is not a torch.save zip archive: {0}")]
     NotTorch(String),
     /// Reading or writing failed.
     #[error("could not be written: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+// Conversions without `#[from]`: the message already includes the cause, and a `source()` would
+// make `{:#}` printers repeat it.
+impl From<ZipError> for PtError {
+    fn from(e: ZipError) -> Self {
+        PtError::Zip(e)
+    }
+}
+
+impl From<PickleError> for PtError {
+    fn from(e: PickleError) -> Self {
+        PtError::Pickle(e)
+    }
+}
+
+impl From<ViewError> for PtError {
+    fn from(e: ViewError) -> Self {
+        PtError::View(e)
+    }
+}
+
+impl From<io::Error> for PtError {
+    fn from(e: io::Error) -> Self {
+        PtError::Io(e)
+    }
 }
 
 /// True when every element a tensor view addresses lies inside its storage.
@@ -134,23 +160,36 @@ impl PtPlan {
         Ok(w.written)
     }
 
-    /// Write the archive into `file` from its current position in one pass: each CRC is folded
-    /// into the write of its payload and patched into the local header afterwards. Writeback of
+    /// Write the archive into `file` from its current position in one pass: a large record's
+    /// CRC is folded into the write of its payload and patched into the local header afterwards
+    /// (small records are hashed just before their header instead). Writeback of
     /// finished ranges is started while later tensors are still being copied, so the caller's
     /// final fsync has little left to wait for.
     pub fn write_to_file(&self, file: &mut File) -> io::Result<u64> {
         use std::io::Seek;
         let base = file.stream_position()?;
         let mut crcs = Vec::with_capacity(self.zip.entries.len());
+        let mut patches = Vec::new();
         let mut writeback = Writeback::new(file, base);
         {
             let mut buffered = BufWriter::with_capacity(1 << 20, &mut *file);
             let mut w = CrcWriter::new(&mut buffered);
             for (i, entry) in self.zip.entries.iter().enumerate() {
+                let payload = self.payload(i);
                 w.pad_to(entry.header_offset)?;
+                if payload.len() < CHUNK {
+                    // Small: hash first (it stays in cache), write the final header, no patch.
+                    let crc = zip::crc_of(&[payload]);
+                    w.put(&self.zip.local_header(i, crc))?;
+                    w.put(payload)?;
+                    crcs.push(crc);
+                    writeback.start(w.written);
+                    continue;
+                }
                 w.put(&self.zip.local_header(i, 0))?;
+                patches.push(i);
                 let mut hasher = crc32fast::Hasher::new();
-                for chunk in self.payload(i).chunks(CHUNK) {
+                for chunk in payload.chunks(CHUNK) {
                     hasher.update(chunk);
                     w.put(chunk)?;
                     if chunk.len() == CHUNK {
@@ -162,8 +201,8 @@ impl PtPlan {
             w.put(&self.zip.trailer(&crcs))?;
             buffered.flush()?;
         }
-        for (i, crc) in crcs.iter().enumerate() {
-            file.write_all_at(&crc.to_le_bytes(), base + self.zip.crc_field_offset(i))?;
+        for i in patches {
+            file.write_all_at(&crcs[i].to_le_bytes(), base + self.zip.crc_field_offset(i))?;
         }
         Ok(self.total_len())
     }
@@ -243,12 +282,31 @@ impl Archive {
         Ok(Archive { records })
     }
 
+    /// Every record must match its CRC-32 (cheap next to reading the bytes at all).
+    fn check_crcs(&self) -> Result<(), PtError> {
+        for entry in self.records.values() {
+            entry.check_crc()?;
+        }
+        Ok(())
+    }
+
+    /// torch records the writer's byte order; cairn reads only little-endian data.
+    fn check_byteorder(&self) -> Result<(), PtError> {
+        match self.records.get("byteorder") {
+            Some(e) if &e.data[..] != b"little" => Err(PtError::NotTorch(format!(
+                "its storages are in '{}' byte order; cairn reads only little-endian checkpoints",
+                String::from_utf8_lossy(&e.data)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn pickle(&self) -> Result<&ZipEntry, PtError> {
+        self.check_byteorder()?;
         let entry = self
             .records
             .get("data.pkl")
             .ok_or_else(|| PtError::NotTorch("it has no data.pkl record".into()))?;
-        entry.check_crc()?;
         Ok(entry)
     }
 }
@@ -266,7 +324,6 @@ impl StorageSource for Archive {
                 entry.data.len()
             ));
         }
-        entry.check_crc().map_err(|e| e.to_string())?;
         Ok(Storage::new(dtype, entry.data.clone()))
     }
 }
@@ -274,6 +331,7 @@ impl StorageSource for Archive {
 /// Read a `.pt` held in `data` (a memory map or buffer); tensors share `data`'s memory.
 pub fn read_pt(data: &Bytes) -> Result<Value, PtError> {
     let mut archive = Archive::open(data)?;
+    archive.check_crcs()?;
     let pickle = archive.pickle()?.data.clone();
     Ok(pickle_read::unpickle(&pickle, &mut archive)?)
 }
@@ -295,9 +353,7 @@ pub struct PtSummary {
 /// present at the declared size.
 pub fn verify_pt(data: &Bytes) -> Result<PtSummary, PtError> {
     let mut archive = Archive::open(data)?;
-    for entry in archive.records.values() {
-        entry.check_crc()?;
-    }
+    archive.check_crcs()?;
     if !archive.records.contains_key("version") && !archive.records.contains_key(".data/version") {
         return Err(PtError::NotTorch("it has no version record".into()));
     }
@@ -394,6 +450,26 @@ mod tests {
         let mut got = vec![0u8; expected.len()];
         f.read_exact_at(&mut got, 0).unwrap();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn big_endian_files_are_refused() {
+        let entries: [(&str, &[u8]); 3] = [
+            ("x/data.pkl", b"\x80\x02N."),
+            ("x/byteorder", b"big"),
+            ("x/version", b"3\n"),
+        ];
+        let plan = Plan::new(entries.iter().map(|(n, d)| (*n, d.len() as u64)));
+        let mut buf = Vec::new();
+        let mut w = CrcWriter::new(&mut buf);
+        let mut crcs = Vec::new();
+        for (i, (_, d)) in entries.iter().enumerate() {
+            w.put(&plan.local_header(i, zip::crc_of(&[d]))).unwrap();
+            crcs.push(w.put_payload(&[d]).unwrap());
+        }
+        w.put(&plan.trailer(&crcs)).unwrap();
+        let err = read_pt(&Bytes::from(buf)).unwrap_err().to_string();
+        assert!(err.contains("byte order"), "{err}");
     }
 
     #[test]

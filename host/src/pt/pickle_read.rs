@@ -22,6 +22,9 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Maximum nesting depth of the output tree.
     pub max_depth: usize,
+    /// Maximum bytes of strings, bytes, names and shapes in the output tree, counting each
+    /// duplication by `BINGET` (one memoized string fetched a million times is refused).
+    pub max_bytes: usize,
 }
 
 impl Limits {
@@ -30,6 +33,7 @@ impl Limits {
         Limits {
             max_nodes: (1 << 20).max(len.saturating_mul(4)),
             max_depth: 400,
+            max_bytes: (64usize << 20).saturating_add(len.saturating_mul(4)),
         }
     }
 }
@@ -103,6 +107,21 @@ enum Node {
     },
 }
 
+impl Node {
+    /// Bytes a conversion of this node copies (not counting its children).
+    fn heap_size(&self) -> usize {
+        match self {
+            Node::Str(s) => s.len(),
+            Node::Bytes(b) | Node::BigInt(b) => b.len(),
+            Node::Global { module, name } | Node::Object { module, name, .. } => {
+                module.len() + name.len()
+            }
+            Node::Tensor { shape, stride, .. } => 8 * (shape.len() + stride.len()),
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Construct2 {
     Global,
@@ -129,6 +148,7 @@ pub fn unpickle(data: &[u8], source: &mut dyn StorageSource) -> Result<Value, Pi
         source,
         storages: HashMap::new(),
         budget: limits.max_nodes,
+        bytes_left: limits.max_bytes,
         max_depth: limits.max_depth,
         active: vec![false; vm.nodes.len()],
         offset: vm.pos,
@@ -906,19 +926,21 @@ fn dict_node(items: Vec<(Id, Id)>) -> Node {
     }
 }
 
-/// A `LONG1`/`LONG4` payload: little-endian two's complement.
+/// A `LONG1`/`LONG4` payload: little-endian two's complement, of any (even non-minimal) width.
 fn long_node(le: &[u8]) -> Node {
-    if le.len() <= 8 {
-        let fill = if le.last().is_some_and(|b| b & 0x80 != 0) {
-            0xFF
-        } else {
-            0
-        };
+    let negative = le.last().is_some_and(|b| b & 0x80 != 0);
+    let fill = if negative { 0xFF } else { 0 };
+    let mut len = le.len();
+    // Drop sign-extension bytes that do not change the value.
+    while len > 1 && le[len - 1] == fill && (le[len - 2] & 0x80 != 0) == negative {
+        len -= 1;
+    }
+    if len <= 8 {
         let mut a = [fill; 8];
-        a[..le.len()].copy_from_slice(le);
+        a[..len].copy_from_slice(&le[..len]);
         Node::Int(i64::from_le_bytes(a))
     } else {
-        Node::BigInt(le.to_vec())
+        Node::BigInt(le[..len].to_vec())
     }
 }
 
@@ -968,6 +990,7 @@ struct Converter<'n, 's> {
     source: &'s mut dyn StorageSource,
     storages: HashMap<String, Storage>,
     budget: usize,
+    bytes_left: usize,
     max_depth: usize,
     active: Vec<bool>,
     offset: usize,
@@ -992,6 +1015,11 @@ impl Converter<'_, '_> {
             return self.err("expands to too many objects (shared references repeated too often)");
         }
         self.budget -= 1;
+        let size = self.nodes[id].heap_size();
+        if size > self.bytes_left {
+            return self.err("expands to too much data (shared strings repeated too often)");
+        }
+        self.bytes_left -= size;
         if self.active[id] {
             return self.err("contains a reference cycle, which a checkpoint cannot hold");
         }
@@ -1214,6 +1242,19 @@ mod tests {
         p.push(b'.');
         let err = load(&p).unwrap_err();
         assert!(err.message.contains("too many"), "{err}");
+    }
+
+    #[test]
+    fn a_big_string_fetched_many_times_hits_the_byte_budget() {
+        let mut p = b"\x80\x02]q\x00(X\x00\x00\x10\x00".to_vec();
+        p.extend(std::iter::repeat_n(b'a', 1 << 20));
+        p.extend_from_slice(b"q\x01");
+        for _ in 0..200_000 {
+            p.extend_from_slice(b"h\x01");
+        }
+        p.extend_from_slice(b"e.");
+        let err = load(&p).unwrap_err();
+        assert!(err.message.contains("too much data"), "{err}");
     }
 
     #[test]

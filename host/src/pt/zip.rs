@@ -82,6 +82,13 @@ impl PlannedEntry {
         h
     }
 
+    /// Length of [`PlannedEntry::central_header`], without building it.
+    fn central_len(&self) -> u64 {
+        let fields = 2 * self.zip64_size() as u64 + (self.header_offset >= U32_MAX) as u64;
+        let extra = if fields > 0 { 4 + 8 * fields } else { 0 };
+        CENTRAL_HEADER_LEN + self.name.len() as u64 + extra
+    }
+
     fn central_header(&self, crc: u32) -> Vec<u8> {
         let big_offset = self.header_offset >= U32_MAX;
         let mut extra = Vec::new();
@@ -177,11 +184,7 @@ impl Plan {
 
     /// Size of the central directory and end records.
     fn trailer_len(&self) -> u64 {
-        let central: u64 = self
-            .entries
-            .iter()
-            .map(|e| e.central_header(0).len() as u64)
-            .sum();
+        let central: u64 = self.entries.iter().map(PlannedEntry::central_len).sum();
         let zip64 = self.needs_zip64_end(central);
         central
             + EOCD_LEN
@@ -310,10 +313,12 @@ pub enum ZipError {
     #[error("is corrupt: {0}")]
     Corrupt(String),
     /// An entry is compressed; torch writes only STORED entries.
-    #[error("entry '{0}' is compressed (method {1}); only stored entries are supported")]
+    #[error("has a compressed entry '{0}' (method {1}); torch archives store entries uncompressed")]
     Compressed(String, u16),
     /// An entry's bytes do not match its CRC-32.
-    #[error("entry '{name}' fails its CRC-32 check (stored {stored:08x}, computed {computed:08x})")]
+    #[error(
+        "fails the CRC-32 check of entry '{name}' (stored {stored:08x}, computed {computed:08x})"
+    )]
     Crc {
         /// Entry name.
         name: String,
@@ -570,6 +575,9 @@ mod tests {
         let trailer = plan.trailer(&[0, 0]);
         // The ZIP64 end record and locator precede the classic end record.
         assert_eq!(plan.total_len(), plan.central_offset + trailer.len() as u64);
+        for e in &plan.entries {
+            assert_eq!(e.central_len(), e.central_header(0).len() as u64);
+        }
         let header = plan.local_header(0, 0);
         assert_eq!(header.len() as u64, plan.entries[0].data_offset);
         assert_eq!(plan.entries[0].data_offset % ALIGNMENT, 0);
