@@ -509,7 +509,10 @@ fn locations(folder: &str, remote_url: &str) -> Result<(PathBuf, String)> {
         return Ok((PathBuf::from(folder), remote_url.to_owned()));
     }
     let (_, rest) = folder.split_once("://").expect("a URL has a scheme");
-    let path = rest.split_once('/').map_or("", |(_, p)| p).trim_matches('/');
+    let path = rest
+        .split_once('/')
+        .map_or("", |(_, p)| p)
+        .trim_matches('/');
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());

@@ -38,29 +38,33 @@ pub struct SyntheticModel {
 }
 
 /// splitmix64: a tiny, fast, well-mixed generator; the values only need to look like training
-/// state, and reproducibility across platforms matters more than statistical perfection.
-struct Mix(u64);
+/// state (or, to a disk or compressor, like random data), and reproducibility across platforms
+/// matters more than statistical perfection.
+pub struct SplitMix(pub u64);
 
-impl Mix {
-    fn next(&mut self) -> u64 {
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
     /// Two standard normals (Box–Muller).
-    fn normal2(&mut self) -> (f32, f32) {
+    pub fn normal2(&mut self) -> (f32, f32) {
         let u1 = self.uniform().max(f32::MIN_POSITIVE);
         let u2 = self.uniform();
         let r = (-2.0 * u1.ln()).sqrt();
         let t = std::f32::consts::TAU * u2;
         (r * t.cos(), r * t.sin())
     }
-    fn fill_normal(&mut self, out: &mut [f32], scale: f32) {
+    /// Fill `out` with N(0, scale²) values.
+    pub fn fill_normal(&mut self, out: &mut [f32], scale: f32) {
         for pair in out.chunks_mut(2) {
             let (a, b) = self.normal2();
             pair[0] = a * scale;
@@ -75,7 +79,7 @@ impl SyntheticModel {
     /// A model whose weights take `model_mib` MiB (the checkpoint holds about three times that).
     pub fn new(model_mib: f64, seed: u64) -> SyntheticModel {
         let mut left = ((model_mib * (1 << 20) as f64) / 4.0).max(1.0) as usize;
-        let mut rng = Mix(seed);
+        let mut rng = SplitMix(seed);
         let mut layers = Vec::new();
         while left > 0 {
             let n = left.min(LAYER_ELEMS);
@@ -121,7 +125,8 @@ impl SyntheticModel {
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let len = layer.weight.len();
-            let mut rng = Mix(self.seed ^ batch.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ i as u64);
+            let mut rng =
+                SplitMix(self.seed ^ batch.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ i as u64);
             let start = (batch as usize).wrapping_mul(7919 * WINDOW) % len;
             for k in 0..WINDOW.min(len) {
                 let j = (start + k) % len;

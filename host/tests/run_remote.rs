@@ -231,12 +231,25 @@ fn a_folder_url_stages_locally_and_uploads_under_it() {
     );
     let config = dir.path().join("url.toml");
     fs::write(&config, text).unwrap();
-    let summary = cairn(dir.path(), &[], &["run", "--config", config.to_str().unwrap()]);
+    let summary = cairn(
+        dir.path(),
+        &[],
+        &["run", "--config", config.to_str().unwrap()],
+    );
     assert_eq!(summary["uploads"]["uploaded"], 2, "{summary}");
     let staged = summary["folder"].as_str().unwrap();
-    assert!(staged.starts_with(std::env::temp_dir().to_str().unwrap()), "{staged}");
+    assert!(
+        staged.starts_with(std::env::temp_dir().to_str().unwrap()),
+        "{staged}"
+    );
     let remote = store.join("runs/u/checkpoints");
-    assert_eq!(checkpoints(&remote), ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt"]);
-    assert_eq!(fs::read_to_string(remote.join("latest-rank0.pt.symlink")).unwrap(), "u/checkpoints/ep0-ba4-rank0.pt");
+    assert_eq!(
+        checkpoints(&remote),
+        ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt"]
+    );
+    assert_eq!(
+        fs::read_to_string(remote.join("latest-rank0.pt.symlink")).unwrap(),
+        "u/checkpoints/ep0-ba4-rank0.pt"
+    );
     fs::remove_dir_all(Path::new(staged).parent().unwrap()).ok();
 }

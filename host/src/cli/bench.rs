@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use crate::checkpoint_io::write_checkpoint;
 use crate::container::CheckpointFormat;
 use crate::state_dict::{Dict, Tensor, Value};
+use crate::synthetic::SplitMix;
 
 /// Benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -63,42 +64,17 @@ pub fn run(b: Bench) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// splitmix64: a fast, well-mixed generator; the values need only look random to the disk.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-
-    /// `n` Gaussian floats × `scale` (Box–Muller), as little-endian bytes.
-    fn gaussian(&mut self, n: u64, scale: f32) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n as usize * 4);
-        while (out.len() as u64) < n * 4 {
-            let (u, v) = (self.unit(), self.unit());
-            let r = (-2.0 * u.ln()).sqrt() * scale;
-            let (s, c) = (std::f32::consts::TAU * v).sin_cos();
-            for x in [r * c, r * s] {
-                if (out.len() as u64) < n * 4 {
-                    out.extend_from_slice(&x.to_le_bytes());
-                }
-            }
-        }
-        out
-    }
+/// `n` Gaussian floats × `scale`, as little-endian bytes: values that neither the disk nor a
+/// compressor can shortcut.
+fn gaussian(rng: &mut SplitMix, n: u64, scale: f32) -> Vec<u8> {
+    let mut values = vec![0f32; n as usize];
+    rng.fill_normal(&mut values, scale);
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// The training state and its tensor bytes.
 fn make_state(params: u64, layer: u64) -> (Value, u64) {
-    let mut rng = Rng(0);
+    let mut rng = SplitMix(0);
     let mut model = Dict::ordered();
     let mut opt_state = Dict::new();
     let mut left = params;
@@ -110,7 +86,7 @@ fn make_state(params: u64, layer: u64) -> (Value, u64) {
             Tensor::from_bytes(
                 crate::state_dict::DType::F32,
                 vec![k],
-                rng.gaussian(k, 0.02),
+                gaussian(&mut rng, k, 0.02),
             ),
         );
         let moments = Dict::new()
@@ -120,7 +96,7 @@ fn make_state(params: u64, layer: u64) -> (Value, u64) {
                 Tensor::from_bytes(
                     crate::state_dict::DType::F32,
                     vec![k],
-                    rng.gaussian(k, 1e-3),
+                    gaussian(&mut rng, k, 1e-3),
                 ),
             )
             .with(
@@ -128,7 +104,7 @@ fn make_state(params: u64, layer: u64) -> (Value, u64) {
                 Tensor::from_bytes(
                     crate::state_dict::DType::F32,
                     vec![k],
-                    rng.gaussian(k, 1e-6),
+                    gaussian(&mut rng, k, 1e-6),
                 ),
             );
         opt_state.insert(i, moments);
