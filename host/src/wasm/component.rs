@@ -125,6 +125,10 @@ pub struct Loaded {
     pub imports: Vec<(String, ImportVerdict)>,
     /// Every export's name.
     pub exports: Vec<String>,
+    /// Keeps the process's engines — and so the epoch ticker — alive while this component
+    /// is in use, even if the [`super::PolicyHost`] that loaded it is dropped: a ticker that
+    /// stops would leave every deadline unenforced.
+    pub keepalive: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// The linker cairn offers every policy: deny-all WASI and `cairn:policy/host`.
@@ -158,6 +162,7 @@ pub fn load(
     engine: &Engine,
     cache: &CompileCache,
     log: &dyn Fn(&str),
+    keepalive: Arc<dyn std::any::Any + Send + Sync>,
 ) -> Result<Loaded, PolicyError> {
     let owned = || policy.to_owned();
     if sniff(policy, bytes)? == BinaryKind::CoreModule {
@@ -253,5 +258,6 @@ pub fn load(
         origin,
         imports,
         exports,
+        keepalive,
     })
 }
