@@ -231,7 +231,10 @@ fn remove_paths(node: &mut Value, paths: &[Vec<Segment>]) {
         match p.as_slice() {
             [] => {}
             [only] => remove_here.push(only.clone()),
-            [first, rest @ ..] => recurse.entry(first.clone()).or_default().push(rest.to_vec()),
+            [first, rest @ ..] => recurse
+                .entry(first.clone())
+                .or_default()
+                .push(rest.to_vec()),
         }
     }
     for (seg, sub) in &recurse {
@@ -279,7 +282,11 @@ impl KeyFilter for IgnoreGlobs {
     }
 
     fn describe(&self) -> String {
-        let list: Vec<_> = self.globs.iter().map(|g| format!("'{}'", g.pattern())).collect();
+        let list: Vec<_> = self
+            .globs
+            .iter()
+            .map(|g| format!("'{}'", g.pattern()))
+            .collect();
         format!("[{}]", list.join(", "))
     }
 }
@@ -320,7 +327,10 @@ mod tests {
             .with("optimizers", Dict::new().with("Adam", adam))
             .with(
                 "timestamp",
-                Dict::new().with("Timestamp", Dict::new().with("epoch", 1i64).with("batch", 2i64)),
+                Dict::new().with(
+                    "Timestamp",
+                    Dict::new().with("epoch", 1i64).with("batch", 2i64),
+                ),
             )
             .with("rank_zero_seed", 42i64)
             .with(
@@ -367,20 +377,27 @@ mod tests {
     fn composer_vectors() {
         let weights = ["state/model/layer1.weight", "state/model/layer2.weight"];
         let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
-            (vec!["state/model/layer1.weight"], vec!["state/model/layer1.weight"]),
             (
-                vec!["state/model/layer*.weight"],
-                weights.to_vec(),
+                vec!["state/model/layer1.weight"],
+                vec!["state/model/layer1.weight"],
             ),
+            (vec!["state/model/layer*.weight"], weights.to_vec()),
             (vec!["state/model/layer?.weight"], weights.to_vec()),
             (
                 vec!["state/model/[lf]*.weight"],
-                vec!["state/model/layer1.weight", "state/model/layer2.weight", "state/model/fc.weight"],
+                vec![
+                    "state/model/layer1.weight",
+                    "state/model/layer2.weight",
+                    "state/model/fc.weight",
+                ],
             ),
             (vec!["state/model/[!l]*"], vec!["state/model/fc.weight"]),
             (vec!["rng/*/torch"], vec!["rng/0/torch", "rng/1/torch"]),
             (vec!["*/torch"], vec!["rng/0/torch", "rng/1/torch"]),
-            (vec!["state/optimizers/Adam/state/0"], vec!["state/optimizers/Adam/state/0/step"]),
+            (
+                vec!["state/optimizers/Adam/state/0"],
+                vec!["state/optimizers/Adam/state/0/step"],
+            ),
             (
                 vec!["state/optimizers/*/param_groups/0/lr"],
                 vec!["state/optimizers/Adam/param_groups/0/lr"],
@@ -398,7 +415,10 @@ mod tests {
     fn interior_matches_remove_subtrees() {
         let mut v = tree();
         IgnoreGlobs::new(&["state/model/*"]).unwrap().apply(&mut v);
-        assert_eq!(v.get_path(&["state", "model"]), Some(&Value::Dict(Dict::ordered())));
+        assert_eq!(
+            v.get_path(&["state", "model"]),
+            Some(&Value::Dict(Dict::ordered()))
+        );
 
         for p in ["state/model", "state/mod*"] {
             let mut v = tree();
@@ -439,17 +459,31 @@ mod tests {
         assert!(matches!(v.get_path(&["rng"]), Some(Value::List(l)) if l.len() == 2));
 
         let mut v = tree();
-        IgnoreGlobs::new(&["state/rank_zero_seed", "rng"]).unwrap().apply(&mut v);
-        assert!(v.get_path(&["state", "rank_zero_seed"]).is_none() && v.get_path(&["rng"]).is_none());
+        IgnoreGlobs::new(&["state/rank_zero_seed", "rng"])
+            .unwrap()
+            .apply(&mut v);
+        assert!(
+            v.get_path(&["state", "rank_zero_seed"]).is_none() && v.get_path(&["rng"]).is_none()
+        );
 
         let mut v = tree();
-        IgnoreGlobs::new(&["state/timestamp/Timestamp/epoch", "state/timestamp/*"]).unwrap().apply(&mut v);
-        assert_eq!(v.get_path(&["state", "timestamp"]), Some(&Value::Dict(Dict::new())));
+        IgnoreGlobs::new(&["state/timestamp/Timestamp/epoch", "state/timestamp/*"])
+            .unwrap()
+            .apply(&mut v);
+        assert_eq!(
+            v.get_path(&["state", "timestamp"]),
+            Some(&Value::Dict(Dict::new()))
+        );
     }
 
     #[test]
     fn patterns_that_match_nothing_warn() {
-        for p in ["state/nonexistent", "State/model", "state/model/", "/state/model"] {
+        for p in [
+            "state/nonexistent",
+            "State/model",
+            "state/model/",
+            "/state/model",
+        ] {
             let (gone, warnings) = removed(&[p]);
             assert!(gone.is_empty(), "{p}");
             assert_eq!(warnings.len(), 1, "{p}");
@@ -461,7 +495,11 @@ mod tests {
 
     #[test]
     fn flatten_lists_every_node() {
-        let v = Value::Dict(Dict::new().with("a", Value::List(vec![Value::Int(1)])).with("e", Value::List(vec![])));
+        let v = Value::Dict(
+            Dict::new()
+                .with("a", Value::List(vec![Value::Int(1)]))
+                .with("e", Value::List(vec![])),
+        );
         assert_eq!(flatten(&v), vec!["", "a", "a/0", "e"]);
     }
 

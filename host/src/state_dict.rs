@@ -71,6 +71,9 @@ pub struct Dict {
     pub kind: DictKind,
     /// The entries, in insertion order.
     pub entries: IndexMap<Key, Value>,
+    /// Instance attributes set by a pickle `BUILD` (e.g. the `_metadata` that
+    /// `nn.Module.state_dict()` attaches to its `OrderedDict`), kept so a round trip restores them.
+    pub state: Option<Box<Value>>,
 }
 
 impl Dict {
@@ -83,7 +86,7 @@ impl Dict {
     pub fn ordered() -> Self {
         Dict {
             kind: DictKind::Ordered,
-            entries: IndexMap::new(),
+            ..Dict::default()
         }
     }
 

@@ -91,7 +91,11 @@ impl Var {
 
     /// The name inside the braces.
     pub fn name(self) -> &'static str {
-        Var::ALL.iter().find(|(_, v)| *v == self).map(|(n, _)| *n).expect("every Var is listed")
+        Var::ALL
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map(|(n, _)| *n)
+            .expect("every Var is listed")
     }
 
     /// True for the variables that change as training advances.
@@ -327,7 +331,8 @@ impl<'s> Parser<'s> {
                 ('}', _) => return Err(self.error(self.pos, "single '}' encountered")),
                 ('{', _) => {
                     if !self.literal.is_empty() {
-                        self.parts.push(Part::Literal(std::mem::take(&mut self.literal)));
+                        self.parts
+                            .push(Part::Literal(std::mem::take(&mut self.literal)));
                     }
                     let part = self.field()?;
                     self.parts.push(part);
@@ -364,7 +369,10 @@ impl<'s> Parser<'s> {
             }
         }
         let Some(end) = end else {
-            return Err(self.error(start, "'{' is never closed (write '{{' for a literal brace)"));
+            return Err(self.error(
+                start,
+                "'{' is never closed (write '{{' for a literal brace)",
+            ));
         };
         let body: String = self.chars[start + 1..end].iter().collect();
         let raw: String = self.chars[start..=end].iter().collect();
@@ -413,7 +421,11 @@ impl<'s> Parser<'s> {
             return Ok(Part::Unknown(raw));
         };
         let attrs = self.attributes(var, accessors, start + 1 + name_end)?;
-        let kind = if attrs.is_empty() { var.kind() } else { ValueKind::Int.max_kind(var.kind()) };
+        let kind = if attrs.is_empty() {
+            var.kind()
+        } else {
+            ValueKind::Int.max_kind(var.kind())
+        };
         let spec = match spec {
             Some(s) => Spec::parse(s, kind).map_err(|reason| {
                 self.error(start + 1 + body.find(':').unwrap_or(0) + 1, reason)
@@ -473,12 +485,14 @@ fn render_field(
     attrs: &[String],
     spec: &Spec,
 ) {
-    let value = attrs.iter().fold(value, |v, attr| match (v, attr.as_str()) {
-        (FieldValue::Int(_), "imag") => FieldValue::Int(0),
-        (FieldValue::Int(_), "denominator") => FieldValue::Int(1),
-        (FieldValue::Float(_), "imag") => FieldValue::Float(0.0),
-        (v, _) => v,
-    });
+    let value = attrs
+        .iter()
+        .fold(value, |v, attr| match (v, attr.as_str()) {
+            (FieldValue::Int(_), "imag") => FieldValue::Int(0),
+            (FieldValue::Int(_), "denominator") => FieldValue::Int(1),
+            (FieldValue::Float(_), "imag") => FieldValue::Float(0.0),
+            (v, _) => v,
+        });
     match (conversion, value) {
         (Some('r' | 'a'), FieldValue::Str(s)) => spec.format_str(out, &py_str_repr(s)),
         (Some(_), FieldValue::Int(i)) => spec.format_str(out, &i.to_string()),
@@ -491,7 +505,11 @@ fn render_field(
 
 /// Python's `repr(str)` for printable strings.
 fn py_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::from(quote);
     for c in s.chars() {
         match c {
@@ -588,15 +606,30 @@ impl Spec {
 
     fn check(&self, kind: ValueKind, s: &str) -> Result<(), String> {
         let ty = self.ty;
-        let float_types = [Some('e'), Some('E'), Some('f'), Some('F'), Some('g'), Some('G'), Some('%'), Some('n'), None];
+        let float_types = [
+            Some('e'),
+            Some('E'),
+            Some('f'),
+            Some('F'),
+            Some('g'),
+            Some('G'),
+            Some('%'),
+            Some('n'),
+            None,
+        ];
         let ok = match kind {
             ValueKind::Str => {
-                matches!(ty, None | Some('s')) && self.sign.is_none() && !self.alternate && self.grouping.is_none()
+                matches!(ty, None | Some('s'))
+                    && self.sign.is_none()
+                    && !self.alternate
+                    && self.grouping.is_none()
             }
             ValueKind::Int => {
                 let int_type = matches!(ty, Some('b' | 'c' | 'd' | 'o' | 'x' | 'X' | 'n') | None);
                 if int_type && self.precision.is_some() {
-                    return Err(format!("precision not allowed in integer format specifier '{s}'"));
+                    return Err(format!(
+                        "precision not allowed in integer format specifier '{s}'"
+                    ));
                 }
                 int_type || float_types.contains(&ty)
             }
@@ -610,7 +643,9 @@ impl Spec {
                 ValueKind::Int => "int",
                 ValueKind::Float => "float",
             };
-            Err(format!("format specifier '{s}' does not apply to a value of type {what}"))
+            Err(format!(
+                "format specifier '{s}' does not apply to a value of type {what}"
+            ))
         }
     }
 
@@ -633,7 +668,12 @@ impl Spec {
             'o' => ("0o", format!("{mag:o}")),
             'x' => ("0x", format!("{mag:x}")),
             'X' => ("0X", format!("{mag:X}")),
-            'c' => ("", char::from_u32(mag as u32).map(String::from).unwrap_or_default()),
+            'c' => (
+                "",
+                char::from_u32(mag as u32)
+                    .map(String::from)
+                    .unwrap_or_default(),
+            ),
             _ => ("", mag.to_string()),
         };
         let digits = self.group(&digits, if matches!(ty, 'd' | 'n') { 3 } else { 4 });
@@ -649,13 +689,23 @@ impl Spec {
         let a = x.abs();
         let body = if !a.is_finite() {
             let s = if a.is_nan() { "nan" } else { "inf" };
-            if matches!(self.ty, Some('E' | 'F' | 'G')) { s.to_uppercase() } else { s.to_owned() }
+            if matches!(self.ty, Some('E' | 'F' | 'G')) {
+                s.to_uppercase()
+            } else {
+                s.to_owned()
+            }
         } else {
             match self.ty {
                 Some('f' | 'F') => format!("{:.*}", self.precision.unwrap_or(6), a),
                 Some('%') => format!("{:.*}%", self.precision.unwrap_or(6), a * 100.0),
                 Some(e @ ('e' | 'E')) => sci(a, self.precision.unwrap_or(6), e == 'E'),
-                Some(g @ ('g' | 'G' | 'n')) => general(a, self.precision.unwrap_or(6), g == 'G', self.alternate, false),
+                Some(g @ ('g' | 'G' | 'n')) => general(
+                    a,
+                    self.precision.unwrap_or(6),
+                    g == 'G',
+                    self.alternate,
+                    false,
+                ),
                 _ => match self.precision {
                     None => float_repr(a),
                     Some(p) => general(a, p, false, self.alternate, true),
@@ -686,7 +736,7 @@ impl Spec {
         let n = digits.len();
         let mut out = String::with_capacity(n + n / every);
         for (i, ch) in digits.chars().enumerate() {
-            if i > 0 && (n - i) % every == 0 {
+            if i > 0 && (n - i).is_multiple_of(every) {
                 out.push(sep);
             }
             out.push(ch);
@@ -741,7 +791,12 @@ fn sci(a: f64, precision: usize, upper: bool) -> String {
 fn general(a: f64, precision: usize, upper: bool, alternate: bool, repr_like: bool) -> String {
     let p = precision.max(1);
     let rounded = format!("{:.*e}", p - 1, a);
-    let exp: i32 = rounded.split_once('e').expect("exponent").1.parse().expect("exponent");
+    let exp: i32 = rounded
+        .split_once('e')
+        .expect("exponent")
+        .1
+        .parse()
+        .expect("exponent");
     // The type-less form switches to scientific one digit earlier than 'g' does.
     let limit = if repr_like { p as i32 - 1 } else { p as i32 };
     let use_sci = exp < -4 || exp >= limit;
@@ -764,7 +819,11 @@ fn strip_zeros(s: &str) -> String {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, ""),
     };
-    let m = if m.contains('.') { m.trim_end_matches('0').trim_end_matches('.') } else { m };
+    let m = if m.contains('.') {
+        m.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        m
+    };
     format!("{m}{e}")
 }
 
@@ -789,7 +848,9 @@ mod tests {
             ranks: Ranks::default(),
             timestamp: Some(&ts),
         };
-        Template::parse(t).unwrap_or_else(|e| panic!("{t}: {e}")).render(&vars)
+        Template::parse(t)
+            .unwrap_or_else(|e| panic!("{t}: {e}"))
+            .render(&vars)
     }
 
     /// Reference §2.2, every row that is not a Python-only oddity.
@@ -818,7 +879,13 @@ mod tests {
 
     #[test]
     fn composer_errors_are_rejected_with_a_column() {
-        for (t, col) in [("{epoch}{", 8), ("ep{epoch", 3), ("a}b", 2), ("{unknown:03d}", 2), ("{unknown.attr}", 2)] {
+        for (t, col) in [
+            ("{epoch}{", 8),
+            ("ep{epoch", 3),
+            ("a}b", 2),
+            ("{unknown:03d}", 2),
+            ("{unknown.attr}", 2),
+        ] {
             let e = Template::parse(t).unwrap_err();
             assert_eq!(e.column, col, "{t}: {e}");
             assert!(e.to_string().contains(t), "{e}");
@@ -839,9 +906,16 @@ mod tests {
             batch_wct: Duration::from_secs(5),
             ..Timestamp::default()
         };
-        let vars = Vars { run_name: "r", ranks: Ranks::default(), timestamp: Some(&t) };
+        let vars = Vars {
+            run_name: "r",
+            ranks: Ranks::default(),
+            timestamp: Some(&t),
+        };
         let r = |s: &str| Template::parse(s).unwrap().render(&vars);
-        assert_eq!(r("{total_wct}-{epoch_wct}-{batch_wct}"), "36000.0-3000.0-5.0");
+        assert_eq!(
+            r("{total_wct}-{epoch_wct}-{batch_wct}"),
+            "36000.0-3000.0-5.0"
+        );
         assert_eq!(r("{total_wct:e}"), "3.600000e+04");
         assert_eq!(r("{total_wct:g}"), "36000");
         assert_eq!(r("{total_wct:.2g}"), "3.6e+04");
@@ -852,26 +926,46 @@ mod tests {
 
     #[test]
     fn python_int_and_str_specs() {
-        assert_eq!(render("{batch:x}|{batch:#b}|{batch:+d}|{batch:<5}|{batch:^6}|{batch:*>4}"), "2a|0b101010|+42|42   |  42  |**42");
+        assert_eq!(
+            render("{batch:x}|{batch:#b}|{batch:+d}|{batch:<5}|{batch:^6}|{batch:*>4}"),
+            "2a|0b101010|+42|42   |  42  |**42"
+        );
         assert_eq!(render("{batch:08.2f}"), "00042.00");
         assert_eq!(render("{batch:,}"), "42");
-        assert_eq!(render("{run_name:>5}|{run_name!r}|{run_name:^7}"), "  run|'run'|  run  ");
+        assert_eq!(
+            render("{run_name:>5}|{run_name!r}|{run_name:^7}"),
+            "  run|'run'|  run  "
+        );
         assert_eq!(render("{batch:%}"), "4200.000000%");
     }
 
     #[test]
     fn names_without_time_render_time_fields_as_written() {
-        let vars = Vars { run_name: "r", ranks: Ranks::default(), timestamp: None };
+        let vars = Vars {
+            run_name: "r",
+            ranks: Ranks::default(),
+            timestamp: None,
+        };
         let t = Template::parse("{run_name}/ep{epoch}-rank{rank}").unwrap();
         assert_eq!(t.render(&vars), "r/ep{epoch}-rank0");
         assert!(!t.is_constant_in_time());
-        assert!(Template::parse("latest-rank{rank}.pt").unwrap().is_constant_in_time());
+        assert!(
+            Template::parse("latest-rank{rank}.pt")
+                .unwrap()
+                .is_constant_in_time()
+        );
     }
 
     #[test]
     fn match_regex_escapes_literals_and_captures_counters() {
-        let vars = Vars { run_name: "r", ranks: Ranks::default(), timestamp: None };
-        let (re, groups) = Template::parse("ep{epoch:03d}-ba{batch}-rank{rank}.pt").unwrap().match_regex(&vars);
+        let vars = Vars {
+            run_name: "r",
+            ranks: Ranks::default(),
+            timestamp: None,
+        };
+        let (re, groups) = Template::parse("ep{epoch:03d}-ba{batch}-rank{rank}.pt")
+            .unwrap()
+            .match_regex(&vars);
         let re = regex::Regex::new(&re).unwrap();
         let caps = re.captures("ep001-ba5-rank0.pt").unwrap();
         assert_eq!((&caps["epoch"], &caps["batch"]), ("001", "5"));

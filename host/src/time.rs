@@ -165,7 +165,9 @@ impl fmt::Display for Time {
 #[derive(Clone, Debug, PartialEq, Error)]
 pub enum TimeError {
     /// `""`
-    #[error("an empty string is not a time string: write a number and a unit, e.g. '1ep' or '500ba'")]
+    #[error(
+        "an empty string is not a time string: write a number and a unit, e.g. '1ep' or '500ba'"
+    )]
     Empty,
     /// `"1"`, `"12"`: Composer would read these as seconds (`"1"` = 10 s); cairn refuses.
     #[error(
@@ -191,9 +193,8 @@ pub enum TimeError {
 static WALL_CLOCK: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:(\d{1,2})h)?(?:(\d{1,2})m)?(?:(\d{1,2})s)?$").expect("static regex")
 });
-static WITH_UNIT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^(.+)(iter|ep|ba|sp|tok|dur|sec)$").expect("static regex")
-});
+static WITH_UNIT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)^(.+)(iter|ep|ba|sp|tok|dur|sec)$").expect("static regex"));
 
 impl FromStr for Time {
     type Err = TimeError;
@@ -245,12 +246,16 @@ impl FromStr for Time {
 /// `1h30m`, `45s`, `23h59m59s`: hours 0–23, minutes and seconds 0–59, one or two digits each.
 fn parse_wall_clock(s: &str) -> Option<Time> {
     let caps = WALL_CLOCK.captures(s)?;
-    let part = |i: usize| caps.get(i).map_or(Some(0), |m| m.as_str().parse::<i64>().ok());
+    let part = |i: usize| {
+        caps.get(i)
+            .map_or(Some(0), |m| m.as_str().parse::<i64>().ok())
+    };
     let (h, m, sec) = (part(1)?, part(2)?, part(3)?);
     if caps.get(1).is_none() && caps.get(2).is_none() && caps.get(3).is_none() {
         return None;
     }
-    (h <= 23 && m <= 59 && sec <= 59).then_some(Time::Count(h * 3600 + m * 60 + sec, CountUnit::Second))
+    (h <= 23 && m <= 59 && sec <= 59)
+        .then_some(Time::Count(h * 3600 + m * 60 + sec, CountUnit::Second))
 }
 
 /// Python's `float(str)`: surrounding whitespace, a sign, `_` between digits, exponents, a
@@ -483,8 +488,14 @@ mod tests {
         ] {
             assert!(s.parse::<Time>().is_err(), "{s:?} should fail");
         }
-        assert!(matches!("1.5ba".parse::<Time>(), Err(TimeError::NotIntegral(..))));
-        assert!(matches!("0x10ba".parse::<Time>(), Err(TimeError::NotANumber(..))));
+        assert!(matches!(
+            "1.5ba".parse::<Time>(),
+            Err(TimeError::NotIntegral(..))
+        ));
+        assert!(matches!(
+            "0x10ba".parse::<Time>(),
+            Err(TimeError::NotANumber(..))
+        ));
         assert!(matches!("1hr".parse::<Time>(), Err(TimeError::Invalid(..))));
     }
 
@@ -493,21 +504,34 @@ mod tests {
     fn strict_divergences_from_composer() {
         assert_eq!("".parse::<Time>(), Err(TimeError::Empty)); // Composer: 0 sec
         for s in ["1", "5", "0", "05", "6", "7", "12"] {
-            assert_eq!(s.parse::<Time>(), Err(TimeError::BareNumber(s.into())), "{s}");
+            assert_eq!(
+                s.parse::<Time>(),
+                Err(TimeError::BareNumber(s.into())),
+                "{s}"
+            );
         }
         for s in ["1h5", "1m5"] {
             // Composer: 3650 sec / 110 sec
-            assert!(matches!(s.parse::<Time>(), Err(TimeError::Invalid(_))), "{s}");
+            assert!(
+                matches!(s.parse::<Time>(), Err(TimeError::Invalid(_))),
+                "{s}"
+            );
         }
         for s in ["1e100ba", "infdur", "nandur"] {
-            assert!(matches!(s.parse::<Time>(), Err(TimeError::OutOfRange(_))), "{s}");
+            assert!(
+                matches!(s.parse::<Time>(), Err(TimeError::OutOfRange(_))),
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn errors_name_the_string() {
         let e = "1.5ba".parse::<Time>().unwrap_err().to_string();
-        assert!(e.contains("'1.5ba'") && e.contains("whole number of ba"), "{e}");
+        assert!(
+            e.contains("'1.5ba'") && e.contains("whole number of ba"),
+            "{e}"
+        );
         let e = "1".parse::<Time>().unwrap_err().to_string();
         assert!(e.contains("'1ep'"), "{e}");
     }
@@ -525,15 +549,32 @@ mod tests {
     fn timestamp_transitions() {
         let t = Timestamp::default().to_next_batch(2, 16, Duration::from_secs(3));
         let t = t.to_next_batch(2, 16, Duration::from_secs(3));
-        assert_eq!((t.batch, t.batch_in_epoch, t.sample, t.token), (2, 2, 4, 32));
+        assert_eq!(
+            (t.batch, t.batch_in_epoch, t.sample, t.token),
+            (2, 2, 4, 32)
+        );
         assert_eq!(t.total_wct, Duration::from_secs(6));
         assert_eq!(t.batch_wct, Duration::from_secs(3));
         let e = t.to_next_epoch();
-        assert_eq!((e.epoch, e.batch, e.batch_in_epoch, e.sample_in_epoch), (1, 2, 0, 0));
-        assert_eq!((e.epoch_wct, e.batch_wct, e.total_wct), (Duration::ZERO, Duration::ZERO, t.total_wct));
+        assert_eq!(
+            (e.epoch, e.batch, e.batch_in_epoch, e.sample_in_epoch),
+            (1, 2, 0, 0)
+        );
+        assert_eq!(
+            (e.epoch_wct, e.batch_wct, e.total_wct),
+            (Duration::ZERO, Duration::ZERO, t.total_wct)
+        );
         assert_eq!(e.epoch_in_iteration, 1);
         let i = e.to_next_iteration();
-        assert_eq!((i.iteration, i.epoch_in_iteration, i.token_in_iteration, i.epoch), (1, 0, 0, 1));
+        assert_eq!(
+            (
+                i.iteration,
+                i.epoch_in_iteration,
+                i.token_in_iteration,
+                i.epoch
+            ),
+            (1, 0, 0, 1)
+        );
         assert_eq!(i.get(CountUnit::Second), 6);
     }
 }

@@ -1,212 +1,311 @@
-//! `cairn bench policy`: what a policy component costs next to the built-in interval,
-//! measured in the same run — per call (with every limit on and off) and at start-up (compile
-//! vs compile cache).
+//! `cairn bench save`: how fast cairn writes a durable `.pt`, measured against the disk (`dd`)
+//! and against `torch.save`, interleaved in one run so the ~3x run-to-run noise of this kind
+//! of machine affects all three alike.
+//!
+//! The state mirrors `shared/bench/peer/torch_save_bench.py`: fp32 weights in 4M-element
+//! tensors plus Adam `exp_avg`/`exp_avg_sq` of the same shapes (Gaussian values, so neither the
+//! disk nor a compressor can shortcut zeros) and a few scalars.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
 
-use anyhow::Context;
-use clap::Subcommand;
+use anyhow::{Context, bail};
 
-use crate::interval::IntervalScheduler;
-use crate::policy::{Event, MaxDuration, Ranks, SavePolicy, TrainingState};
-use crate::time::{CountUnit, Time, Timestamp};
-use crate::wasm::{CompileCache, PolicyHost, PolicySpec, RunInfo, SandboxConfig};
+use crate::checkpoint_io::write_checkpoint;
+use crate::container::CheckpointFormat;
+use crate::state_dict::{Dict, Tensor, Value};
 
-/// Subcommands of `cairn bench`.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Per-call and start-up cost of save-interval components against the built-in interval.
-    Policy {
-        /// Save-interval components to measure (e.g. the Rust and the Python every-n).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Calls per measurement round.
-        #[arg(long, default_value_t = 100_000)]
-        calls: u64,
-        /// Measurement rounds (the median is reported).
-        #[arg(long, default_value_t = 7)]
-        rounds: usize,
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+/// Benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// Write a ~1.5 GB fp32 training state as .pt with fsync; compare with dd and torch.save.
+    Save(SaveArgs),
+    /// Upload throughput of cairn's uploader against a single-stream upload of the same file.
+    Upload(super::bench_upload::BenchUploadArgs),
+    #[command(flatten)]
+    Policy(super::bench_policy::BenchCommand),
 }
 
-/// Run a `cairn bench` subcommand.
-pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        BenchCommand::Policy {
-            files,
-            calls,
-            rounds,
-            json,
-        } => bench_policy(&files, calls, rounds.max(1), json),
+/// Arguments of `cairn bench save`.
+#[derive(Debug, clap::Args)]
+pub struct SaveArgs {
+    /// Model parameters (fp32); the state holds three times as many floats.
+    #[arg(long, default_value_t = 124_000_000)]
+    params: u64,
+    /// Folder to write into (it must have room for ~3 copies of the state).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Interleaved repetitions.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// A Python with torch, for the torch.save baseline (default: python3 if it imports torch).
+    #[arg(long)]
+    torch_python: Option<PathBuf>,
+    /// The peer script timing torch.save.
+    #[arg(long, default_value = "../shared/bench/peer/torch_save_bench.py")]
+    torch_script: PathBuf,
+}
+
+const LAYER: u64 = 4 * 1024 * 1024;
+
+pub fn run(b: Bench) -> anyhow::Result<ExitCode> {
+    match b {
+        Bench::Save(args) => save(args),
+        Bench::Upload(args) => super::bench_upload::run(args),
+        Bench::Policy(cmd) => super::bench_policy::run(cmd),
     }
 }
 
-/// The state a trainer would pass: every counter moving, four metrics.
-struct Workload {
-    stamps: Vec<Timestamp>,
-    metrics: Vec<(String, f64)>,
-    max: MaxDuration,
-}
+/// splitmix64: a fast, well-mixed generator; the values need only look random to the disk.
+struct Rng(u64);
 
-impl Workload {
-    fn new(calls: u64) -> Workload {
-        let mut stamps = Vec::with_capacity(calls as usize + 1);
-        let mut ts = Timestamp::default();
-        stamps.push(ts);
-        for _ in 0..calls {
-            ts = ts.to_next_batch(32, 32 * 2048, Duration::from_millis(120));
-            stamps.push(ts);
-        }
-        Workload {
-            stamps,
-            metrics: ["loss", "accuracy", "lr", "grad_norm"]
-                .iter()
-                .map(|n| (n.to_string(), 0.5))
-                .collect(),
-            max: MaxDuration {
-                value: i64::MAX / 2,
-                unit: CountUnit::Batch,
-            },
-        }
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
-    /// Nanoseconds per `should_save` call: the median of `rounds` rounds.
-    fn per_call(&self, policy: &mut dyn SavePolicy, rounds: usize) -> anyhow::Result<f64> {
-        let mut samples = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            let start = Instant::now();
-            for w in self.stamps.windows(2) {
-                let state = TrainingState {
-                    timestamp: w[1],
-                    previous_timestamp: Some(w[0]),
-                    max_duration: self.max,
-                    dataloader_len: Some(1000),
-                    run_name: "bench",
-                    ranks: Ranks::default(),
-                    metrics: &self.metrics,
-                };
-                std::hint::black_box(
-                    policy.should_save(std::hint::black_box(&state), Event::Batch)?,
-                );
+    fn unit(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    /// `n` Gaussian floats × `scale` (Box–Muller), as little-endian bytes.
+    fn gaussian(&mut self, n: u64, scale: f32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n as usize * 4);
+        while (out.len() as u64) < n * 4 {
+            let (u, v) = (self.unit(), self.unit());
+            let r = (-2.0 * u.ln()).sqrt() * scale;
+            let (s, c) = (std::f32::consts::TAU * v).sin_cos();
+            for x in [r * c, r * s] {
+                if (out.len() as u64) < n * 4 {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
             }
-            samples.push(start.elapsed().as_nanos() as f64 / (self.stamps.len() - 1) as f64);
         }
-        Ok(median(samples))
+        out
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn quiet_host(dir: &std::path::Path) -> PolicyHost {
-    PolicyHost::new(CompileCache::new(Some(dir.to_owned()))).with_log(Arc::new(|_: &str| {}))
-}
-
-fn bench_policy(
-    files: &[PathBuf],
-    calls: u64,
-    rounds: usize,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let work = Workload::new(calls);
-    let mut native = IntervalScheduler::new(Time::batches(1000)).expect("valid interval");
-    let native_ns = work.per_call(&mut native, rounds)?;
-    let mut rows = Vec::new();
-    let run = RunInfo {
-        run_name: "bench".into(),
-        ranks: Ranks::default(),
-    };
-    for file in files {
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let spec = PolicySpec::new(file).with("n", 1000);
-        let cache_dir =
-            std::env::temp_dir().join(format!("cairn-bench-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&cache_dir);
-        // Cold: a new process with an empty cache compiles the component.
-        let start = Instant::now();
-        let cold_host = quiet_host(&cache_dir);
-        cold_host
-            .save_policy(&spec, &SandboxConfig::default(), &run)
-            .with_context(|| format!("loading {name}"))?;
-        let cold = start.elapsed();
-        // Warm: a new process (new engine) finds the artifact in the cache.
-        let mut warm = Vec::new();
-        for _ in 0..5 {
-            let start = Instant::now();
-            let host = quiet_host(&cache_dir);
-            host.save_policy(&spec, &SandboxConfig::default(), &run)?;
-            warm.push(ms(start.elapsed()));
-        }
-        let warm = median(warm);
-        let host = quiet_host(&cache_dir);
-        let mut limited = host.save_policy(&spec, &SandboxConfig::default(), &run)?;
-        let on = work.per_call(&mut limited, rounds)?;
-        let mut unlimited = host.save_policy(&spec, &SandboxConfig::unlimited(), &run)?;
-        let off = work.per_call(&mut unlimited, rounds)?;
-        let _ = std::fs::remove_dir_all(&cache_dir);
-        rows.push((name, on, off, ms(cold), warm));
+/// The training state and its tensor bytes.
+fn make_state(params: u64) -> (Value, u64) {
+    let mut rng = Rng(0);
+    let mut model = Dict::ordered();
+    let mut opt_state = Dict::new();
+    let mut left = params;
+    let mut i = 0i64;
+    while left > 0 {
+        let k = left.min(LAYER);
+        model.insert(
+            format!("layer{i}.weight"),
+            Tensor::from_bytes(
+                crate::state_dict::DType::F32,
+                vec![k],
+                rng.gaussian(k, 0.02),
+            ),
+        );
+        let moments = Dict::new()
+            .with("step", Tensor::from_f32(vec![], &[10.0]))
+            .with(
+                "exp_avg",
+                Tensor::from_bytes(
+                    crate::state_dict::DType::F32,
+                    vec![k],
+                    rng.gaussian(k, 1e-3),
+                ),
+            )
+            .with(
+                "exp_avg_sq",
+                Tensor::from_bytes(
+                    crate::state_dict::DType::F32,
+                    vec![k],
+                    rng.gaussian(k, 1e-6),
+                ),
+            );
+        opt_state.insert(i, moments);
+        left -= k;
+        i += 1;
     }
-    if json {
-        let value = serde_json::json!({
-            "calls_per_round": calls,
-            "rounds": rounds,
-            "native_ns_per_call": native_ns,
-            "components": rows.iter().map(|(name, on, off, cold, warm)| serde_json::json!({
-                "file": name,
-                "ns_per_call_limits_on": on,
-                "ns_per_call_limits_off": off,
-                "ratio_to_native": on / native_ns,
-                "limits_overhead": on / off,
-                "cold_start_ms": cold,
-                "warm_start_ms": warm,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{value}");
-        return Ok(ExitCode::SUCCESS);
+    let groups = Value::List(vec![Value::Dict(
+        Dict::new()
+            .with("lr", 1e-3)
+            .with("betas", Value::Tuple(vec![0.9.into(), 0.999.into()]))
+            .with("eps", 1e-8)
+            .with("weight_decay", 0.0)
+            .with("params", Value::List((0..i).map(Value::Int).collect())),
+    )]);
+    let opt = Dict::new()
+        .with("state", opt_state)
+        .with("param_groups", groups);
+    let state = Dict::new()
+        .with("model", model)
+        .with("optimizers", Dict::new().with("Adam", opt))
+        .with(
+            "timestamp",
+            Dict::new().with("epoch", 1i64).with("batch", 42i64),
+        );
+    let tree = Dict::new().with("state", state).with(
+        "rng",
+        Value::List(vec![Value::Dict(Dict::new().with("python", 0i64))]),
+    );
+    (Value::Dict(tree), params * 4 * 3)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    if xs.is_empty() {
+        f64::NAN
+    } else {
+        xs[xs.len() / 2]
     }
-    println!(
-        "should-save, median of {rounds} rounds of {calls} calls, full state (13 counters, 4 wall clocks, 4 metrics):"
-    );
-    println!(
-        "{:<28} {:>14} {:>15} {:>10} {:>12}",
-        "policy", "limits on (ns)", "limits off (ns)", "on/off", "vs built-in"
-    );
-    println!(
-        "{:<28} {:>14.1} {:>15} {:>10} {:>12}",
-        "built-in 1000ba", native_ns, "-", "-", "1.0x"
-    );
-    for (name, on, off, _, _) in &rows {
-        println!(
-            "{:<28} {:>14.1} {:>15.1} {:>9.2}x {:>11.1}x",
-            name,
-            on,
-            off,
-            on / off,
-            on / native_ns
+}
+
+fn save(args: SaveArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("{} cannot be created", args.dir.display()))?;
+    eprintln!("building a {}-parameter state ...", args.params);
+    let (tree, nbytes) = make_state(args.params);
+    let gb = nbytes as f64 / 1e9;
+    let src = args.dir.join("cairn-bench-dd-src.bin");
+    write_dd_source(&src, &tree)?;
+    let torch = find_torch_python(&args);
+    if torch.is_none() {
+        eprintln!(
+            "no python with torch found (use --torch-python); skipping the torch.save baseline"
         );
     }
-    println!();
+    let (mut dd, mut cairn, mut torch_times) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 1..=args.reps {
+        let d = run_dd(&src, &args.dir.join("cairn-bench-dd-out.bin"), nbytes)?;
+        let c = run_cairn(&tree, &args.dir.join("cairn-bench.pt"))?;
+        let t = match &torch {
+            Some(py) => run_torch(py, &args, nbytes)?,
+            None => Vec::new(),
+        };
+        println!(
+            "rep {rep}: dd {d:.2} s ({:.2} GB/s)  cairn {c:.2} s ({:.2} GB/s)  torch.save+fsync {}",
+            gb / d,
+            gb / c,
+            t.iter()
+                .map(|x| format!("{x:.2} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        dd.push(d);
+        cairn.push(c);
+        torch_times.extend(t);
+    }
+    let _ = std::fs::remove_file(&src);
+    let (d, c) = (median(&mut dd), median(&mut cairn));
     println!(
-        "{:<28} {:>18} {:>18}",
-        "start (load+instantiate+init)", "cold: compile (ms)", "warm: cache (ms)"
+        "state: {gb:.2} GB fp32 (weights + Adam exp_avg/exp_avg_sq), {} reps, dir {}",
+        args.reps,
+        args.dir.display()
     );
-    for (name, _, _, cold, warm) in &rows {
-        println!("{:<28} {:>18.1} {:>18.2}", name, cold, warm);
+    println!("median dd bs=1M conv=fsync: {d:.2} s = {:.2} GB/s", gb / d);
+    println!("median cairn .pt + fsync:   {c:.2} s = {:.2} GB/s", gb / c);
+    println!("ratio cairn / dd:           {:.2}x", d / c);
+    if !torch_times.is_empty() {
+        let t = median(&mut torch_times);
+        println!("median torch.save + fsync:  {t:.2} s = {:.2} GB/s", gb / t);
+        println!("ratio cairn / torch.save:   {:.2}x", t / c);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// dd's source: the state's own (random) bytes, so nothing can be deduplicated or skipped.
+fn write_dd_source(path: &Path, tree: &Value) -> anyhow::Result<()> {
+    let mut f = std::io::BufWriter::new(
+        File::create(path).with_context(|| format!("{} cannot be created", path.display()))?,
+    );
+    crate::pt::count_tensors(tree, &mut |t| {
+        let _ = f.write_all(t.storage.bytes());
+    });
+    f.flush()?;
+    Ok(())
+}
+
+fn run_dd(src: &Path, dst: &Path, nbytes: u64) -> anyhow::Result<f64> {
+    let count = nbytes.div_ceil(1 << 20);
+    let start = Instant::now();
+    let status = Command::new("dd")
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", dst.display()))
+        .args([
+            "bs=1M",
+            &format!("count={count}"),
+            "conv=fsync",
+            "status=none",
+        ])
+        .status()
+        .context("dd could not be started")?;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(dst);
+    if !status.success() {
+        bail!("dd failed with {status}");
+    }
+    Ok(secs)
+}
+
+fn run_cairn(tree: &Value, path: &Path) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut file =
+        File::create(path).with_context(|| format!("{} cannot be created", path.display()))?;
+    write_checkpoint(path, CheckpointFormat::Pt, tree, &mut file)?;
+    file.sync_all()?;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(path);
+    Ok(secs)
+}
+
+fn find_torch_python(args: &SaveArgs) -> Option<PathBuf> {
+    if !args.torch_script.exists() {
+        eprintln!("{} not found", args.torch_script.display());
+        return None;
+    }
+    let candidates = args
+        .torch_python
+        .iter()
+        .cloned()
+        .chain([PathBuf::from("python3")]);
+    candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Run the peer script once (it saves three times) and return its `+fsync` times.
+fn run_torch(py: &Path, args: &SaveArgs, _nbytes: u64) -> anyhow::Result<Vec<f64>> {
+    let out = Command::new(py)
+        .arg(&args.torch_script)
+        .env("PARAMS", args.params.to_string())
+        .env("OUT_DIR", &args.dir)
+        .output()
+        .context("the torch.save baseline could not be started")?;
+    if !out.status.success() {
+        bail!(
+            "the torch.save baseline failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            l.split("+fsync ")
+                .nth(1)?
+                .split('s')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect())
 }

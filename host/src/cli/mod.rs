@@ -1,12 +1,19 @@
 //! The `cairn` command line. One module per subcommand; this file parses and dispatches, and
 //! turns errors into one sentence on stderr with a non-zero exit status.
 
+mod bench;
+pub mod bench_policy;
+pub mod bench_upload;
+mod filter;
+mod inspect;
+pub mod policy;
+mod run;
+mod simulate;
+mod verify;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub mod bench;
-pub mod policy;
 
 /// cairn: Composer-compatible checkpoint saving with sandboxed WebAssembly policies.
 #[derive(Debug, Parser)]
@@ -18,16 +25,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: a simulated training run that saves through the real saver.
+    Run(run::RunArgs),
+    /// Which checkpoints a save_interval would save, without training or writing.
+    Simulate(simulate::SimulateArgs),
+    /// Show what a checkpoint holds (any supported format).
+    Inspect(inspect::Args),
+    /// Rewrite a checkpoint without the ignored keys, in the format OUT's extension names.
+    Filter(filter::Args),
     /// Work with policy components (`cairn policy check FILE.wasm`).
     Policy {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
-    /// Measure cairn (`cairn bench policy FILE.wasm ...`).
-    Bench {
-        #[command(subcommand)]
-        command: bench::BenchCommand,
-    },
+    /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
+    Verify(verify::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 /// Run the command line; the process exit status.
@@ -44,7 +59,12 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => simulate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Filter(args) => filter::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Policy { command } => policy::run(command),
-        Command::Bench { command } => bench::run(command),
+        Command::Bench(b) => bench::run(b),
     }
 }

@@ -262,6 +262,7 @@ fn leaf_value(
                     DictKind::Plain
                 },
                 entries: IndexMap::new(),
+                state: None,
             })
         }
         wit::Leaf::EmptyList => Value::List(Vec::new()),
@@ -373,9 +374,12 @@ fn to_dict(entries: IndexMap<Key, Node>, segs: &mut Vec<Seg>, issued: &Issued) -
     } else {
         DictKind::Plain
     };
+    // Pickle BUILD attributes of a dict (the `_metadata` of a module's state dict) do not
+    // cross the WIT boundary; torch treats them as optional.
     let mut dict = Dict {
         kind,
         entries: IndexMap::with_capacity(entries.len()),
+        state: None,
     };
     for (k, node) in entries {
         segs.push(match &k {

@@ -1,0 +1,212 @@
+//! `cairn bench policy`: what a policy component costs next to the built-in interval,
+//! measured in the same run — per call (with every limit on and off) and at start-up (compile
+//! vs compile cache).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::interval::IntervalScheduler;
+use crate::policy::{Event, MaxDuration, Ranks, SavePolicy, TrainingState};
+use crate::time::{CountUnit, Time, Timestamp};
+use crate::wasm::{CompileCache, PolicyHost, PolicySpec, RunInfo, SandboxConfig};
+
+/// Subcommands of `cairn bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Per-call and start-up cost of save-interval components against the built-in interval.
+    Policy {
+        /// Save-interval components to measure (e.g. the Rust and the Python every-n).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Calls per measurement round.
+        #[arg(long, default_value_t = 100_000)]
+        calls: u64,
+        /// Measurement rounds (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run a `cairn bench` subcommand.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::Policy {
+            files,
+            calls,
+            rounds,
+            json,
+        } => bench_policy(&files, calls, rounds.max(1), json),
+    }
+}
+
+/// The state a trainer would pass: every counter moving, four metrics.
+struct Workload {
+    stamps: Vec<Timestamp>,
+    metrics: Vec<(String, f64)>,
+    max: MaxDuration,
+}
+
+impl Workload {
+    fn new(calls: u64) -> Workload {
+        let mut stamps = Vec::with_capacity(calls as usize + 1);
+        let mut ts = Timestamp::default();
+        stamps.push(ts);
+        for _ in 0..calls {
+            ts = ts.to_next_batch(32, 32 * 2048, Duration::from_millis(120));
+            stamps.push(ts);
+        }
+        Workload {
+            stamps,
+            metrics: ["loss", "accuracy", "lr", "grad_norm"]
+                .iter()
+                .map(|n| (n.to_string(), 0.5))
+                .collect(),
+            max: MaxDuration {
+                value: i64::MAX / 2,
+                unit: CountUnit::Batch,
+            },
+        }
+    }
+
+    /// Nanoseconds per `should_save` call: the median of `rounds` rounds.
+    fn per_call(&self, policy: &mut dyn SavePolicy, rounds: usize) -> anyhow::Result<f64> {
+        let mut samples = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let start = Instant::now();
+            for w in self.stamps.windows(2) {
+                let state = TrainingState {
+                    timestamp: w[1],
+                    previous_timestamp: Some(w[0]),
+                    max_duration: self.max,
+                    dataloader_len: Some(1000),
+                    run_name: "bench",
+                    ranks: Ranks::default(),
+                    metrics: &self.metrics,
+                };
+                std::hint::black_box(
+                    policy.should_save(std::hint::black_box(&state), Event::Batch)?,
+                );
+            }
+            samples.push(start.elapsed().as_nanos() as f64 / (self.stamps.len() - 1) as f64);
+        }
+        Ok(median(samples))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn quiet_host(dir: &std::path::Path) -> PolicyHost {
+    PolicyHost::new(CompileCache::new(Some(dir.to_owned()))).with_log(Arc::new(|_: &str| {}))
+}
+
+fn bench_policy(
+    files: &[PathBuf],
+    calls: u64,
+    rounds: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let work = Workload::new(calls);
+    let mut native = IntervalScheduler::new(Time::batches(1000)).expect("valid interval");
+    let native_ns = work.per_call(&mut native, rounds)?;
+    let mut rows = Vec::new();
+    let run = RunInfo {
+        run_name: "bench".into(),
+        ranks: Ranks::default(),
+    };
+    for file in files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let spec = PolicySpec::new(file).with("n", 1000);
+        let cache_dir =
+            std::env::temp_dir().join(format!("cairn-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache_dir);
+        // Cold: a new process with an empty cache compiles the component.
+        let start = Instant::now();
+        let cold_host = quiet_host(&cache_dir);
+        cold_host
+            .save_policy(&spec, &SandboxConfig::default(), &run)
+            .with_context(|| format!("loading {name}"))?;
+        let cold = start.elapsed();
+        // Warm: a new process (new engine) finds the artifact in the cache.
+        let mut warm = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let host = quiet_host(&cache_dir);
+            host.save_policy(&spec, &SandboxConfig::default(), &run)?;
+            warm.push(ms(start.elapsed()));
+        }
+        let warm = median(warm);
+        let host = quiet_host(&cache_dir);
+        let mut limited = host.save_policy(&spec, &SandboxConfig::default(), &run)?;
+        let on = work.per_call(&mut limited, rounds)?;
+        let mut unlimited = host.save_policy(&spec, &SandboxConfig::unlimited(), &run)?;
+        let off = work.per_call(&mut unlimited, rounds)?;
+        let _ = std::fs::remove_dir_all(&cache_dir);
+        rows.push((name, on, off, ms(cold), warm));
+    }
+    if json {
+        let value = serde_json::json!({
+            "calls_per_round": calls,
+            "rounds": rounds,
+            "native_ns_per_call": native_ns,
+            "components": rows.iter().map(|(name, on, off, cold, warm)| serde_json::json!({
+                "file": name,
+                "ns_per_call_limits_on": on,
+                "ns_per_call_limits_off": off,
+                "ratio_to_native": on / native_ns,
+                "limits_overhead": on / off,
+                "cold_start_ms": cold,
+                "warm_start_ms": warm,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "should-save, median of {rounds} rounds of {calls} calls, full state (13 counters, 4 wall clocks, 4 metrics):"
+    );
+    println!(
+        "{:<28} {:>14} {:>15} {:>10} {:>12}",
+        "policy", "limits on (ns)", "limits off (ns)", "on/off", "vs built-in"
+    );
+    println!(
+        "{:<28} {:>14.1} {:>15} {:>10} {:>12}",
+        "built-in 1000ba", native_ns, "-", "-", "1.0x"
+    );
+    for (name, on, off, _, _) in &rows {
+        println!(
+            "{:<28} {:>14.1} {:>15.1} {:>9.2}x {:>11.1}x",
+            name,
+            on,
+            off,
+            on / off,
+            on / native_ns
+        );
+    }
+    println!();
+    println!(
+        "{:<28} {:>18} {:>18}",
+        "start (load+instantiate+init)", "cold: compile (ms)", "warm: cache (ms)"
+    );
+    for (name, _, _, cold, warm) in &rows {
+        println!("{:<28} {:>18.1} {:>18.2}", name, cold, warm);
+    }
+    Ok(ExitCode::SUCCESS)
+}

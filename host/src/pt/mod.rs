@@ -1,0 +1,410 @@
+//! `torch.save`'s file format (`.pt`): a ZIP64 archive of a pickle plus one record per storage.
+//!
+//! Writing is planned first ([`PtPlan`]): the pickle is built in memory (it is small), storages
+//! are deduplicated by identity, and every record's offset is computed. Then tensor bytes are
+//! streamed from their storages to the sink. Reading parses the zip over one buffer and
+//! unpickles with [`pickle_read`], which never executes anything.
+
+pub mod pickle_read;
+pub mod pickle_write;
+pub mod zip;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+
+use crate::state_dict::{DType, Storage, Tensor, Value};
+use pickle_read::{PickleError, StorageSource};
+use pickle_write::ViewError;
+use zip::{CrcWriter, Plan, ZipEntry, ZipError};
+
+/// What is wrong with a `.pt` (the caller names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum PtError {
+    /// The zip container is damaged.
+    #[error("{0}")]
+    Zip(#[from] ZipError),
+    /// The pickle is damaged or hostile.
+    #[error("has an unreadable pickle: {0}")]
+    Pickle(#[from] PickleError),
+    /// A tensor cannot be written.
+    #[error("cannot be written: {0}")]
+    View(#[from] ViewError),
+    /// Not a zip-format torch file.
+    #[error("is not a torch.save zip archive: {0}")]
+    NotTorch(String),
+    /// Reading or writing failed.
+    #[error("could not be written: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// True when every element a tensor view addresses lies inside its storage.
+pub fn view_fits(t: &Tensor) -> bool {
+    if t.shape.len() != t.stride.len() {
+        return false;
+    }
+    if t.shape.contains(&0) {
+        return true;
+    }
+    let numel = t.storage.numel() as u64;
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.storage_offset, |acc, (&n, &s)| {
+            acc.checked_add((n - 1).checked_mul(s)?)
+        });
+    last.is_some_and(|last| last < numel)
+}
+
+/// A `.pt` ready to be written: the pickle, the storages and where every record goes.
+pub struct PtPlan {
+    zip: Plan,
+    pickle: Vec<u8>,
+    storages: Vec<Storage>,
+}
+
+/// Records after `data.pkl` and before the storages, as recent torch writes them.
+const HEAD_RECORDS: [(&str, &[u8]); 3] = [
+    (".format_version", b"1"),
+    (".storage_alignment", b"64"),
+    ("byteorder", b"little"),
+];
+const VERSION_RECORD: (&str, &[u8]) = ("version", b"3\n");
+
+impl PtPlan {
+    /// Pickle `tree` and lay out the archive; `archive_name` is the entry prefix (torch uses
+    /// the file's stem).
+    pub fn new(tree: &Value, archive_name: &str) -> Result<PtPlan, PtError> {
+        let pickled = pickle_write::pickle(tree)?;
+        let mut names: Vec<(String, u64)> = vec![(
+            format!("{archive_name}/data.pkl"),
+            pickled.bytes.len() as u64,
+        )];
+        for (name, body) in HEAD_RECORDS {
+            names.push((format!("{archive_name}/{name}"), body.len() as u64));
+        }
+        for (key, s) in pickled.storages.iter().enumerate() {
+            names.push((format!("{archive_name}/data/{key}"), s.bytes().len() as u64));
+        }
+        names.push((
+            format!("{archive_name}/{}", VERSION_RECORD.0),
+            VERSION_RECORD.1.len() as u64,
+        ));
+        let zip = Plan::new(names.iter().map(|(n, s)| (n.as_str(), *s)));
+        Ok(PtPlan {
+            zip,
+            pickle: pickled.bytes,
+            storages: pickled.storages,
+        })
+    }
+
+    /// The archive's exact size in bytes.
+    pub fn total_len(&self) -> u64 {
+        self.zip.total_len()
+    }
+
+    /// Payload of record `i`, in file order.
+    fn payload(&self, i: usize) -> &[u8] {
+        let storages = 1 + HEAD_RECORDS.len();
+        match i {
+            0 => &self.pickle,
+            i if i < storages => HEAD_RECORDS[i - 1].1,
+            i if i < storages + self.storages.len() => self.storages[i - storages].bytes(),
+            _ => VERSION_RECORD.1,
+        }
+    }
+
+    /// Stream the archive into any writer; CRCs are computed just before each record.
+    pub fn write_to<W: Write + ?Sized>(&self, sink: &mut W) -> io::Result<u64> {
+        let mut w = CrcWriter::new(sink);
+        let mut crcs = Vec::with_capacity(self.zip.entries.len());
+        for (i, entry) in self.zip.entries.iter().enumerate() {
+            let payload = self.payload(i);
+            let crc = zip::crc_of(&[payload]);
+            w.pad_to(entry.header_offset)?;
+            w.put(&self.zip.local_header(i, crc))?;
+            w.put(payload)?;
+            crcs.push(crc);
+        }
+        w.put(&self.zip.trailer(&crcs))?;
+        Ok(w.written)
+    }
+
+    /// Write the archive into `file` from its current position in one pass: each CRC is folded
+    /// into the write of its payload and patched into the local header afterwards. Writeback of
+    /// finished ranges is started while later tensors are still being copied, so the caller's
+    /// final fsync has little left to wait for.
+    pub fn write_to_file(&self, file: &mut File) -> io::Result<u64> {
+        use std::io::Seek;
+        let base = file.stream_position()?;
+        let mut crcs = Vec::with_capacity(self.zip.entries.len());
+        let mut writeback = Writeback::new(file, base);
+        {
+            let mut buffered = BufWriter::with_capacity(1 << 20, &mut *file);
+            let mut w = CrcWriter::new(&mut buffered);
+            for (i, entry) in self.zip.entries.iter().enumerate() {
+                w.pad_to(entry.header_offset)?;
+                w.put(&self.zip.local_header(i, 0))?;
+                let mut hasher = crc32fast::Hasher::new();
+                for chunk in self.payload(i).chunks(CHUNK) {
+                    hasher.update(chunk);
+                    w.put(chunk)?;
+                    if chunk.len() == CHUNK {
+                        writeback.start(w.written);
+                    }
+                }
+                crcs.push(hasher.finalize());
+            }
+            w.put(&self.zip.trailer(&crcs))?;
+            buffered.flush()?;
+        }
+        for (i, crc) in crcs.iter().enumerate() {
+            file.write_all_at(&crc.to_le_bytes(), base + self.zip.crc_field_offset(i))?;
+        }
+        Ok(self.total_len())
+    }
+}
+
+/// Payload bytes per write: large enough for few syscalls, small enough to stay in cache for
+/// the CRC pass just before.
+const CHUNK: usize = 8 << 20;
+/// Start writeback once this much has been written since the last start.
+const WRITEBACK_STEP: u64 = 64 << 20;
+
+/// Starts asynchronous writeback (`sync_file_range(SYNC_FILE_RANGE_WRITE)`) of what has been
+/// written, so the disk works while the CPU copies. Only a hint: durability is the caller's
+/// fsync. Bytes still in the `BufWriter` are not covered, which is harmless.
+struct Writeback {
+    fd: std::os::fd::RawFd,
+    base: u64,
+    started: u64,
+}
+
+impl Writeback {
+    fn new(file: &File, base: u64) -> Writeback {
+        use std::os::fd::AsRawFd;
+        Writeback {
+            fd: file.as_raw_fd(),
+            base,
+            started: 0,
+        }
+    }
+
+    fn start(&mut self, written: u64) {
+        if written < self.started + WRITEBACK_STEP {
+            return;
+        }
+        let (offset, len) = (self.base + self.started, written - self.started);
+        // SAFETY: a plain syscall on an open descriptor owned by the caller's File; errors are
+        // ignored because this only schedules writeback.
+        unsafe {
+            libc::sync_file_range(
+                self.fd,
+                offset as i64,
+                len as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.started = written;
+    }
+}
+
+/// The entries of a torch archive, by name without the archive prefix.
+struct Archive {
+    records: HashMap<String, ZipEntry>,
+}
+
+impl Archive {
+    fn open(data: &Bytes) -> Result<Archive, PtError> {
+        if data.starts_with(&[0x80, 0x02, 0x8a, 0x0a]) || data.starts_with(b"\x80\x02") {
+            return Err(PtError::NotTorch(
+                "it uses the legacy (pre-1.6) torch.save format, which cairn does not read".into(),
+            ));
+        }
+        let entries = zip::read_entries(data)?;
+        let Some(first) = entries.first() else {
+            return Err(PtError::NotTorch("the archive is empty".into()));
+        };
+        let Some((prefix, _)) = first.name.split_once('/') else {
+            return Err(PtError::NotTorch(format!(
+                "its first entry '{}' is not in a folder",
+                first.name
+            )));
+        };
+        let prefix = format!("{prefix}/");
+        let records = entries
+            .into_iter()
+            .filter_map(|e| Some((e.name.strip_prefix(&prefix)?.to_owned(), e)))
+            .collect();
+        Ok(Archive { records })
+    }
+
+    fn pickle(&self) -> Result<&ZipEntry, PtError> {
+        let entry = self
+            .records
+            .get("data.pkl")
+            .ok_or_else(|| PtError::NotTorch("it has no data.pkl record".into()))?;
+        entry.check_crc()?;
+        Ok(entry)
+    }
+}
+
+impl StorageSource for Archive {
+    fn storage(&mut self, key: &str, dtype: DType, numel: u64) -> Result<Storage, String> {
+        let name = format!("data/{key}");
+        let Some(entry) = self.records.get(&name) else {
+            return Err(format!("storage record '{name}' is missing"));
+        };
+        let want = numel.checked_mul(dtype.size() as u64);
+        if want != Some(entry.data.len() as u64) {
+            return Err(format!(
+                "storage record '{name}' holds {} bytes, but the pickle declares {numel} {dtype} elements",
+                entry.data.len()
+            ));
+        }
+        entry.check_crc().map_err(|e| e.to_string())?;
+        Ok(Storage::new(dtype, entry.data.clone()))
+    }
+}
+
+/// Read a `.pt` held in `data` (a memory map or buffer); tensors share `data`'s memory.
+pub fn read_pt(data: &Bytes) -> Result<Value, PtError> {
+    let mut archive = Archive::open(data)?;
+    let pickle = archive.pickle()?.data.clone();
+    Ok(pickle_read::unpickle(&pickle, &mut archive)?)
+}
+
+/// What a full check of a `.pt` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PtSummary {
+    /// Zip entries checked (every CRC verified).
+    pub records: usize,
+    /// Tensors in the tree.
+    pub tensors: usize,
+    /// Distinct storages referenced.
+    pub storages: usize,
+    /// Bytes of storage data.
+    pub storage_bytes: u64,
+}
+
+/// Check every CRC, the records torch requires, and that the pickle parses with every storage
+/// present at the declared size.
+pub fn verify_pt(data: &Bytes) -> Result<PtSummary, PtError> {
+    let mut archive = Archive::open(data)?;
+    for entry in archive.records.values() {
+        entry.check_crc()?;
+    }
+    if !archive.records.contains_key("version") && !archive.records.contains_key(".data/version") {
+        return Err(PtError::NotTorch("it has no version record".into()));
+    }
+    let pickle = archive.pickle()?.data.clone();
+    let tree = pickle_read::unpickle(&pickle, &mut archive)?;
+    let mut summary = PtSummary {
+        records: archive.records.len(),
+        ..PtSummary::default()
+    };
+    let mut seen = HashMap::new();
+    count_tensors(&tree, &mut |t| {
+        summary.tensors += 1;
+        seen.insert(t.storage.id(), t.storage.bytes().len() as u64);
+    });
+    summary.storages = seen.len();
+    summary.storage_bytes = seen.values().sum();
+    Ok(summary)
+}
+
+/// Visit every tensor in a tree, including those inside unmodelled objects.
+pub fn count_tensors(v: &Value, f: &mut dyn FnMut(&Tensor)) {
+    use crate::state_dict::Construct;
+    match v {
+        Value::Tensor(t) => f(t),
+        Value::Dict(d) => {
+            d.entries.values().for_each(|x| count_tensors(x, f));
+            if let Some(s) = &d.state {
+                count_tensors(s, f);
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => items.iter().for_each(|x| count_tensors(x, f)),
+        Value::Object(o) => {
+            if let Construct::Reduce(a) | Construct::NewObj(a) = &o.construct {
+                a.iter().for_each(|x| count_tensors(x, f));
+            }
+            o.state
+                .iter()
+                .chain(&o.list_items)
+                .for_each(|x| count_tensors(x, f));
+            for (k, x) in &o.dict_items {
+                count_tensors(k, f);
+                count_tensors(x, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_dict::Dict;
+
+    fn sample() -> Value {
+        let w = Tensor::from_f32(vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let mut col = w.clone();
+        col.shape = vec![2];
+        col.stride = vec![3];
+        col.storage_offset = 1;
+        Value::Dict(
+            Dict::new()
+                .with("w", w)
+                .with("col", col)
+                .with("n", Value::Int(-5_000_000_000))
+                .with("b", Value::Bytes(vec![0, 200, 255])),
+        )
+    }
+
+    #[test]
+    fn write_then_read_round_trips_and_shares_storage() {
+        let plan = PtPlan::new(&sample(), "ckpt").unwrap();
+        let mut buf = Vec::new();
+        let n = plan.write_to(&mut buf).unwrap();
+        assert_eq!(n, buf.len() as u64);
+        let data = Bytes::from(buf);
+        let back = read_pt(&data).unwrap();
+        assert_eq!(back, sample());
+        let d = back.as_dict().unwrap();
+        let (Some(Value::Tensor(a)), Some(Value::Tensor(b))) = (d.get("w"), d.get("col")) else {
+            panic!()
+        };
+        assert!(a.storage.same(&b.storage));
+        let s = verify_pt(&data).unwrap();
+        assert_eq!((s.tensors, s.storages, s.storage_bytes), (2, 1, 24));
+    }
+
+    #[test]
+    fn file_writer_patches_crcs() {
+        let plan = PtPlan::new(&sample(), "x").unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        plan.write_to_file(&mut f).unwrap();
+        let mut expected = Vec::new();
+        plan.write_to(&mut expected).unwrap();
+        let mut got = vec![0u8; expected.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn missing_and_short_records_are_named() {
+        let plan = PtPlan::new(&sample(), "x").unwrap();
+        let mut buf = Vec::new();
+        plan.write_to(&mut buf).unwrap();
+        // Rename data/0 to data/9 (same length) and fix nothing else: the record is now missing.
+        let pos = buf.windows(8).rposition(|w| w == b"x/data/0").unwrap();
+        buf[pos + 7] = b'9';
+        let err = read_pt(&Bytes::from(buf)).unwrap_err().to_string();
+        assert!(err.contains("'data/0' is missing"), "{err}");
+    }
+}

@@ -1,0 +1,447 @@
+//! `.safetensors` checkpoints: tensors in the safetensors layout (header built and checked with
+//! the `safetensors` crate), everything else in the header's `__metadata__`.
+//!
+//! safetensors holds only flat, named, contiguous tensors. To round-trip a whole checkpoint tree
+//! the tree itself is stored as tagged JSON under `__metadata__["cairn.tree"]`, with each tensor
+//! replaced by a reference to its entry; the entry names are the tensors' Composer paths
+//! (`state/model/fc.weight`) so other safetensors readers see sensible names. A file without
+//! `cairn.tree` (written by another tool) reads as a flat dict of its tensors. Views are written
+//! densely (safetensors cannot share storage), so shared storages are not shared after a round
+//! trip; the `.pt` format keeps that.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufWriter, Write};
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
+use serde_json::{Value as Json, json};
+
+use crate::state_dict::{Construct, DType, Dict, DictKind, Key, Object, Tensor, Value};
+
+/// The `__metadata__` key holding the tree.
+pub const TREE_KEY: &str = "cairn.tree";
+
+/// What is wrong with a safetensors file or tree (the caller names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    /// The header or layout is invalid.
+    #[error("is not a valid safetensors file: {0}")]
+    Invalid(String),
+    /// The stored tree is damaged.
+    #[error("has a damaged '{TREE_KEY}' tree: {0}")]
+    Tree(String),
+    /// A tensor cannot be stored.
+    #[error("cannot be written: {0}")]
+    Unwritable(String),
+    /// Writing failed.
+    #[error("could not be written: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn to_st(d: DType) -> Dtype {
+    match d {
+        DType::F64 => Dtype::F64,
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::I64 => Dtype::I64,
+        DType::I32 => Dtype::I32,
+        DType::I16 => Dtype::I16,
+        DType::I8 => Dtype::I8,
+        DType::U8 => Dtype::U8,
+        DType::Bool => Dtype::BOOL,
+    }
+}
+
+fn from_st(d: Dtype) -> Option<DType> {
+    DType::ALL.into_iter().find(|x| to_st(*x) == d)
+}
+
+/// The bytes of a tensor's view, densely packed (zero-copy when already contiguous).
+pub fn dense_bytes(t: &Tensor) -> Option<Bytes> {
+    if let Some(b) = t.contiguous_bytes() {
+        return Some(b);
+    }
+    if !crate::pt::view_fits(t) {
+        return None;
+    }
+    let size = t.dtype().size();
+    let src = t.storage.bytes();
+    let mut out = Vec::with_capacity(t.nbytes() as usize);
+    let mut index = vec![0u64; t.shape.len()];
+    for _ in 0..t.numel() {
+        let elem: u64 =
+            t.storage_offset + index.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<u64>();
+        let at = elem as usize * size;
+        out.extend_from_slice(&src[at..at + size]);
+        for d in (0..index.len()).rev() {
+            index[d] += 1;
+            if index[d] < t.shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Some(Bytes::from(out))
+}
+
+/// Tree → tagged JSON, collecting tensors under unique names.
+struct Encoder {
+    tensors: Vec<(String, Tensor)>,
+    names: HashSet<String>,
+}
+
+impl Encoder {
+    fn name(&mut self, path: &str) -> String {
+        let mut name = path.to_owned();
+        let mut n = 1;
+        while !self.names.insert(name.clone()) {
+            name = format!("{path}#{n}");
+            n += 1;
+        }
+        name
+    }
+
+    fn value(&mut self, v: &Value, path: &str) -> Json {
+        let child = |seg: &dyn std::fmt::Display| {
+            if path.is_empty() {
+                seg.to_string()
+            } else {
+                format!("{path}/{seg}")
+            }
+        };
+        match v {
+            Value::None => Json::Null,
+            Value::Bool(b) => json!(b),
+            Value::Str(s) => json!(s),
+            Value::Int(i) => json!(["int", i]),
+            Value::BigInt(b) => json!(["bigint", hex::encode(b)]),
+            Value::Float(x) => json!(["float", format!("{x:?}")]),
+            Value::Bytes(b) => json!(["bytes", hex::encode(b)]),
+            Value::List(items) => json!(["list", self.seq(items, path)]),
+            Value::Tuple(items) => json!(["tuple", self.seq(items, path)]),
+            Value::Dict(d) => {
+                let kind = if d.kind == DictKind::Ordered {
+                    "ordered"
+                } else {
+                    "plain"
+                };
+                let items: Vec<Json> = d
+                    .entries
+                    .iter()
+                    .map(|(k, x)| {
+                        let key = match k {
+                            Key::Str(s) => json!(s),
+                            Key::Int(i) => json!(i),
+                        };
+                        json!([key, self.value(x, &child(k))])
+                    })
+                    .collect();
+                let state = d
+                    .state
+                    .as_ref()
+                    .map_or(Json::Null, |s| self.value(s, &child(&"__state__")));
+                json!(["dict", kind, items, state])
+            }
+            Value::Tensor(t) => {
+                let name = self.name(path);
+                self.tensors.push((name.clone(), t.clone()));
+                json!(["tensor", name, t.requires_grad, t.parameter])
+            }
+            Value::Object(o) => self.object(o, path),
+        }
+    }
+
+    fn seq(&mut self, items: &[Value], path: &str) -> Vec<Json> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                self.value(
+                    x,
+                    &if path.is_empty() {
+                        i.to_string()
+                    } else {
+                        format!("{path}/{i}")
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn object(&mut self, o: &Object, path: &str) -> Json {
+        let construct = match &o.construct {
+            Construct::Global => json!(["global"]),
+            Construct::Reduce(a) => json!(["reduce", self.seq(a, path)]),
+            Construct::NewObj(a) => json!(["newobj", self.seq(a, path)]),
+        };
+        let state = o.state.as_ref().map_or(Json::Null, |s| self.value(s, path));
+        let list = self.seq(&o.list_items, path);
+        let dict: Vec<Json> = o
+            .dict_items
+            .iter()
+            .map(|(k, v)| json!([self.value(k, path), self.value(v, path)]))
+            .collect();
+        json!(["object", o.module, o.name, construct, state, list, dict])
+    }
+}
+
+/// Write `tree` as safetensors into `out`; returns bytes written.
+pub fn write(tree: &Value, out: &mut impl Write) -> Result<u64, SafetensorsError> {
+    let mut enc = Encoder {
+        tensors: Vec::new(),
+        names: HashSet::new(),
+    };
+    let json_tree = enc.value(tree, "");
+    let mut infos = Vec::new();
+    let mut payloads = Vec::new();
+    let mut offset = 0usize;
+    for (name, t) in &enc.tensors {
+        let bytes = dense_bytes(t).ok_or_else(|| {
+            SafetensorsError::Unwritable(format!("tensor '{name}' reaches past its storage"))
+        })?;
+        let info = TensorInfo {
+            dtype: to_st(t.dtype()),
+            shape: t.shape.iter().map(|&d| d as usize).collect(),
+            data_offsets: (offset, offset + bytes.len()),
+        };
+        offset += bytes.len();
+        infos.push((name.clone(), info));
+        payloads.push(bytes);
+    }
+    let meta = HashMap::from([(TREE_KEY.to_owned(), json_tree.to_string())]);
+    let metadata = Metadata::new(Some(meta), infos)
+        .map_err(|e| SafetensorsError::Unwritable(e.to_string()))?;
+    let mut header =
+        serde_json::to_vec(&metadata).map_err(|e| SafetensorsError::Unwritable(e.to_string()))?;
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(&header)?;
+    for p in &payloads {
+        w.write_all(p)?;
+    }
+    w.flush()?;
+    Ok(8 + header.len() as u64 + offset as u64)
+}
+
+/// Read a safetensors file held in `data`; tensors share `data`'s memory.
+pub fn read(data: &Bytes) -> Result<Value, SafetensorsError> {
+    let invalid = |e: &dyn std::fmt::Display| SafetensorsError::Invalid(e.to_string());
+    // Full validation (offsets contiguous, sizes match dtype × shape) by the crate.
+    SafeTensors::deserialize(data).map_err(|e| invalid(&e))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(data).map_err(|e| invalid(&e))?;
+    let base = 8 + header_len;
+    let mut tensors = IndexMap::new();
+    for name in metadata.offset_keys() {
+        let info = metadata
+            .info(&name)
+            .ok_or_else(|| invalid(&"a tensor has no entry"))?;
+        let dtype = from_st(info.dtype).ok_or_else(|| {
+            invalid(&format!(
+                "tensor '{name}' has unsupported dtype {:?}",
+                info.dtype
+            ))
+        })?;
+        let (start, end) = info.data_offsets;
+        let bytes = data.slice(base + start..base + end);
+        let shape = info.shape.iter().map(|&d| d as u64).collect();
+        tensors.insert(name, Tensor::from_bytes(dtype, shape, bytes));
+    }
+    let tree = metadata.metadata().as_ref().and_then(|m| m.get(TREE_KEY));
+    match tree {
+        Some(text) => {
+            let json: Json =
+                serde_json::from_str(text).map_err(|e| SafetensorsError::Tree(e.to_string()))?;
+            Decoder { tensors: &tensors }
+                .value(&json, 0)
+                .map_err(SafetensorsError::Tree)
+        }
+        None => {
+            let mut d = Dict::new();
+            for (name, t) in tensors {
+                d.insert(name, t);
+            }
+            Ok(Value::Dict(d))
+        }
+    }
+}
+
+struct Decoder<'a> {
+    tensors: &'a IndexMap<String, Tensor>,
+}
+
+type Res<T> = Result<T, String>;
+
+impl Decoder<'_> {
+    fn value(&self, j: &Json, depth: usize) -> Res<Value> {
+        if depth > 400 {
+            return Err("nests too deeply".into());
+        }
+        Ok(match j {
+            Json::Null => Value::None,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::String(s) => Value::Str(s.clone()),
+            Json::Array(a) => self.tagged(a, depth)?,
+            other => return Err(format!("unexpected {other}")),
+        })
+    }
+
+    fn seq(&self, j: Option<&Json>, depth: usize) -> Res<Vec<Value>> {
+        let items = j.and_then(Json::as_array).ok_or("expected a list")?;
+        items.iter().map(|x| self.value(x, depth + 1)).collect()
+    }
+
+    fn tagged(&self, a: &[Json], depth: usize) -> Res<Value> {
+        let tag = a.first().and_then(Json::as_str).ok_or("untagged array")?;
+        let s = |i: usize| {
+            a.get(i)
+                .and_then(Json::as_str)
+                .ok_or(format!("'{tag}' lacks field {i}"))
+        };
+        let hex = |i: usize| s(i).and_then(|h| hex::decode(h).map_err(|e| e.to_string()));
+        Ok(match tag {
+            "int" => Value::Int(a.get(1).and_then(Json::as_i64).ok_or("bad int")?),
+            "bigint" => Value::BigInt(hex(1)?),
+            "float" => Value::Float(s(1)?.parse().map_err(|_| "bad float")?),
+            "bytes" => Value::Bytes(hex(1)?),
+            "list" => Value::List(self.seq(a.get(1), depth)?),
+            "tuple" => Value::Tuple(self.seq(a.get(1), depth)?),
+            "dict" => self.dict(a, depth)?,
+            "tensor" => {
+                let name = s(1)?;
+                let mut t = self
+                    .tensors
+                    .get(name)
+                    .cloned()
+                    .ok_or(format!("tensor '{name}' is missing"))?;
+                t.requires_grad = a.get(2).and_then(Json::as_bool).unwrap_or(false);
+                t.parameter = a.get(3).and_then(Json::as_bool).unwrap_or(false);
+                Value::Tensor(t)
+            }
+            "object" => self.object(a, depth)?,
+            _ => return Err(format!("unknown tag '{tag}'")),
+        })
+    }
+
+    fn dict(&self, a: &[Json], depth: usize) -> Res<Value> {
+        let mut d = if a.get(1).and_then(Json::as_str) == Some("ordered") {
+            Dict::ordered()
+        } else {
+            Dict::new()
+        };
+        for item in a
+            .get(2)
+            .and_then(Json::as_array)
+            .ok_or("dict without items")?
+        {
+            let pair = item
+                .as_array()
+                .filter(|p| p.len() == 2)
+                .ok_or("bad dict item")?;
+            let key = match &pair[0] {
+                Json::String(s) => Key::Str(s.clone()),
+                Json::Number(n) => Key::Int(n.as_i64().ok_or("bad int key")?),
+                _ => return Err("bad dict key".into()),
+            };
+            d.entries.insert(key, self.value(&pair[1], depth + 1)?);
+        }
+        if let Some(state) = a.get(3).filter(|s| !s.is_null()) {
+            d.state = Some(Box::new(self.value(state, depth + 1)?));
+        }
+        Ok(Value::Dict(d))
+    }
+
+    fn object(&self, a: &[Json], depth: usize) -> Res<Value> {
+        let text = |i: usize| {
+            a.get(i)
+                .and_then(Json::as_str)
+                .map(str::to_owned)
+                .ok_or("bad object")
+        };
+        let c = a
+            .get(3)
+            .and_then(Json::as_array)
+            .ok_or("bad object construct")?;
+        let construct = match c.first().and_then(Json::as_str) {
+            Some("global") => Construct::Global,
+            Some("reduce") => Construct::Reduce(self.seq(c.get(1), depth)?),
+            Some("newobj") => Construct::NewObj(self.seq(c.get(1), depth)?),
+            _ => return Err("bad object construct".into()),
+        };
+        let state = match a.get(4) {
+            None | Some(Json::Null) => None,
+            Some(s) => Some(self.value(s, depth + 1)?),
+        };
+        let list_items = self.seq(a.get(5), depth)?;
+        let dict_items = a
+            .get(6)
+            .and_then(Json::as_array)
+            .ok_or("bad object items")?
+            .iter()
+            .map(|p| {
+                let p = p
+                    .as_array()
+                    .filter(|p| p.len() == 2)
+                    .ok_or("bad object item")?;
+                Ok((self.value(&p[0], depth + 1)?, self.value(&p[1], depth + 1)?))
+            })
+            .collect::<Res<Vec<_>>>()?;
+        Ok(Value::Object(Box::new(Object {
+            module: text(1)?,
+            name: text(2)?,
+            construct,
+            state,
+            list_items,
+            dict_items,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_views_are_packed() {
+        let t = Tensor::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]);
+        let mut tr = t.clone();
+        tr.stride = vec![1, 2];
+        let b = dense_bytes(&tr).unwrap();
+        let vals: Vec<f32> = b
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(vals, vec![1.0, 3.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn tree_round_trips_through_metadata() {
+        let tree = Value::Dict(
+            Dict::new()
+                .with(
+                    "state",
+                    Dict::new().with(
+                        "model",
+                        Dict::ordered().with("w", Tensor::from_f32(vec![2], &[1.0, 2.0])),
+                    ),
+                )
+                .with("f", Value::Float(f64::NAN.copysign(1.0)))
+                .with(
+                    3,
+                    Value::Tuple(vec![Value::Int(i64::MIN), Value::Bytes(vec![1, 2])]),
+                ),
+        );
+        let mut buf = Vec::new();
+        write(&tree, &mut buf).unwrap();
+        let back = read(&Bytes::from(buf)).unwrap();
+        let d = back.as_dict().unwrap();
+        assert!(matches!(d.get("f"), Some(Value::Float(x)) if x.is_nan()));
+        assert_eq!(
+            back.get_path(&["state", "model", "w"]),
+            tree.get_path(&["state", "model", "w"])
+        );
+        assert_eq!(back.get_path(&["3"]), tree.get_path(&["3"]));
+    }
+}

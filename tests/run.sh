@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The test command. Installs what the tests need (idempotent; a few minutes the first time), then
+# runs every suite:
+#   1. the wasm32-wasip2 target, so the test suite can build the example policies from source;
+#   2. s3s-fs, a real S3-compatible server the remote tests start on loopback;
+#   3. a virtualenv (.venv) with PyTorch, Composer and componentize-py;
+#   4. cargo test --workspace   (unit and end-to-end tests of the host, through the library and CLI);
+#   5. pytest tests/python      (files cairn writes, read by the real PyTorch and Composer).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+echo "== installing test dependencies"
+rustup target add wasm32-wasip2
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet -r tests/python/requirements.txt
+export PATH="$root/.venv/bin:${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# The remote and Python suites must not skip here: missing tools are failures.
+export CAIRN_REQUIRE_S3=1
+
+echo "== cargo test --workspace"
+cargo test --workspace
+
+echo "== pytest tests/python"
+cargo build --bin cairn
+CAIRN_BIN="$root/target/debug/cairn" .venv/bin/python -m pytest tests/python -q
