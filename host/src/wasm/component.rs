@@ -225,15 +225,12 @@ pub fn load(
             )));
         }
         None => {
-            let have = if exports.is_empty() {
-                "nothing".to_owned()
-            } else {
-                exports.join(", ")
-            };
-            return Err(wrong(format!(
-                "it has no '{}' export (it exports {have})",
-                world.main_export()
-            )));
+            return Err(PolicyError::MissingExport {
+                policy: owned(),
+                world: world.name(),
+                export: world.main_export(),
+                exports,
+            });
         }
     };
     let init = component.get_export_index(None, "init");

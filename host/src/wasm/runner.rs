@@ -102,7 +102,7 @@ impl Runner {
     fn limiter(&self) -> Limiter {
         let s = &self.sandbox;
         Limiter {
-            memory_bytes: (s.memory_limit_mib > 0).then(|| (s.memory_limit_mib as usize) << 20),
+            memory_bytes: (s.memory_limit_mib > 0).then_some((s.memory_limit_mib as usize) << 20),
             table_elements: (s.max_table_elements > 0).then_some(s.max_table_elements as usize),
             count: (s.max_instances > 0).then_some(s.max_instances as usize),
             ..Limiter::default()
