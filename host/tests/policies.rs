@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cairn::interval::IntervalScheduler;
 use cairn::policy::{Event, MaxDuration, Ranks, SavePolicy, TrainingState};
+use cairn::state_dict::{Dict, DictKind, Tensor, Value};
 use cairn::time::{CountUnit, Time, Timestamp};
 use cairn::wasm::{PolicySpec, RunInfo, SandboxConfig};
 
@@ -54,6 +55,7 @@ fn answers(
         .collect()
 }
 
+/// The (event, batch) of every yes.
 fn saved_batches(answers: &[bool], epochs: u64, per_epoch: u64) -> Vec<(Event, u64)> {
     events(epochs, per_epoch)
         .into_iter()
@@ -61,6 +63,189 @@ fn saved_batches(answers: &[bool], epochs: u64, per_epoch: u64) -> Vec<(Event, u
         .filter(|(_, yes)| **yes)
         .map(|((ts, _, ev), _)| (ev, ts.batch))
         .collect()
+}
+
+fn load(crate_name: &str, config: &[(&str, toml::Value)]) -> cairn::wasm::WasmSavePolicy {
+    let (host, _) = common::host();
+    let mut spec = PolicySpec::new(common::rust_policy(crate_name));
+    for (k, v) in config {
+        spec = spec.with(k, v.clone());
+    }
+    host.save_policy(&spec, &SandboxConfig::default(), &RunInfo::default())
+        .unwrap()
+}
+
+#[test]
+fn loss_margin_saves_on_improvements() {
+    // Loss by batch: 10, 9.95 (not by > 0.1), 9.8 (yes), 9.75, 9.9, 9.6 (yes), 9.55, 9.0 (yes)...
+    let curve = [10.0, 9.95, 9.8, 9.75, 9.9, 9.6, 9.55, 9.0, 9.05, 8.95];
+    let loss = move |batch: u64| curve[(batch as usize - 1) % curve.len()];
+    let mut p = load("loss_margin", &[("margin", 0.1.into())]);
+    let saved = saved_batches(&answers(&mut p, 1, 10, &loss), 1, 10);
+    assert_eq!(
+        saved,
+        vec![(Event::Batch, 3), (Event::Batch, 6), (Event::Batch, 8)]
+    );
+    // Another metric name that is absent: never saves.
+    let mut p = load("loss_margin", &[("metric", "val_loss".into())]);
+    assert!(answers(&mut p, 1, 10, &loss).iter().all(|y| !y));
+}
+
+#[test]
+fn loss_margin_rejects_bad_config() {
+    let (host, _) = common::host();
+    let spec = PolicySpec::new(common::rust_policy("loss_margin")).with("margin", -1);
+    let err = host
+        .save_policy(&spec, &SandboxConfig::default(), &RunInfo::default())
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), "init-refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("loss_margin.wasm") && msg.contains("margin must be a non-negative number"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn dense_early_saves_at_powers_of_two() {
+    let mut p = load("dense_early", &[]);
+    let saved: Vec<u64> = saved_batches(&answers(&mut p, 1, 100, &|_| 1.0), 1, 100)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(saved, vec![1, 2, 4, 8, 16, 32, 64]);
+    let mut p = load("dense_early", &[("max_gap", 16.into())]);
+    let saved: Vec<u64> = saved_batches(&answers(&mut p, 1, 100, &|_| 1.0), 1, 100)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(saved, vec![1, 2, 4, 8, 16, 32, 48, 64, 80, 96]);
+}
+
+fn composer_state_dict() -> Value {
+    let t = |n: usize| Value::Tensor(Tensor::from_f32(vec![n as u64], &vec![0.5; n]));
+    let adam_state = |n| {
+        Value::Dict(
+            Dict::new()
+                .with("exp_avg", t(n))
+                .with("exp_avg_sq", t(n))
+                .with("step", t(1)),
+        )
+    };
+    let model = Dict::ordered()
+        .with("encoder.layer.weight", t(4))
+        .with("decoder.weight", t(2));
+    let opt = Dict::new()
+        .with(
+            "state",
+            Dict::new()
+                .with("encoder.layer.weight", adam_state(4))
+                .with("decoder.weight", adam_state(2)),
+        )
+        .with(
+            "param_groups",
+            Value::List(vec![Value::Dict(Dict::new().with("lr", 0.001).with(
+                "params",
+                Value::List(vec!["encoder.layer.weight".into(), "decoder.weight".into()]),
+            ))]),
+        );
+    Value::Dict(
+        Dict::new()
+            .with(
+                "state",
+                Dict::new()
+                    .with("model", model)
+                    .with("optimizers", Dict::new().with("Adam", opt))
+                    .with(
+                        "timestamp",
+                        Value::Tuple(vec![Value::Int(1), Value::Int(2)]),
+                    ),
+            )
+            .with(
+                "rng",
+                Value::List(vec![Value::Dict(Dict::new().with("seed", 42))]),
+            ),
+    )
+}
+
+#[test]
+fn drop_optimizer_state_filters_matching_parameters() {
+    let (host, _) = common::host();
+    let spec =
+        PolicySpec::new(common::rust_policy("drop_optimizer_state")).with("prefix", "encoder.");
+    let mut filter = host
+        .key_filter(&spec, &SandboxConfig::default(), &RunInfo::default())
+        .unwrap();
+    let before = composer_state_dict();
+    let after = filter.apply(&before).unwrap();
+    let paths = cairn::globs::flatten(&after);
+    assert!(
+        paths.contains(&"state/optimizers/Adam/state/decoder.weight/exp_avg".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("state/optimizers/Adam/state/encoder.")),
+        "{paths:?}"
+    );
+    // Everything else is exactly as before, tensors and the tuple included.
+    let mut expected = before.clone();
+    expected
+        .get_path_mut_for_test(&["state", "optimizers", "Adam", "state"])
+        .remove(&"encoder.layer.weight".into());
+    assert_eq!(after, expected);
+    // The model dict stays an OrderedDict.
+    let model = after
+        .get_path(&["state", "model"])
+        .unwrap()
+        .as_dict()
+        .unwrap();
+    assert_eq!(model.kind, DictKind::Ordered);
+    // Dropping the last parameter's state leaves an empty `state` dict, as globs would.
+    let spec =
+        PolicySpec::new(common::rust_policy("drop_optimizer_state")).with("prefix", "decoder.");
+    let mut all = host
+        .key_filter(&spec, &SandboxConfig::default(), &RunInfo::default())
+        .unwrap();
+    let out = all.apply(&after).unwrap();
+    let state = out
+        .get_path(&["state", "optimizers", "Adam", "state"])
+        .unwrap()
+        .as_dict()
+        .unwrap();
+    assert!(state.is_empty());
+    assert!(
+        out.get_path(&["state", "optimizers", "Adam", "param_groups"])
+            .is_some()
+    );
+}
+
+#[test]
+fn drop_optimizer_state_requires_a_prefix() {
+    let (host, _) = common::host();
+    let spec = PolicySpec::new(common::rust_policy("drop_optimizer_state"));
+    let err = host
+        .key_filter(&spec, &SandboxConfig::default(), &RunInfo::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("'prefix' is required"), "{err}");
+}
+
+/// A helper the test needs: mutable access to a dict by path.
+trait PathMut {
+    fn get_path_mut_for_test(&mut self, path: &[&str]) -> &mut Dict;
+}
+
+impl PathMut for Value {
+    fn get_path_mut_for_test(&mut self, path: &[&str]) -> &mut Dict {
+        let mut node = self;
+        for seg in path {
+            node = node.as_dict_mut().unwrap().get_mut(seg).unwrap();
+        }
+        node.as_dict_mut().unwrap()
+    }
 }
 
 fn cross_check_every_n(wasm: std::path::PathBuf) {

@@ -29,6 +29,9 @@ pub enum BenchCommand {
         /// Measurement rounds (the median is reported).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
+        /// Metrics in the state at every call (names cross the boundary as strings).
+        #[arg(long, default_value_t = 4)]
+        metrics: usize,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -42,8 +45,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             files,
             calls,
             rounds,
+            metrics,
             json,
-        } => bench_policy(&files, calls, rounds.max(1), json),
+        } => bench_policy(&files, calls, rounds.max(1), metrics, json),
     }
 }
 
@@ -55,7 +59,7 @@ struct Workload {
 }
 
 impl Workload {
-    fn new(calls: u64) -> Workload {
+    fn new(calls: u64, metrics: usize) -> Workload {
         let mut stamps = Vec::with_capacity(calls as usize + 1);
         let mut ts = Timestamp::default();
         stamps.push(ts);
@@ -67,7 +71,15 @@ impl Workload {
             stamps,
             metrics: ["loss", "accuracy", "lr", "grad_norm"]
                 .iter()
-                .map(|n| (n.to_string(), 0.5))
+                .cycle()
+                .take(metrics)
+                .enumerate()
+                .map(|(i, n)| {
+                    (
+                        format!("{n}{}", if i < 4 { String::new() } else { i.to_string() }),
+                        0.5,
+                    )
+                })
                 .collect(),
             max: MaxDuration {
                 value: i64::MAX / 2,
@@ -118,9 +130,10 @@ fn bench_policy(
     files: &[PathBuf],
     calls: u64,
     rounds: usize,
+    metrics: usize,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let work = Workload::new(calls);
+    let work = Workload::new(calls, metrics);
     let mut native = IntervalScheduler::new(Time::batches(1000)).expect("valid interval");
     let native_ns = work.per_call(&mut native, rounds)?;
     let mut rows = Vec::new();
@@ -180,7 +193,8 @@ fn bench_policy(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "should-save, median of {rounds} rounds of {calls} calls, full state (13 counters, 4 wall clocks, 4 metrics):"
+        "should-save, median of {rounds} rounds of {calls} calls, full state (14 counters, 4 wall clocks, {} metrics):",
+        work.metrics.len()
     );
     println!(
         "{:<28} {:>14} {:>15} {:>10} {:>12}",

@@ -69,25 +69,22 @@ fn check_file(file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
         });
     }
     let Some(world) = report.world else {
-        // Prefer the sentence about the export that is there but wrong over "missing".
-        let best = report
+        // Prefer the sentence about an export that is there but wrong over "missing".
+        let wrong = report
             .problems
             .iter()
-            .find(|p| !matches!(p, PolicyError::WrongWorld { reason, .. } if reason.contains("has no '")))
-            .or(report.problems.first());
-        match best {
-            Some(PolicyError::WrongWorld { reason, .. }) if reason.contains("has no '") => {
-                eprintln!(
-                    "cairn: {name} implements neither cairn:policy/save-interval nor cairn:policy/state-dict-filter: it has neither a 'should-save' nor a 'filter' export (it exports {})",
-                    if report.exports.is_empty() {
-                        "nothing".to_owned()
-                    } else {
-                        report.exports.join(", ")
-                    }
-                );
-            }
-            Some(p) => eprintln!("cairn: {p}"),
-            None => eprintln!("cairn: {name} implements no cairn world"),
+            .find(|p| !matches!(p, PolicyError::MissingExport { .. }));
+        match (wrong, report.problems.first()) {
+            (Some(p), _) => eprintln!("cairn: {p}"),
+            (None, Some(PolicyError::MissingExport { exports, .. })) => eprintln!(
+                "cairn: {name} implements neither cairn:policy/save-interval nor cairn:policy/state-dict-filter: it has neither a 'should-save' nor a 'filter' export (it exports {})",
+                if exports.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    exports.join(", ")
+                }
+            ),
+            _ => eprintln!("cairn: {name} implements no cairn world"),
         }
         return Ok(ExitCode::FAILURE);
     };

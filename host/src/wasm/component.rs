@@ -125,6 +125,10 @@ pub struct Loaded {
     pub imports: Vec<(String, ImportVerdict)>,
     /// Every export's name.
     pub exports: Vec<String>,
+    /// Keeps the process's engines — and so the epoch ticker — alive while this component
+    /// is in use, even if the [`super::PolicyHost`] that loaded it is dropped: a ticker that
+    /// stops would leave every deadline unenforced.
+    pub keepalive: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 /// The linker cairn offers every policy: deny-all WASI and `cairn:policy/host`.
@@ -158,6 +162,7 @@ pub fn load(
     engine: &Engine,
     cache: &CompileCache,
     log: &dyn Fn(&str),
+    keepalive: Arc<dyn std::any::Any + Send + Sync>,
 ) -> Result<Loaded, PolicyError> {
     let owned = || policy.to_owned();
     if sniff(policy, bytes)? == BinaryKind::CoreModule {
@@ -220,15 +225,12 @@ pub fn load(
             )));
         }
         None => {
-            let have = if exports.is_empty() {
-                "nothing".to_owned()
-            } else {
-                exports.join(", ")
-            };
-            return Err(wrong(format!(
-                "it has no '{}' export (it exports {have})",
-                world.main_export()
-            )));
+            return Err(PolicyError::MissingExport {
+                policy: owned(),
+                world: world.name(),
+                export: world.main_export(),
+                exports,
+            });
         }
     };
     let init = component.get_export_index(None, "init");
@@ -253,5 +255,6 @@ pub fn load(
         origin,
         imports,
         exports,
+        keepalive,
     })
 }

@@ -96,6 +96,21 @@ pub enum PolicyError {
         /// What is missing or different.
         reason: String,
     },
+    /// Lacks the world's main export.
+    #[error(
+        "policy {policy} does not implement cairn:policy/{world}: it has no '{export}' export (it exports {})",
+        list(.exports)
+    )]
+    MissingExport {
+        /// The policy file.
+        policy: String,
+        /// `save-interval` or `state-dict-filter`.
+        world: &'static str,
+        /// The export it lacks.
+        export: &'static str,
+        /// What it does export.
+        exports: Vec<String>,
+    },
     /// Imports something cairn does not provide.
     #[error(
         "policy {policy} imports {import}, which cairn does not provide (policies may import only cairn:policy/host and WASI 0.2, which is denied)"
@@ -208,6 +223,14 @@ pub enum PolicyError {
     },
 }
 
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
 fn guest_message(message: &str) -> String {
     let m = message.trim();
     if m.is_empty() {
@@ -252,6 +275,7 @@ impl PolicyError {
             PolicyError::Invalid { .. } => "invalid",
             PolicyError::WrongVersion { .. } => "wrong-version",
             PolicyError::WrongWorld { .. } => "wrong-world",
+            PolicyError::MissingExport { .. } => "missing-export",
             PolicyError::UnknownImport { .. } => "unknown-import",
             PolicyError::InitRefused { .. } => "init-refused",
             PolicyError::FilterRefused { .. } => "filter-refused",

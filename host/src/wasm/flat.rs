@@ -4,7 +4,7 @@
 //! Nothing a component returns can make the host panic or exceed the caps: every path, handle
 //! and size is checked, and any violation is an error that says which entry is at fault.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use indexmap::IndexMap;
 
@@ -24,7 +24,28 @@ enum Seg {
 pub struct Issued {
     /// Handle `h` names `values[h - 1]`.
     values: Vec<Value>,
-    ordered_dicts: HashSet<Vec<Seg>>,
+    /// The Python type and pickle `BUILD` state of every dict of the input, by path: a dict
+    /// the filter keeps (or returns as `empty-dict`) gets them back, since neither crosses
+    /// the boundary (the `_metadata` torch attaches to a module's state dict, for one).
+    dicts: HashMap<Vec<Seg>, (DictKind, Option<Box<Value>>)>,
+}
+
+impl Issued {
+    /// Kind and state of the input dict at `segs`; a new dict is a plain `dict`.
+    fn dict_type(&self, segs: &[Seg]) -> (DictKind, Option<Box<Value>>) {
+        self.dicts
+            .get(segs)
+            .cloned()
+            .unwrap_or((DictKind::Plain, None))
+    }
+}
+
+fn remember(issued: &mut Issued, d: &Dict, segs: &[Seg]) {
+    if d.kind != DictKind::Plain || d.state.is_some() {
+        issued
+            .dicts
+            .insert(segs.to_vec(), (d.kind, d.state.clone()));
+    }
 }
 
 /// Caps on what a filter may return.
@@ -60,9 +81,7 @@ fn walk_dict(
     out: &mut Vec<wit::Entry>,
     issued: &mut Issued,
 ) {
-    if d.kind == DictKind::Ordered {
-        issued.ordered_dicts.insert(segs.clone());
-    }
+    remember(issued, d, segs);
     for (k, v) in &d.entries {
         let (seg, s) = match k {
             Key::Str(s) => (wit::Segment::Key(s.clone()), Seg::Key(s.clone())),
@@ -89,9 +108,7 @@ fn walk(
     };
     let leaf = match v {
         Value::Dict(d) if d.is_empty() => {
-            if d.kind == DictKind::Ordered {
-                issued.ordered_dicts.insert(segs.clone());
-            }
+            remember(issued, d, segs);
             wit::Leaf::EmptyDict
         }
         Value::Dict(d) => return walk_dict(d, path, segs, out, issued),
@@ -255,14 +272,11 @@ fn leaf_value(
         wit::Leaf::None => Value::None,
         wit::Leaf::EmptyDict => {
             let segs: Vec<Seg> = path.iter().map(seg).collect();
+            let (kind, state) = issued.dict_type(&segs);
             Value::Dict(Dict {
-                kind: if issued.ordered_dicts.contains(&segs) {
-                    DictKind::Ordered
-                } else {
-                    DictKind::Plain
-                },
+                kind,
                 entries: IndexMap::new(),
-                state: None,
+                state,
             })
         }
         wit::Leaf::EmptyList => Value::List(Vec::new()),
@@ -369,17 +383,11 @@ fn taken(path: &[wit::Segment]) -> String {
 }
 
 fn to_dict(entries: IndexMap<Key, Node>, segs: &mut Vec<Seg>, issued: &Issued) -> Dict {
-    let kind = if issued.ordered_dicts.contains(segs) {
-        DictKind::Ordered
-    } else {
-        DictKind::Plain
-    };
-    // Pickle BUILD attributes of a dict (the `_metadata` of a module's state dict) do not
-    // cross the WIT boundary; torch treats them as optional.
+    let (kind, state) = issued.dict_type(segs);
     let mut dict = Dict {
         kind,
         entries: IndexMap::with_capacity(entries.len()),
-        state: None,
+        state,
     };
     for (k, node) in entries {
         segs.push(match &k {

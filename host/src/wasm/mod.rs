@@ -117,9 +117,16 @@ impl PolicyHost {
                 reason,
             })?;
         let log = self.log.clone();
-        component::load(&policy, &bytes, world, &engine, &self.cache, &move |l| {
-            log(l)
-        })
+        let keepalive = self.engines.clone();
+        component::load(
+            &policy,
+            &bytes,
+            world,
+            &engine,
+            &self.cache,
+            &move |l| log(l),
+            keepalive,
+        )
     }
 
     fn runner(

@@ -102,7 +102,7 @@ impl Runner {
     fn limiter(&self) -> Limiter {
         let s = &self.sandbox;
         Limiter {
-            memory_bytes: (s.memory_limit_mib > 0).then(|| (s.memory_limit_mib as usize) << 20),
+            memory_bytes: (s.memory_limit_mib > 0).then_some((s.memory_limit_mib as usize) << 20),
             table_elements: (s.max_table_elements > 0).then_some(s.max_table_elements as usize),
             count: (s.max_instances > 0).then_some(s.max_instances as usize),
             ..Limiter::default()
@@ -147,7 +147,10 @@ impl Runner {
         });
         let instance = match result {
             Ok(i) => i,
-            Err(e) => return Err(self.failure(&mut store, e, Call::Instantiate, fuel, ms)),
+            Err(e) => {
+                let stderr = self.drain_output(&store);
+                return Err(self.failure(&store, e, Call::Instantiate, fuel, ms, &stderr));
+            }
         };
         let main = self.main_func(&mut store, &instance)?;
         if let Some(init_idx) = &self.loaded.init {
@@ -161,7 +164,7 @@ impl Runner {
                     reason: format!("its 'init' has the wrong signature: {}", chain(&e)),
                 })?;
             let outcome = init.call(&mut store, (&self.init_config,));
-            self.drain_output(&store);
+            let stderr = self.drain_output(&store);
             match outcome {
                 Ok((Ok(()),)) => {}
                 Ok((Err(message),)) => {
@@ -170,7 +173,7 @@ impl Runner {
                         message,
                     });
                 }
-                Err(e) => return Err(self.failure(&mut store, e, Call::Init, fuel, ms)),
+                Err(e) => return Err(self.failure(&store, e, Call::Init, fuel, ms, &stderr)),
             }
         }
         Ok(Live { store, main })
@@ -247,7 +250,7 @@ impl Runner {
         let started = Instant::now();
         let result = f(&mut live.store, live.main);
         let elapsed = started.elapsed();
-        self.drain_output(&live.store);
+        let stderr = self.drain_output(&live.store);
         let used = if self.fuel_on && fuel > 0 {
             fuel.saturating_sub(live.store.get_fuel().unwrap_or(fuel))
         } else {
@@ -265,7 +268,7 @@ impl Runner {
                 Ok(v)
             }
             Err(e) => {
-                let err = self.failure(&mut live.store, e, call, fuel, ms);
+                let err = self.failure(&live.store, e, call, fuel, ms, &stderr);
                 (self.log)(&format!(
                     "[policy {}] {err}; discarding the instance",
                     self.loaded.policy
@@ -297,8 +300,10 @@ impl Runner {
         self.live = None;
     }
 
-    /// Send what the component printed to the log, one line each, prefixed with its name.
-    fn drain_output(&self, store: &Store<HostState>) {
+    /// Send what the component printed to the log, one line each, prefixed with its name;
+    /// returns what it wrote to stderr (a panic message, a traceback) for the error.
+    fn drain_output(&self, store: &Store<HostState>) -> String {
+        let mut stderr = String::new();
         for (stream, out) in [
             ("stdout", &store.data().stdout),
             ("stderr", &store.data().stderr),
@@ -313,21 +318,25 @@ impl Runner {
                     self.loaded.policy
                 ));
             }
+            if stream == "stderr" {
+                stderr = text;
+            }
         }
+        stderr
     }
 
     /// Classify a failed call by its trap (downcast, never string matching), consulting the
     /// limiter first: a refused memory grow ends in the guest's own abort.
     fn failure(
         &self,
-        store: &mut Store<HostState>,
+        store: &Store<HostState>,
         err: wasmtime::Error,
         call: Call,
         fuel: u64,
         timeout_ms: u64,
+        stderr: &str,
     ) -> PolicyError {
         let policy = self.loaded.policy.clone();
-        let (stderr, _) = store.data().stderr.drain();
         if let Some(requested) = store.data().limiter.denied_memory {
             return PolicyError::MemoryLimit {
                 policy,
@@ -352,7 +361,7 @@ impl Runner {
                 policy,
                 call,
                 trap: trap.to_string(),
-                message: tail(&stderr, 2048),
+                message: tail(stderr, 2048),
                 backtrace: err
                     .downcast_ref::<WasmBacktrace>()
                     .map(|bt| tail(&bt.to_string(), 4096))
@@ -363,7 +372,7 @@ impl Runner {
                     policy,
                     call,
                     trap: format!("the component exited with status {}", exit.0),
-                    message: tail(&stderr, 2048),
+                    message: tail(stderr, 2048),
                     backtrace: String::new(),
                 },
                 None => PolicyError::Host {

@@ -64,7 +64,7 @@ pub fn deny_all(stdout: &CappedOutput, stderr: &CappedOutput) -> WasiCtx {
         .monotonic_clock(FixedMonotonicClock)
         .secure_random(Deterministic::new(seeded_bytes()))
         .insecure_random(Deterministic::new(seeded_bytes()))
-        .insecure_random_seed(0x6361_6972_6e)
+        .insecure_random_seed(0x63_6169_726e)
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
