@@ -320,39 +320,24 @@ fn resume_reaches_the_same_final_checkpoint() {
         fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
     };
-    let out = cairn(
-        dir.path(),
-        &["run", "--config", &job("straight", "3ep"), "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cairn(
-        dir.path(),
-        &["run", "--config", &job("resumed", "5ba"), "--json"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cairn(
-        dir.path(),
-        &[
-            "run",
-            "--config",
-            &job("resumed", "3ep"),
-            "--resume",
-            "--json",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run_ok = |args: &[&str]| {
+        let out = cairn(dir.path(), args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    run_ok(&["run", "--config", &job("straight", "3ep"), "--json"]);
+    run_ok(&["run", "--config", &job("resumed", "5ba"), "--json"]);
+    let out = run_ok(&[
+        "run",
+        "--config",
+        &job("resumed", "3ep"),
+        "--resume",
+        "--json",
+    ]);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // The short run's end-of-training save at batch 5 is the newest checkpoint.
     assert!(
