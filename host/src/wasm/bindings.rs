@@ -8,7 +8,7 @@ wasmtime::component::bindgen!({
     world: "cairn:policy/save-interval",
 });
 
-pub use cairn::policy::types;
+pub use self::cairn::policy::types;
 
 /// The interface names cairn provides, with the version it serves.
 pub const TYPES_INTERFACE: &str = "cairn:policy/types@0.1.0";
