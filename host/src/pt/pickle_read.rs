@@ -944,7 +944,7 @@ fn long_node(le: &[u8]) -> Node {
     }
 }
 
-/// Protocol 0 `UNICODE`: raw-unicode-escape (`\uXXXX`, `\UXXXXXXXX`, everything else literal).
+/// Protocol 0 `UNICODE`: raw-unicode-escape (`\u` + 4 hex digits, `\U` + 8 hex digits, everything else literal).
 fn unescape_raw_unicode(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
