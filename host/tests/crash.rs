@@ -8,20 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn::local::latest;
+use cairn::synthetic::SplitMix;
 
 const KILLS: usize = 200;
-
-/// splitmix64, seeded from the clock (printed, so a failure can be replayed with CAIRN_CRASH_SEED).
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
-}
 
 fn config(dir: &Path, max: &str) -> PathBuf {
     let path = dir.join(format!("crash-{max}.toml"));
@@ -75,7 +64,8 @@ fn sigkill_during_saves_never_loses_a_checkpoint() {
                 .as_nanos() as u64
         });
     eprintln!("crash test seed {seed} (set CAIRN_CRASH_SEED to replay)");
-    let mut rng = Rng(seed);
+    // Seeded from the clock and printed, so a failure can be replayed with CAIRN_CRASH_SEED.
+    let mut rng = SplitMix(seed);
     let dir = tempfile::tempdir().unwrap();
     let forever = config(dir.path(), "1000000ba");
     let ck = dir.path().join("ck");
@@ -89,7 +79,7 @@ fn sigkill_during_saves_never_loses_a_checkpoint() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100 + rng.below(500)));
+        std::thread::sleep(Duration::from_millis(100 + rng.next_u64() % 500));
         child.kill().unwrap();
         child.wait().unwrap();
         match check_folder(&ck, kill) {
