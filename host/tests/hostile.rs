@@ -225,6 +225,35 @@ fn run_info_comes_from_the_host() {
     assert!(ask(&mut p, 1).unwrap());
 }
 
+/// Every function of the `training` interface answers from the event being decided.
+#[test]
+fn training_interface_reports_the_state_of_the_event() {
+    let (host, log) = common::host();
+    let spec = PolicySpec::new(common::rust_policy("hostile_save")).with("mode", "report");
+    let mut p = host
+        .save_policy(&spec, &SandboxConfig::default(), &RunInfo::default())
+        .unwrap();
+    let metrics = [("loss".to_string(), 0.25), ("lr".to_string(), 1e-3)];
+    let mut state = state_at(3, &metrics);
+    let before = state.timestamp;
+    state.timestamp = before.to_next_batch(8, 80, Duration::from_millis(7));
+    assert!(p.ask(&state, Event::Batch).unwrap());
+    let first = state.previous_timestamp.unwrap();
+    state.previous_timestamp = None;
+    assert!(p.ask(&state, Event::Batch).unwrap());
+    let lines = log.lock().unwrap().clone();
+    let reports: Vec<&String> = lines.iter().filter(|l| l.contains("now.batch=")).collect();
+    assert_eq!(reports.len(), 2, "{lines:?}");
+    let want = format!(
+        "now.batch=4 now.sample=11 now.batch_wct_ns=7000000 previous.batch=Some({}) elapsed=0.000004 \
+         duration=1000000CountUnit::Batch dataloader_len=Some(100) loss=Some(0.25) nope=None \
+         metrics=[(\"loss\", 0.25), (\"lr\", 0.001)]",
+        first.batch
+    );
+    assert!(reports[0].ends_with(&want), "{}\nwant {want}", reports[0]);
+    assert!(reports[1].contains("previous.batch=None"), "{}", reports[1]);
+}
+
 #[test]
 fn guest_output_is_logged_with_its_name_and_capped() {
     let (host, log) = common::host();

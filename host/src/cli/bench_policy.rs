@@ -32,6 +32,9 @@ pub enum BenchCommand {
         /// Metrics in the state at every call (names cross the boundary as strings).
         #[arg(long, default_value_t = 4)]
         metrics: usize,
+        /// Also measure fuel alone and the deadline alone, to show which limit costs what.
+        #[arg(long)]
+        breakdown: bool,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -46,8 +49,9 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             calls,
             rounds,
             metrics,
+            breakdown,
             json,
-        } => bench_policy(&files, calls, rounds.max(1), metrics, json),
+        } => bench_policy(&files, calls, rounds.max(1), metrics, breakdown, json),
     }
 }
 
@@ -90,27 +94,94 @@ impl Workload {
 
     /// Nanoseconds per `should_save` call: the median of `rounds` rounds.
     fn per_call(&self, policy: &mut dyn SavePolicy, rounds: usize) -> anyhow::Result<f64> {
-        let mut samples = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            let start = Instant::now();
-            for w in self.stamps.windows(2) {
-                let state = TrainingState {
-                    timestamp: w[1],
-                    previous_timestamp: Some(w[0]),
-                    max_duration: self.max,
-                    dataloader_len: Some(1000),
-                    run_name: "bench",
-                    ranks: Ranks::default(),
-                    metrics: &self.metrics,
-                };
-                std::hint::black_box(
-                    policy.should_save(std::hint::black_box(&state), Event::Batch)?,
-                );
-            }
-            samples.push(start.elapsed().as_nanos() as f64 / (self.stamps.len() - 1) as f64);
-        }
+        let samples = (0..rounds)
+            .map(|_| self.round(policy))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(median(samples))
     }
+
+    /// Medians of `a` and `b` and of their per-round ratio, with the rounds interleaved (and
+    /// their order alternated) so that a noisy neighbour on the machine hits both alike.
+    fn compare(
+        &self,
+        a: &mut dyn SavePolicy,
+        b: &mut dyn SavePolicy,
+        rounds: usize,
+    ) -> anyhow::Result<(f64, f64, f64)> {
+        let (mut xs, mut ys, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..rounds {
+            let (x, y) = if i % 2 == 0 {
+                let x = self.round(a)?;
+                (x, self.round(b)?)
+            } else {
+                let y = self.round(b)?;
+                (self.round(a)?, y)
+            };
+            xs.push(x);
+            ys.push(y);
+            ratios.push(x / y);
+        }
+        Ok((median(xs), median(ys), median(ratios)))
+    }
+
+    /// Nanoseconds per call over one pass of the workload.
+    fn round(&self, policy: &mut dyn SavePolicy) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for w in self.stamps.windows(2) {
+            let state = TrainingState {
+                timestamp: w[1],
+                previous_timestamp: Some(w[0]),
+                max_duration: self.max,
+                dataloader_len: Some(1000),
+                run_name: "bench",
+                ranks: Ranks::default(),
+                metrics: &self.metrics,
+            };
+            std::hint::black_box(policy.should_save(std::hint::black_box(&state), Event::Batch)?);
+        }
+        Ok(start.elapsed().as_nanos() as f64 / (self.stamps.len() - 1) as f64)
+    }
+}
+
+/// One component's figures.
+struct Row {
+    name: String,
+    /// Median ns per call with the default `[sandbox]` limits.
+    on: f64,
+    /// Median ns per call with every limit off.
+    off: f64,
+    /// Median of the per-round on/off ratios.
+    overhead: f64,
+    /// Load with an empty cache, ms.
+    cold: f64,
+    /// Median load from the cache, ms.
+    warm: f64,
+    /// With `--breakdown`: each limit alone, as a ratio to none.
+    alone: Vec<(&'static str, f64)>,
+}
+
+/// The default sandbox with only one kind of limit left on.
+fn single_limits() -> [(&'static str, SandboxConfig); 2] {
+    let d = SandboxConfig::default();
+    let none = SandboxConfig::unlimited();
+    [
+        (
+            "fuel",
+            SandboxConfig {
+                fuel_per_call: d.fuel_per_call,
+                init_fuel: d.init_fuel,
+                ..none.clone()
+            },
+        ),
+        (
+            "deadline",
+            SandboxConfig {
+                timeout_ms: d.timeout_ms,
+                init_timeout_ms: d.init_timeout_ms,
+                ..none
+            },
+        ),
+    ]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -131,6 +202,7 @@ fn bench_policy(
     calls: u64,
     rounds: usize,
     metrics: usize,
+    breakdown: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let work = Workload::new(calls, metrics);
@@ -168,32 +240,48 @@ fn bench_policy(
         let warm = median(warm);
         let host = quiet_host(&cache_dir);
         let mut limited = host.save_policy(&spec, &SandboxConfig::default(), &run)?;
-        let on = work.per_call(&mut limited, rounds)?;
         let mut unlimited = host.save_policy(&spec, &SandboxConfig::unlimited(), &run)?;
-        let off = work.per_call(&mut unlimited, rounds)?;
+        let (on, off, overhead) = work.compare(&mut limited, &mut unlimited, rounds)?;
+        let mut alone = Vec::new();
+        if breakdown {
+            for (limit, sandbox) in single_limits() {
+                let mut p = host.save_policy(&spec, &sandbox, &run)?;
+                let (_, _, ratio) = work.compare(&mut p, &mut unlimited, rounds)?;
+                alone.push((limit, ratio));
+            }
+        }
         let _ = std::fs::remove_dir_all(&cache_dir);
-        rows.push((name, on, off, ms(cold), warm));
+        rows.push(Row {
+            name,
+            on,
+            off,
+            overhead,
+            cold: ms(cold),
+            warm,
+            alone,
+        });
     }
     if json {
         let value = serde_json::json!({
             "calls_per_round": calls,
             "rounds": rounds,
             "native_ns_per_call": native_ns,
-            "components": rows.iter().map(|(name, on, off, cold, warm)| serde_json::json!({
-                "file": name,
-                "ns_per_call_limits_on": on,
-                "ns_per_call_limits_off": off,
-                "ratio_to_native": on / native_ns,
-                "limits_overhead": on / off,
-                "cold_start_ms": cold,
-                "warm_start_ms": warm,
+            "components": rows.iter().map(|r| serde_json::json!({
+                "file": r.name,
+                "ns_per_call_limits_on": r.on,
+                "ns_per_call_limits_off": r.off,
+                "ratio_to_native": r.on / native_ns,
+                "limits_overhead": r.overhead,
+                "cold_start_ms": r.cold,
+                "warm_start_ms": r.warm,
+                "single_limit_overhead": r.alone.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
             })).collect::<Vec<_>>(),
         });
         println!("{value}");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "should-save, median of {rounds} rounds of {calls} calls, full state (14 counters, 4 wall clocks, {} metrics):",
+        "should-save, median of {rounds} interleaved rounds of {calls} calls, full state (14 counters, 4 wall clocks, {} metrics):",
         work.metrics.len()
     );
     println!(
@@ -204,23 +292,31 @@ fn bench_policy(
         "{:<28} {:>14.1} {:>15} {:>10} {:>12}",
         "built-in 1000ba", native_ns, "-", "-", "1.0x"
     );
-    for (name, on, off, _, _) in &rows {
+    for r in &rows {
         println!(
             "{:<28} {:>14.1} {:>15.1} {:>9.2}x {:>11.1}x",
-            name,
-            on,
-            off,
-            on / off,
-            on / native_ns
+            r.name,
+            r.on,
+            r.off,
+            r.overhead,
+            r.on / native_ns
         );
+    }
+    for r in rows.iter().filter(|r| !r.alone.is_empty()) {
+        let parts: Vec<String> = r
+            .alone
+            .iter()
+            .map(|(k, v)| format!("{k} alone {v:.2}x"))
+            .collect();
+        println!("  {}: {}", r.name, parts.join(", "));
     }
     println!();
     println!(
         "{:<28} {:>18} {:>18}",
         "start (load+instantiate+init)", "cold: compile (ms)", "warm: cache (ms)"
     );
-    for (name, _, _, cold, warm) in &rows {
-        println!("{:<28} {:>18.1} {:>18.2}", name, cold, warm);
+    for r in &rows {
+        println!("{:<28} {:>18.1} {:>18.2}", r.name, r.cold, r.warm);
     }
     Ok(ExitCode::SUCCESS)
 }

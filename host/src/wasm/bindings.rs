@@ -14,6 +14,8 @@ pub use self::cairn::policy::types;
 pub const TYPES_INTERFACE: &str = "cairn:policy/types@0.1.0";
 /// See [`TYPES_INTERFACE`].
 pub const HOST_INTERFACE: &str = "cairn:policy/host@0.1.0";
+/// See [`TYPES_INTERFACE`].
+pub const TRAINING_INTERFACE: &str = "cairn:policy/training@0.1.0";
 /// The package prefix that identifies cairn's own interfaces, of any version.
 pub const PACKAGE_PREFIX: &str = "cairn:policy/";
 /// The version served.

@@ -11,7 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker};
 
-use super::bindings::{self, HOST_INTERFACE, PACKAGE_PREFIX, TYPES_INTERFACE};
+use super::bindings::{self, HOST_INTERFACE, PACKAGE_PREFIX, TRAINING_INTERFACE, TYPES_INTERFACE};
 use super::cache::{CompileCache, Origin};
 use super::error::{Call, PolicyError, chain};
 use super::state::HostState;
@@ -93,7 +93,7 @@ pub enum ImportVerdict {
 
 /// Judge one import name.
 pub fn judge_import(name: &str) -> ImportVerdict {
-    if name == HOST_INTERFACE || name == TYPES_INTERFACE {
+    if [HOST_INTERFACE, TYPES_INTERFACE, TRAINING_INTERFACE].contains(&name) {
         ImportVerdict::Provided
     } else if name.starts_with(PACKAGE_PREFIX) {
         ImportVerdict::OtherVersion
@@ -131,7 +131,8 @@ pub struct Loaded {
     pub keepalive: Arc<dyn std::any::Any + Send + Sync>,
 }
 
-/// The linker cairn offers every policy: deny-all WASI and `cairn:policy/host`.
+/// The linker cairn offers every policy: deny-all WASI and cairn's `host`, `types` and
+/// `training` interfaces (a filter that imports `training` reads the state before any event).
 fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -140,6 +141,10 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
         |s| s,
     )?;
     bindings::cairn::policy::host::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |s| s,
+    )?;
+    bindings::cairn::policy::training::add_to_linker::<HostState, HasSelf<HostState>>(
         &mut linker,
         |s| s,
     )?;

@@ -199,7 +199,7 @@ impl Runner {
             })?;
         let checked = match self.loaded.world {
             super::component::World::SaveInterval => func
-                .typed::<(&super::bindings::types::TrainingState, super::bindings::types::Event), (bool,)>(&*store)
+                .typed::<(super::bindings::types::Event,), (bool,)>(&*store)
                 .map(|_| ()),
             super::component::World::StateDictFilter => func
                 .typed::<(&[super::bindings::types::Entry],), (Result<Vec<super::bindings::types::Entry>, String>,)>(&*store)
@@ -234,7 +234,7 @@ impl Runner {
                 .unwrap_or_else(|p| p.into_inner())
                 .reinstantiations += 1;
             let live = self.instantiate();
-            let live = self.count(live, Duration::ZERO, 0)?;
+            let live = self.count(live, Duration::ZERO, 0, 0)?;
             self.live = Some(live);
         }
         let (fuel, ms) = (self.sandbox.fuel_per_call, self.sandbox.timeout_ms);
@@ -256,12 +256,7 @@ impl Runner {
         } else {
             0
         };
-        {
-            let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            stats.peak_memory = stats
-                .peak_memory
-                .max(live.store.data().limiter.peak_memory as u64);
-        }
+        let peak = live.store.data().limiter.peak_memory as u64;
         let result = match result {
             Ok(v) => {
                 self.live = Some(live);
@@ -276,19 +271,22 @@ impl Runner {
                 Err(err)
             }
         };
-        self.count(result, elapsed, used)
+        self.count(result, elapsed, used, peak)
     }
 
+    /// Add one call to the accounting (one lock per call).
     fn count<R>(
         &self,
         result: Result<R, PolicyError>,
         elapsed: Duration,
         fuel: u64,
+        peak_memory: u64,
     ) -> Result<R, PolicyError> {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.calls += 1;
         stats.time += elapsed;
         stats.fuel += fuel;
+        stats.peak_memory = stats.peak_memory.max(peak_memory);
         if result.is_err() {
             stats.errors += 1;
         }

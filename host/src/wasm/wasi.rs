@@ -7,6 +7,7 @@
 //! capped in-memory buffers that the host drains into its log after every call.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -81,19 +82,31 @@ struct Buf {
 /// An output stream that keeps at most `cap` bytes and silently counts the rest: a chatty
 /// guest must not fail (Rust's `println!` panics on a write error) nor fill the host's memory.
 #[derive(Clone, Debug, Default)]
-pub struct CappedOutput(Arc<Mutex<Buf>>);
+pub struct CappedOutput(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    buf: Mutex<Buf>,
+    /// Set by every write: lets the drain after each call skip the lock when the guest
+    /// printed nothing, which is almost always.
+    written: AtomicBool,
+}
 
 impl CappedOutput {
     /// A buffer keeping at most `cap` bytes until drained.
     pub fn new(cap: usize) -> CappedOutput {
-        CappedOutput(Arc::new(Mutex::new(Buf {
-            cap,
-            ..Buf::default()
-        })))
+        CappedOutput(Arc::new(Shared {
+            buf: Mutex::new(Buf {
+                cap,
+                ..Buf::default()
+            }),
+            written: AtomicBool::new(false),
+        }))
     }
 
     fn push(&self, data: &[u8]) {
-        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.written.store(true, Ordering::Release);
         let room = b.cap.saturating_sub(b.bytes.len());
         let take = room.min(data.len());
         b.bytes.extend_from_slice(&data[..take]);
@@ -102,7 +115,12 @@ impl CappedOutput {
 
     /// Take what was written since the last drain, and how many bytes were dropped.
     pub fn drain(&self) -> (String, u64) {
-        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A plain load first: the swap's locked instruction is only paid when there is output.
+        if !self.0.written.load(Ordering::Relaxed) || !self.0.written.swap(false, Ordering::Acquire)
+        {
+            return (String::new(), 0);
+        }
+        let mut b = self.0.buf.lock().unwrap_or_else(|p| p.into_inner());
         let text = String::from_utf8_lossy(&b.bytes).into_owned();
         b.bytes.clear();
         (text, std::mem::take(&mut b.dropped))

@@ -5,6 +5,9 @@ use std::sync::Mutex;
 
 wit_bindgen::generate!({ path: "../../wit", world: "cairn:policy/save-interval" });
 
+use cairn::policy::training;
+use cairn::policy::types::TimestampField;
+
 struct Config {
     base: u64,
     max_gap: u64,
@@ -45,11 +48,11 @@ impl Guest for DenseEarly {
         Ok(())
     }
 
-    fn should_save(state: TrainingState, event: Event) -> bool {
+    fn should_save(event: Event) -> bool {
         let Ok(mut me) = STATE.lock() else {
             return false;
         };
-        let batch = state.timestamp.batch;
+        let batch = training::now(TimestampField::Batch);
         if event != Event::Batch || batch < me.next {
             return false;
         }

@@ -9,6 +9,9 @@ use std::sync::Mutex;
 
 wit_bindgen::generate!({ path: "../../wit", world: "cairn:policy/save-interval" });
 
+use cairn::policy::training;
+use cairn::policy::types::TimestampField;
+
 /// The configured interval and the last batch this policy said yes to.
 struct Config {
     n: u64,
@@ -47,19 +50,19 @@ impl Guest for EveryN {
         Ok(())
     }
 
-    fn should_save(state: TrainingState, event: Event) -> bool {
+    fn should_save(event: Event) -> bool {
         let Ok(mut me) = STATE.lock() else {
             return false;
         };
-        let Some(prev) = state.previous else {
+        let Some(prev_batch) = training::previous(TimestampField::Batch) else {
             return false;
         };
-        let batch = state.timestamp.batch;
+        let batch = training::now(TimestampField::Batch);
         let final_event = matches!(event, Event::Batch | Event::Epoch);
-        if final_event && state.elapsed >= 1.0 && me.last_batch_seen != Some(batch) {
+        if final_event && training::elapsed() >= 1.0 && me.last_batch_seen != Some(batch) {
             return true;
         }
-        let crossed = prev.batch / me.n != batch / me.n;
+        let crossed = prev_batch / me.n != batch / me.n;
         if event == Event::Batch && crossed {
             me.last_batch_seen = Some(batch);
             return true;

@@ -48,7 +48,7 @@ impl Guest for LossMargin {
         Ok(())
     }
 
-    fn should_save(state: TrainingState, event: Event) -> bool {
+    fn should_save(event: Event) -> bool {
         let Ok(mut me) = STATE.lock() else {
             return false;
         };
@@ -60,12 +60,7 @@ impl Guest for LossMargin {
         } else {
             me.metric.as_str()
         };
-        let Some(value) = state
-            .metrics
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-        else {
+        let Some(value) = cairn::policy::training::metric(name) else {
             return false;
         };
         if value.is_nan() {

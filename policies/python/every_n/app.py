@@ -5,7 +5,9 @@ from typing import List, Optional, Tuple
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import types
+from wit_world.imports import training, types
+
+BATCH = types.TimestampField.BATCH
 
 
 class WitWorld(wit_world.WitWorld):
@@ -26,16 +28,16 @@ class WitWorld(wit_world.WitWorld):
                 raise Err(f"n must be a positive whole number of batches, not '{value}'")
             WitWorld.n = n
 
-    def should_save(self, state: types.TrainingState, event: types.Event) -> bool:
-        prev = state.previous
-        if prev is None:
+    def should_save(self, event: types.Event) -> bool:
+        prev_batch = training.previous(BATCH)
+        if prev_batch is None:
             return False
-        batch = state.timestamp.batch
+        batch = training.now(BATCH)
         final_event = event in (types.Event.BATCH, types.Event.EPOCH)
-        if final_event and state.elapsed >= 1.0 and WitWorld.last_batch_seen != batch:
+        if final_event and training.elapsed() >= 1.0 and WitWorld.last_batch_seen != batch:
             return True
         n = WitWorld.n
-        if event == types.Event.BATCH and prev.batch // n != batch // n:
+        if event == types.Event.BATCH and prev_batch // n != batch // n:
             WitWorld.last_batch_seen = batch
             return True
         return False

@@ -9,7 +9,7 @@ impl Guest for Evil {
         Ok(())
     }
 
-    fn should_save(_state: TrainingState, _event: Event) -> bool {
+    fn should_save(_event: Event) -> bool {
         hostile::extra::net::connect("example.com:80")
     }
 }

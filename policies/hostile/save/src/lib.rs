@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 wit_bindgen::generate!({ path: "../../../wit", world: "cairn:policy/save-interval" });
 
+use cairn::policy::types::TimestampField;
+
 static MODE: Mutex<(String, u64)> = Mutex::new((String::new(), 0));
 static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
@@ -44,7 +46,8 @@ impl Guest for Hostile {
         }
     }
 
-    fn should_save(state: TrainingState, _event: Event) -> bool {
+    fn should_save(_event: Event) -> bool {
+        let batch = cairn::policy::training::now(TimestampField::Batch);
         let (mode, arg) = MODE.lock().unwrap().clone();
         match mode.as_str() {
             "loop" => loop {
@@ -54,9 +57,9 @@ impl Guest for Hostile {
                 HOARD.lock().unwrap().push(vec![1u8; 1 << 20]);
             },
             "recurse" => recurse(black_box(u64::MAX)) > 0,
-            "panic" => panic!("hostile policy panics at batch {}", state.timestamp.batch),
+            "panic" => panic!("hostile policy panics at batch {}", batch),
             "panic-at" => {
-                if state.timestamp.batch == arg {
+                if batch == arg {
                     panic!("hostile policy panics at batch {arg}");
                 }
                 true
@@ -77,6 +80,26 @@ impl Guest for Hostile {
                 true
             }
             "run-name" => cairn::policy::host::describe_run().run_name == "tenant-a",
+            "report" => {
+                use cairn::policy::training as t;
+                let d = t::duration();
+                println!(
+                    "now.batch={batch} now.sample={} now.batch_wct_ns={} previous.batch={:?} \
+                     elapsed={} duration={}{:?} dataloader_len={:?} loss={:?} nope={:?} \
+                     metrics={:?}",
+                    t::now(TimestampField::Sample),
+                    t::now(TimestampField::BatchWctNs),
+                    t::previous(TimestampField::Batch),
+                    t::elapsed(),
+                    d.value,
+                    d.unit,
+                    t::dataloader_len(),
+                    t::metric("loss"),
+                    t::metric("nope"),
+                    t::metrics(),
+                );
+                true
+            }
             _ => false,
         }
     }
