@@ -48,12 +48,15 @@ fn only_artifacts_cairn_wrote_are_loaded() {
     assert_eq!(load(), Origin::Cached);
 
     // A foreign artifact (a real wasmtime artifact for the same engine, but not tagged by
-    // this host's key): recompiled, never deserialized.
-    let good = fs::read(&entry).unwrap();
-    let mut forged = good.clone();
-    forged[8..40].copy_from_slice(&[0u8; 32]);
-    fs::write(&entry, &forged).unwrap();
+    // this host's key): without a tag, or with a forged one, it is recompiled, never loaded.
+    let tag = entry.with_extension("tag");
+    fs::remove_file(&tag).unwrap();
     assert_eq!(load(), Origin::Recompiled);
+    let mut forged = b"CAIRNT2\0".to_vec();
+    forged.extend_from_slice(&[0u8; 32]);
+    fs::write(&tag, &forged).unwrap();
+    assert_eq!(load(), Origin::Recompiled);
+    assert_eq!(load(), Origin::Cached);
 
     // Another key (another host, another user): the entry is not trusted.
     fs::write(dir.path().join("key"), [9u8; 32]).unwrap();

@@ -1,13 +1,18 @@
 //! The on-disk cache of compiled components, which must never become an attack surface.
 //!
 //! A compiled artifact is native code that wasmtime loads with only light checks
-//! (`Component::deserialize` is `unsafe` for that reason), so cairn loads only artifacts it
-//! wrote itself: each file carries an HMAC-SHA256 tag computed with a random key that the
-//! host keeps in the cache directory (created `0600`), over the cache key and the artifact.
-//! A file with a wrong tag — damaged, truncated, written by another tool or copied from
-//! another machine — is removed and the component recompiled. The cache key is the SHA-256 of
-//! the `.wasm` bytes, cairn's version and the engine's compatibility hash, so a changed
-//! policy, a new cairn or different engine settings never reuse an old artifact.
+//! (`Component::deserialize_file` is `unsafe` for that reason), so cairn loads only artifacts
+//! it wrote itself: beside each artifact `<key>.cwasm` sits `<key>.tag`, a keyed BLAKE3 MAC
+//! over the cache key and the artifact, made with a random key the host keeps in the cache
+//! directory (created `0600`). An artifact whose tag is missing or wrong — damaged,
+//! truncated, written by another tool or copied from another machine — is removed and the
+//! component recompiled. The cache key is the BLAKE3 hash of the `.wasm` bytes, cairn's
+//! version and the engine's compatibility hash, so a changed policy, a new cairn or different
+//! engine settings never reuse an old artifact.
+//!
+//! Why this shape: a warm start must be cheap even for an 18 MB Python component with a
+//! 40 MB artifact. The artifact is memory-mapped (for the check and by wasmtime), never
+//! copied onto the heap, and BLAKE3 checks it several times faster than SHA-256 would.
 //!
 //! What the tag does not protect against: someone who can read the key file, i.e. the same
 //! user. The directory is the user's own (`$CAIRN_CACHE_DIR`, else `$XDG_CACHE_HOME/cairn`,
@@ -18,12 +23,13 @@ use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// File header: identifies a cairn artifact of this layout.
-const MAGIC: &[u8; 8] = b"CAIRNC1\0";
+use super::component::WasmFile;
+
+/// Tag file header: identifies a cairn tag of this layout.
+const MAGIC: &[u8; 8] = b"CAIRNT2\0";
 const TAG_LEN: usize = 32;
 
 /// Where compiled components are kept, and the key that vouches for them.
@@ -71,14 +77,12 @@ impl CompileCache {
     pub fn load(
         &self,
         engine: &Engine,
-        wasm: &[u8],
+        wasm: &WasmFile,
         log: &dyn Fn(&str),
     ) -> wasmtime::Result<(Component, Origin)> {
         let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, wasm)?, Origin::Compiled));
+            return Ok((Component::new(engine, wasm.read()?)?, Origin::Compiled));
         };
-        let key = cache_key(engine, wasm);
-        let path = dir.join(format!("{}.cwasm", hex::encode(&key[..20])));
         let secret = match self.secret(dir) {
             Ok(s) => s,
             Err(e) => {
@@ -86,39 +90,48 @@ impl CompileCache {
                     "compile cache {} unusable ({e}); compiling",
                     dir.display()
                 ));
-                return Ok((Component::new(engine, wasm)?, Origin::Compiled));
+                return Ok((Component::new(engine, wasm.read()?)?, Origin::Compiled));
             }
         };
+        let entry = Entry::new(dir, cache_key(engine, wasm.digest()));
         let mut origin = Origin::Compiled;
-        if let Ok(file) = fs::read(&path) {
-            match verified_artifact(&file, &secret, &key) {
-                Some(artifact) => {
+        if entry.artifact.exists() {
+            match entry.vouched(&secret) {
+                Ok(true) => {
                     // SAFETY: the artifact carries a tag made with the host's secret key over
                     // this cache key, so it is an artifact this host compiled for an engine
-                    // with the same version and settings.
-                    match unsafe { Component::deserialize(engine, artifact) } {
+                    // with the same version and settings. Entries are replaced by rename,
+                    // never rewritten in place, so the mapping cannot change under wasmtime.
+                    match unsafe { Component::deserialize_file(engine, &entry.artifact) } {
                         Ok(c) => return Ok((c, Origin::Cached)),
                         Err(e) => log(&format!(
                             "compile cache entry {} rejected by wasmtime ({e}); recompiling",
-                            path.display()
+                            entry.artifact.display()
                         )),
                     }
                 }
-                None => log(&format!(
+                Ok(false) => log(&format!(
                     "compile cache entry {} was not written by this cairn (bad tag); recompiling",
-                    path.display()
+                    entry.artifact.display()
+                )),
+                Err(e) => log(&format!(
+                    "compile cache entry {} unreadable ({e}); recompiling",
+                    entry.artifact.display()
                 )),
             }
-            let _ = fs::remove_file(&path);
+            entry.remove();
             origin = Origin::Recompiled;
         }
-        let artifact = engine.precompile_component(wasm)?;
+        // Key the entry by the bytes compiled, in case the file changed since it was hashed.
+        let bytes = wasm.read()?;
+        let entry = Entry::new(dir, cache_key(engine, blake3::hash(&bytes).as_bytes()));
+        let artifact = engine.precompile_component(&bytes)?;
         // SAFETY: produced just now by this engine.
         let component = unsafe { Component::deserialize(engine, &artifact)? };
-        if let Err(e) = store(&path, &secret, &key, &artifact) {
+        if let Err(e) = entry.store(&secret, &artifact) {
             log(&format!(
                 "cannot write compile cache entry {} ({e})",
-                path.display()
+                entry.artifact.display()
             ));
         }
         Ok((component, origin))
@@ -153,63 +166,84 @@ impl CompileCache {
     }
 }
 
-/// SHA-256 of (wasm hash, cairn version, engine compatibility hash).
-fn cache_key(engine: &Engine, wasm: &[u8]) -> [u8; 32] {
+/// BLAKE3 of (wasm hash, cairn version, engine compatibility hash).
+fn cache_key(engine: &Engine, wasm_digest: &[u8; 32]) -> [u8; 32] {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-    let mut d = Sha256::new();
-    d.update(Sha256::digest(wasm));
+    let mut d = blake3::Hasher::new();
+    d.update(wasm_digest);
     d.update(env!("CARGO_PKG_VERSION").as_bytes());
-    d.update(h.finish().to_le_bytes());
-    d.finalize().into()
+    d.update(&h.finish().to_le_bytes());
+    *d.finalize().as_bytes()
 }
 
-fn store(path: &Path, secret: &[u8; 32], key: &[u8; 32], artifact: &[u8]) -> std::io::Result<()> {
-    let tag = hmac(secret, &[key, artifact]);
+/// One cache entry: the artifact as wasmtime wrote it, and its tag beside it.
+struct Entry {
+    key: [u8; 32],
+    artifact: PathBuf,
+    tag: PathBuf,
+}
+
+impl Entry {
+    fn new(dir: &Path, key: [u8; 32]) -> Entry {
+        let stem = hex::encode(&key[..20]);
+        Entry {
+            key,
+            artifact: dir.join(format!("{stem}.cwasm")),
+            tag: dir.join(format!("{stem}.tag")),
+        }
+    }
+
+    /// Does the tag file hold the tag `secret` makes for this key and artifact?
+    fn vouched(&self, secret: &[u8; 32]) -> std::io::Result<bool> {
+        let Ok(tag_file) = fs::read(&self.tag) else {
+            return Ok(false);
+        };
+        let Some(tag) = tag_file
+            .strip_prefix(MAGIC.as_slice())
+            .and_then(|t| <[u8; TAG_LEN]>::try_from(t).ok())
+        else {
+            return Ok(false);
+        };
+        let file = fs::File::open(&self.artifact)?;
+        // SAFETY: cache entries are only ever replaced by rename, never truncated or written
+        // in place, so the mapping stays valid while it is read.
+        let artifact = unsafe { memmap2::Mmap::map(&file)? };
+        // `blake3::Hash` compares in constant time.
+        Ok(mac(secret, &self.key, &artifact) == blake3::Hash::from_bytes(tag))
+    }
+
+    /// Write artifact then tag, each to a temporary file, synced and renamed into place: a
+    /// reader sees either no entry, an artifact without a valid tag (recompiled), or both.
+    fn store(&self, secret: &[u8; 32], artifact: &[u8]) -> std::io::Result<()> {
+        let mut tag = MAGIC.to_vec();
+        tag.extend_from_slice(mac(secret, &self.key, artifact).as_bytes());
+        write_atomically(&self.artifact, artifact)?;
+        write_atomically(&self.tag, &tag)
+    }
+
+    fn remove(&self) {
+        let _ = fs::remove_file(&self.tag);
+        let _ = fs::remove_file(&self.artifact);
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     {
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(MAGIC)?;
-        f.write_all(&tag)?;
-        f.write_all(artifact)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)
 }
 
-/// The artifact inside `file` if its tag is the one `secret` makes for `key`.
-fn verified_artifact<'a>(file: &'a [u8], secret: &[u8; 32], key: &[u8; 32]) -> Option<&'a [u8]> {
-    let rest = file.strip_prefix(MAGIC.as_slice())?;
-    if rest.len() < TAG_LEN {
-        return None;
-    }
-    let (tag, artifact) = rest.split_at(TAG_LEN);
-    let want = hmac(secret, &[key, artifact]);
-    // Constant-time comparison.
-    let diff = tag
-        .iter()
-        .zip(want.iter())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    (diff == 0).then_some(artifact)
-}
-
-/// HMAC-SHA256 (RFC 2104) over the concatenation of `parts`.
-fn hmac(secret: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for (i, b) in secret.iter().enumerate() {
-        ipad[i] ^= b;
-        opad[i] ^= b;
-    }
-    let mut inner = Sha256::new();
-    inner.update(ipad);
-    for p in parts {
-        inner.update(p);
-    }
-    let mut outer = Sha256::new();
-    outer.update(opad);
-    outer.update(inner.finalize());
-    outer.finalize().into()
+/// The keyed BLAKE3 MAC of (cache key, artifact).
+fn mac(secret: &[u8; 32], key: &[u8; 32], artifact: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(key);
+    h.update(artifact);
+    h.finalize()
 }
 
 #[cfg(test)]
@@ -217,28 +251,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hmac_matches_rfc_4231_style_vector() {
-        // Key of 32 0x0b bytes, message "Hi There" (checked against Python's hmac module).
-        let tag = hmac(&[0x0b; 32], &[b"Hi ", b"There"]);
-        assert_eq!(
-            hex::encode(tag),
-            "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7"
+    fn tags_bind_secret_key_and_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = [7u8; 32];
+        let entry = Entry::new(dir.path(), [1u8; 32]);
+        entry.store(&secret, b"artifact").unwrap();
+        assert!(entry.vouched(&secret).unwrap());
+        assert!(!entry.vouched(&[8u8; 32]).unwrap(), "another host's secret");
+        let moved = Entry::new(dir.path(), [2u8; 32]);
+        fs::copy(&entry.artifact, &moved.artifact).unwrap();
+        fs::copy(&entry.tag, &moved.tag).unwrap();
+        assert!(
+            !moved.vouched(&secret).unwrap(),
+            "an entry copied to another key"
         );
+        fs::write(&entry.artifact, b"artifacT").unwrap();
+        assert!(!entry.vouched(&secret).unwrap(), "a changed artifact");
+        fs::write(&entry.tag, b"CAIRNT2\0short").unwrap();
+        assert!(!entry.vouched(&secret).unwrap(), "a truncated tag");
+        fs::remove_file(&entry.tag).unwrap();
+        assert!(!entry.vouched(&secret).unwrap(), "no tag");
     }
 
     #[test]
-    fn tags_bind_key_and_artifact() {
-        let secret = [7u8; 32];
-        let key = [1u8; 32];
-        let mut file = MAGIC.to_vec();
-        file.extend_from_slice(&hmac(&secret, &[&key, b"art"]));
-        file.extend_from_slice(b"art");
-        assert_eq!(verified_artifact(&file, &secret, &key), Some(&b"art"[..]));
-        assert_eq!(verified_artifact(&file, &[8u8; 32], &key), None);
-        assert_eq!(verified_artifact(&file, &secret, &[2u8; 32]), None);
-        let last = file.len() - 1;
-        file[last] ^= 1;
-        assert_eq!(verified_artifact(&file, &secret, &key), None);
-        assert_eq!(verified_artifact(b"CAIRNC1\0short", &secret, &key), None);
+    fn mac_is_keyed_blake3() {
+        // blake3's own keyed mode over the concatenation: nothing cairn-made in the crypto.
+        let mut whole = [1u8; 32].to_vec();
+        whole.extend_from_slice(b"art");
+        assert_eq!(
+            mac(&[7u8; 32], &[1u8; 32], b"art"),
+            blake3::keyed_hash(&[7u8; 32], &whole)
+        );
     }
 }

@@ -106,7 +106,7 @@ impl PolicyHost {
         sandbox: &SandboxConfig,
     ) -> Result<component::Loaded, PolicyError> {
         let policy = file_name(path);
-        let bytes = component::read(path)?;
+        let wasm = component::WasmFile::open(path)?;
         let settings = settings(sandbox);
         let engine = self
             .engines
@@ -120,7 +120,7 @@ impl PolicyHost {
         let keepalive = self.engines.clone();
         component::load(
             &policy,
-            &bytes,
+            &wasm,
             world,
             &engine,
             &self.cache,
