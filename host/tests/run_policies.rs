@@ -185,3 +185,139 @@ fn a_hostile_tenant_cannot_stop_its_neighbour() {
     );
     assert!(!dir.path().join("bad").join("ep0-ba1-rank0.pt").exists());
 }
+
+/// The `--json` summaries of a (multi-job) `cairn run`, by run name.
+fn summaries(out: &Output) -> std::collections::HashMap<String, serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["run_name"].as_str().unwrap().to_owned(), v))
+        .collect()
+}
+
+/// Issue 6: two tenants misbehave all run long — one fills its memory cap and traps at every
+/// event, one spins into its deadline at every event — while a well-behaved job trains beside
+/// them in the same process. The host's peak memory stays within one bomb's cap of the
+/// well-behaved job alone (each trapped instance is freed, not hoarded), the good job's pace is
+/// measured against its pace alone, and it writes every checkpoint it should.
+#[test]
+fn misbehaving_neighbours_leave_memory_bounded_and_the_good_job_on_pace() {
+    let hostile = common::rust_policy("hostile_save");
+    let every_n = common::rust_policy("every_n");
+    let dir = tempfile::tempdir().unwrap();
+    let paced = |name: &str, checkpoint: &str, sandbox: &str, epochs: u32| {
+        let text = job(name, checkpoint, sandbox)
+            .replace(
+                "max_duration = \"2ep\"",
+                &format!("max_duration = \"{epochs}ep\""),
+            )
+            .replace("seconds_per_batch = 0", "seconds_per_batch = 0.02")
+            .replace("model_mib = 8", "model_mib = 1");
+        write(dir.path(), &format!("{name}.toml"), &text)
+    };
+    let good = paced(
+        "good",
+        &format!(
+            "save_interval = {{ wasm = \"{}\", config = {{ n = 2 }} }}",
+            every_n.display()
+        ),
+        "",
+        2,
+    );
+    let bomb_cap_mib = 64u64;
+    let bomb = paced(
+        "bomb",
+        &format!(
+            "save_interval = {{ wasm = \"{}\", config = {{ mode = \"alloc\" }} }}",
+            hostile.display()
+        ),
+        &format!("memory_limit_mib = {bomb_cap_mib}\nfuel_per_call = 0\non_error = \"skip\""),
+        10,
+    );
+    let spin = paced(
+        "spin",
+        &format!(
+            "save_interval = {{ wasm = \"{}\", config = {{ mode = \"loop\" }} }}",
+            hostile.display()
+        ),
+        "timeout_ms = 30\nfuel_per_call = 0\non_error = \"skip\"",
+        10,
+    );
+    // Warm the compile cache so that neither run pays for compiling.
+    for policy in [&hostile, &every_n] {
+        let warm = cairn(dir.path(), &["policy", "check", &policy.to_string_lossy()]);
+        assert!(warm.status.success());
+    }
+
+    let alone = cairn(dir.path(), &["run", "--config", &good, "--json"]);
+    assert!(
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stderr)
+    );
+    let alone = summaries(&alone)["good"].clone();
+    fs::remove_dir_all(dir.path().join("good")).unwrap();
+
+    let beside = cairn(
+        dir.path(),
+        &[
+            "run", "--config", &bomb, "--config", &good, "--config", &spin, "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&beside.stderr);
+    assert!(beside.status.success(), "{stderr}");
+    let all = summaries(&beside);
+    let expected = [
+        "ep0-ba2-rank0.pt",
+        "ep0-ba4-rank0.pt",
+        "ep1-ba6-rank0.pt",
+        "ep1-ba8-rank0.pt",
+        "ep1-ba10-rank0.pt",
+    ];
+    assert_eq!(saved(&dir.path().join("good")), expected);
+
+    // The neighbours misbehaved at every event, all the while the good job ran.
+    for (name, kind) in [("bomb", "memory limit"), ("spin", "deadline")] {
+        let p = &all[name]["policies"][0];
+        assert!(p["calls"].as_u64().unwrap() >= 20, "{name}: {p}");
+        assert_eq!(p["errors"], p["calls"], "{name}: every call failed: {p}");
+        assert!(stderr.contains(kind), "{name}: {stderr}");
+        assert!(
+            all[name]["training_seconds"].as_f64().unwrap()
+                > all["good"]["training_seconds"].as_f64().unwrap(),
+            "{name} must misbehave for longer than the good job trains"
+        );
+    }
+    let bomb_peak = all["bomb"]["policies"][0]["peak_memory_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(bomb_peak <= bomb_cap_mib << 20, "{bomb_peak}");
+
+    // Host memory: one bomb's worth above the good job alone, not one per trapped call.
+    let rss = |s: &serde_json::Value| s["process_peak_rss_bytes"].as_u64().unwrap();
+    let rss_alone = rss(&alone);
+    let rss_beside = all.values().map(rss).max().unwrap();
+    let bomb_calls = all["bomb"]["policies"][0]["calls"].as_u64().unwrap();
+    eprintln!(
+        "peak RSS: {} MiB alone, {} MiB beside a {bomb_cap_mib} MiB memory bomb that trapped {bomb_calls} times",
+        rss_alone >> 20,
+        rss_beside >> 20
+    );
+    // One bomb cap plus two more (1 MiB) jobs and their threads, with room for allocator
+    // slack; a leak of every trapped instance would be bomb_calls × 64 MiB.
+    let bound = rss_alone + ((bomb_cap_mib + 64) << 20);
+    assert!(rss_beside < bound, "{rss_beside} >= {bound}");
+
+    // Pace: batches per second of training, alone and beside the misbehaving pair.
+    let pace = |s: &serde_json::Value| s["batches_per_second"].as_f64().unwrap();
+    let ratio = pace(&all["good"]) / pace(&alone);
+    eprintln!(
+        "good job pace: {:.1} batches/s alone, {:.1} beside (ratio {ratio:.2})",
+        pace(&alone),
+        pace(&all["good"])
+    );
+    assert!(
+        ratio > 0.33,
+        "the good job slowed to {ratio:.2} of its pace"
+    );
+}

@@ -60,6 +60,12 @@ struct Summary {
     warnings: Vec<String>,
     uploads: Option<UploadSummary>,
     policies: Vec<PolicySummary>,
+    /// Batches per second from the first event to the last (set-up excluded): the job's pace.
+    batches_per_second: f64,
+    /// The whole process's peak resident memory when this job ended (every job of a
+    /// multi-tenant run shares the process): shows that misbehaving policies left the host
+    /// bounded.
+    process_peak_rss_bytes: Option<u64>,
 }
 
 /// What one WebAssembly policy of the job cost (per-tenant accounting).
@@ -249,6 +255,7 @@ fn train(config: &Config, host: &PolicyHost, resume: bool, interactive: bool) ->
     };
     let progress = Progress::new(&spec, &start, interactive, &config.run_name);
     let mut metrics = vec![("loss".to_owned(), 0.0)];
+    let loop_started = Instant::now();
     for tick in Events::resume(spec.clone(), start) {
         if tick.event == Event::Batch {
             model.train_step(tick.timestamp.batch);
@@ -281,6 +288,10 @@ fn train(config: &Config, host: &PolicyHost, resume: bool, interactive: bool) ->
         }
     }
     summary.training_seconds = started.elapsed().as_secs_f64();
+    let looped = loop_started.elapsed().as_secs_f64();
+    if looped > 0.0 {
+        summary.batches_per_second = summary.batches as f64 / looped;
+    }
     summary.policies = saver
         .policy_stats()
         .into_iter()
@@ -309,6 +320,7 @@ fn train(config: &Config, host: &PolicyHost, resume: bool, interactive: bool) ->
         remote_latest: r.pointers.clone(),
     });
     summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary.process_peak_rss_bytes = peak_rss_bytes();
     if summary.save_seconds > 0.0 {
         summary.throughput_mb_s = summary.bytes as f64 / 1e6 / summary.save_seconds;
     }
@@ -319,6 +331,24 @@ fn train(config: &Config, host: &PolicyHost, resume: bool, interactive: bool) ->
             .map(|t| format!("{} -> {}", l.display(), t.display()))
     });
     Ok(summary)
+}
+
+/// The process's peak resident set size so far (`getrusage`), where the platform reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `getrusage` fills the struct it is given and reads nothing else.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+        // SAFETY: zero-initialised, and filled by the call when it succeeded.
+        let usage = unsafe { usage.assume_init() };
+        // Linux reports kibibytes.
+        (rc == 0).then(|| u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
 }
 
 /// A progress bar on a terminal, plain lines otherwise.
@@ -418,13 +448,26 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
             "save throughput",
             format!("{:.0} MB/s (durable: fsync + rename)", s.throughput_mb_s),
         ),
-        ("training time", format!("{:.2} s", s.training_seconds)),
+        (
+            "training time",
+            format!(
+                "{:.2} s ({:.1} batches/s)",
+                s.training_seconds, s.batches_per_second
+            ),
+        ),
         (
             "wall time",
             format!("{:.2} s (with the wait for uploads)", s.wall_seconds),
         ),
         ("folder", s.folder.clone()),
         ("latest", s.latest.clone().unwrap_or_else(|| "-".into())),
+        (
+            "process peak RSS",
+            s.process_peak_rss_bytes.map_or_else(
+                || "-".into(),
+                |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+            ),
+        ),
     ];
     for (k, v) in rows {
         writeln!(out, "{k:<18} {v}")?;

@@ -233,9 +233,11 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .reinstantiations += 1;
-            let live = self.instantiate();
-            let live = self.count(live, Duration::ZERO, 0, 0)?;
-            self.live = Some(live);
+            // A fresh instance that cannot even start fails this call (and counts as it).
+            match self.instantiate() {
+                Ok(live) => self.live = Some(live),
+                Err(e) => return self.count(Err(e), Duration::ZERO, 0, 0),
+            }
         }
         let (fuel, ms) = (self.sandbox.fuel_per_call, self.sandbox.timeout_ms);
         let mut live = self.live.take().expect("set above");
