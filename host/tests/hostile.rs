@@ -45,6 +45,13 @@ fn endless_loop_runs_out_of_fuel() {
     let mut p = save("loop", 0, &SandboxConfig::default()).unwrap();
     let err = ask(&mut p, 1).unwrap_err();
     assert_eq!(err.kind(), "out-of-fuel", "{err}");
+    // The trapped call's fuel is accounted: all of it.
+    let stats = p.stats().lock().unwrap().clone();
+    assert_eq!(
+        stats.fuel,
+        SandboxConfig::default().fuel_per_call,
+        "{stats:?}"
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("hostile_save.wasm") && msg.contains("should-save") && msg.contains("fuel"),

@@ -27,7 +27,7 @@ pub struct PolicyStats {
     pub calls: u64,
     /// Calls that failed.
     pub errors: u64,
-    /// Fuel consumed by all calls that finished (wasmtime does not report fuel of a trap).
+    /// Fuel consumed by all calls, trapped ones included (an out-of-fuel call used it all).
     pub fuel: u64,
     /// Wall-clock time spent in calls.
     pub time: Duration,
