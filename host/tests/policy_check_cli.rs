@@ -7,9 +7,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(file: &Path) -> (bool, String, String) {
-    // A cache shared between runs: compiling the Python component in a debug build takes
-    // minutes. Cache hits are safe (tested in tests/cache.rs).
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cairn-cli-cache");
+    // The test suite's shared cache: compiling the Python component in a debug build takes
+    // minutes, so it is compiled once for every test binary. Cache hits are safe (tested in
+    // tests/cache.rs).
+    let shared = common::shared_cache();
+    let cache = shared.dir().expect("the shared cache has a directory");
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["policy", "check"])
         .arg(file)
