@@ -15,7 +15,7 @@ fn check(file: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["policy", "check"])
         .arg(file)
-        .env("CAIRN_CACHE_DIR", &cache)
+        .env("CAIRN_CACHE_DIR", cache)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
