@@ -429,6 +429,7 @@ fn a_well_behaved_job_keeps_its_pace_beside_a_hostile_one() {
     let stop = Arc::new(AtomicBool::new(false));
     let hostile_host = host.clone();
     let stop2 = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let neighbour = std::thread::spawn(move || {
         let spec = PolicySpec::new(common::rust_policy("hostile_save")).with("mode", "loop");
         let sandbox = SandboxConfig {
@@ -440,14 +441,19 @@ fn a_well_behaved_job_keeps_its_pace_beside_a_hostile_one() {
             .save_policy(&spec, &sandbox, &RunInfo::default())
             .unwrap();
         let mut timeouts = 0;
-        while !stop2.load(Ordering::Relaxed) {
+        ready_tx.send(()).unwrap();
+        // At least one call, and calls until the good job is done: it runs entirely while the
+        // neighbour spins.
+        loop {
             let err = ask(&mut bad, 1).unwrap_err();
             assert_eq!(err.kind(), "deadline-exceeded");
             timeouts += 1;
+            if stop2.load(Ordering::Relaxed) {
+                return timeouts;
+            }
         }
-        timeouts
     });
-    std::thread::sleep(Duration::from_millis(50));
+    ready_rx.recv().unwrap();
     let (beside, saves_beside) = run_good(&host);
     stop.store(true, Ordering::Relaxed);
     let timeouts = neighbour.join().unwrap();
