@@ -29,7 +29,7 @@ pub enum BenchCommand {
         /// Measurement rounds (the median is reported).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
-        /// Metrics in the state at every call (names cross the boundary as strings).
+        /// Metrics in the state at every call (a policy reads them through `training`).
         #[arg(long, default_value_t = 4)]
         metrics: usize,
         /// Also measure fuel alone and the deadline alone, to show which limit costs what.
@@ -281,7 +281,7 @@ fn bench_policy(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "should-save, median of {rounds} interleaved rounds of {calls} calls, full state (14 counters, 4 wall clocks, {} metrics):",
+        "should-save, median of {rounds} interleaved rounds of {calls} calls, full state offered (two timestamps, the duration, {} metrics):",
         work.metrics.len()
     );
     println!(
