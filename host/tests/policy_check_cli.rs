@@ -109,3 +109,39 @@ fn broken_files_are_explained() {
         &["cannot read policy", "missing.wasm"],
     );
 }
+
+/// `cairn bench policy --json` measures a component against the built-in interval, with each
+/// limit alone on `--breakdown` (a smoke run: the figures themselves are not asserted).
+#[test]
+fn bench_policy_reports_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["bench", "policy", "--calls", "200", "--rounds", "1"])
+        .args(["--breakdown", "--json"])
+        .arg(common::rust_policy("every_n"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["native_ns_per_call"].as_f64().unwrap() > 0.0, "{v}");
+    let c = &v["components"][0];
+    assert_eq!(c["file"], "every_n.wasm");
+    for key in [
+        "ns_per_call_limits_on",
+        "ns_per_call_limits_off",
+        "limits_overhead",
+        "cold_start_ms",
+        "warm_start_ms",
+    ] {
+        assert!(c[key].as_f64().unwrap() > 0.0, "{key}: {c}");
+    }
+    for limit in ["fuel", "deadline"] {
+        assert!(
+            c["single_limit_overhead"][limit].as_f64().unwrap() > 0.0,
+            "{c}"
+        );
+    }
+}
