@@ -1,5 +1,5 @@
 //! `cairn policy check`: the right verdict, in one clear sentence, on every example policy and
-//! on broken files.
+//! on broken files; and `cairn bench policy`, which measures a policy component.
 
 mod common;
 
