@@ -11,6 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
+# Free space at each stage, so a CI machine that runs out of disk says where.
+disk() { echo "== $1: $(df -h --output=avail "$root" | tail -1 | tr -d ' ') free"; }
+
+disk "start"
 echo "== installing test dependencies"
 rustup target add wasm32-wasip2
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
@@ -22,14 +26,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet -r tests/python/requirements.txt componentize-py==0.25.1
+.venv/bin/pip install --quiet --no-cache-dir -r tests/python/requirements.txt componentize-py==0.25.1
 export PATH="$root/.venv/bin:${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 # The remote and Python suites must not skip here: missing tools are failures.
 export CAIRN_REQUIRE_S3=1
 
+disk "dependencies installed"
 echo "== cargo test --workspace"
 cargo test --workspace
 
+disk "cargo tests done"
 echo "== pytest tests/python"
 cargo build --bin cairn
 CAIRN_BIN="$root/target/debug/cairn" .venv/bin/python -m pytest tests/python -q
