@@ -394,6 +394,38 @@ fn huge_filter_output_is_capped() {
 }
 
 #[test]
+fn an_answer_whose_strings_share_one_buffer_is_capped_while_it_is_copied() {
+    // 4000 keys that all point at one 1 MiB string: 1 MiB in the component, 4000 MiB for a
+    // host that copies each. The copy stops at `max_transfer_mib`, before any entry or string
+    // cap of cairn's could look at the answer.
+    for (transfer_mib, shown) in [
+        (32, "32 MiB"),
+        (SandboxConfig::default().max_transfer_mib, "256 MiB"),
+    ] {
+        let sandbox = SandboxConfig {
+            max_transfer_mib: transfer_mib,
+            ..SandboxConfig::default()
+        };
+        let err = filter_with("aliased", 4000, &sandbox).unwrap_err();
+        assert_eq!(err.kind(), "invalid-data", "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("hostile_filter.wasm")
+                && msg.contains("filter handed cairn data")
+                && msg.contains(shown)
+                && msg.contains("[sandbox] max_transfer_mib"),
+            "{msg}"
+        );
+    }
+    // The honest answer of the same component still passes under a small cap.
+    let small = SandboxConfig {
+        max_transfer_mib: 1,
+        ..SandboxConfig::default()
+    };
+    assert_eq!(filter_with("identity", 0, &small).unwrap(), small_tree());
+}
+
+#[test]
 fn a_well_behaved_job_keeps_its_pace_beside_a_hostile_one() {
     let (host, _) = common::host();
     let good_spec = PolicySpec::new(common::rust_policy("every_n")).with("n", 10);

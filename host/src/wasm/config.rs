@@ -92,6 +92,12 @@ pub struct SandboxConfig {
     pub max_filter_entries: u64,
     /// Most bytes of strings and bytes (keys and values together) a filter may return.
     pub max_filter_string_bytes: u64,
+    /// Most host memory, in MiB, that what a component hands cairn in one call (a filter's
+    /// answer, a host call's arguments) may take once copied out of the component; 0 turns the
+    /// cap off. The canonical ABI lets many strings or lists of an answer point at one buffer,
+    /// so an answer can be far larger on the host than in the component's memory: this caps
+    /// the copy while it is made, before the entry and string caps above can look at it.
+    pub max_transfer_mib: u64,
     /// WebAssembly stack per call, in KiB (at most 1024, so it fits in any host thread).
     pub max_stack_kib: u64,
     /// Most elements of a table.
@@ -114,6 +120,7 @@ impl Default for SandboxConfig {
             init_fuel: 2_000_000_000,
             max_filter_entries: 1_000_000,
             max_filter_string_bytes: 64 << 20,
+            max_transfer_mib: 256,
             max_stack_kib: 512,
             max_table_elements: 100_000,
             max_instances: 64,
@@ -134,6 +141,7 @@ impl SandboxConfig {
             init_fuel: 0,
             max_table_elements: 0,
             max_instances: 0,
+            max_transfer_mib: 0,
             ..SandboxConfig::default()
         }
     }

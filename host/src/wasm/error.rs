@@ -211,6 +211,22 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// What the component handed over (a result, a host call's arguments) could not be copied
+    /// out of it: malformed, or larger than `max_transfer_mib` once copied.
+    #[error(
+        "policy {policy}: {call} handed cairn data it cannot take: {reason} (a call may hand over at most {} once copied; [sandbox] max_transfer_mib)",
+        mib_or_unlimited(*.transfer_mib)
+    )]
+    InvalidData {
+        /// The policy file.
+        policy: String,
+        /// The call.
+        call: Call,
+        /// wasmtime's reason.
+        reason: String,
+        /// The cap in force.
+        transfer_mib: u64,
+    },
     /// A failure in cairn's side of the call (should not happen; reported as it is).
     #[error("policy {policy}: {call} failed inside cairn: {reason}")]
     Host {
@@ -228,6 +244,14 @@ fn list(items: &[String]) -> String {
         "nothing".to_owned()
     } else {
         items.join(", ")
+    }
+}
+
+fn mib_or_unlimited(mib: u64) -> String {
+    if mib == 0 {
+        "any amount (the cap is off)".to_owned()
+    } else {
+        format!("{mib} MiB")
     }
 }
 
@@ -261,6 +285,7 @@ impl PolicyError {
                 | PolicyError::StackOverflow { .. }
                 | PolicyError::Trap { .. }
                 | PolicyError::InvalidResult { .. }
+                | PolicyError::InvalidData { .. }
                 | PolicyError::Host { .. }
         )
     }
@@ -285,6 +310,7 @@ impl PolicyError {
             PolicyError::StackOverflow { .. } => "stack-overflow",
             PolicyError::Trap { .. } => "trap",
             PolicyError::InvalidResult { .. } => "invalid-result",
+            PolicyError::InvalidData { .. } => "invalid-data",
             PolicyError::Host { .. } => "host",
         }
     }

@@ -140,6 +140,10 @@ impl Runner {
             ),
         );
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(match self.sandbox.max_transfer_mib {
+            0 => usize::MAX,
+            mib => usize::try_from(mib).map_or(usize::MAX, |m| m.saturating_mul(1 << 20)),
+        });
         let (fuel, ms) = (self.sandbox.init_fuel, self.sandbox.init_timeout_ms);
         let result = self.arm(&mut store, fuel, ms).and_then(|()| {
             let instance = self.loaded.pre.instantiate(&mut store)?;
@@ -374,6 +378,16 @@ impl Runner {
                     trap: format!("the component exited with status {}", exit.0),
                     message: tail(stderr, 2048),
                     backtrace: String::new(),
+                },
+                // Not a trap, during a call: wasmtime refused what the component handed over
+                // while copying it out (a string that is not UTF-8, a pointer outside its
+                // memory, more than `max_transfer_mib`). The calls' closures add no errors of
+                // their own.
+                None if call != Call::Instantiate => PolicyError::InvalidData {
+                    policy,
+                    call,
+                    reason: chain(&err),
+                    transfer_mib: self.sandbox.max_transfer_mib,
                 },
                 None => PolicyError::Host {
                     policy,

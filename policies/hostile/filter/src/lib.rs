@@ -1,5 +1,7 @@
 //! A state-dict filter that misbehaves on purpose, chosen by `config.mode`: forged and
-//! duplicated handles, malformed paths, oversized output, reshaped tensors, refusal.
+//! duplicated handles, malformed paths, oversized output, reshaped tensors, refusal, and an
+//! answer whose strings all point at one buffer (`aliased`), which would make the host copy
+//! that buffer once per entry.
 
 use std::sync::Mutex;
 
@@ -53,6 +55,22 @@ impl Guest for Hostile {
                 path: vec![key("junk")],
                 leaf: Leaf::Str("x".repeat(arg as usize)),
             }),
+            "aliased" => {
+                // One 1 MiB key, and `arg` entries whose path points at that same buffer: the
+                // canonical ABI allows it, and the host copies the buffer once per entry.
+                // The aliases are never dropped here (the guest would free the buffer many
+                // times); the call is expected to fail before the component sees them again.
+                let mut key = std::mem::ManuallyDrop::new("k".repeat(1 << 20));
+                let (ptr, len, cap) = (key.as_mut_ptr(), key.len(), key.capacity());
+                for _ in 0..arg {
+                    // SAFETY: deliberately not: every alias claims the one buffer.
+                    let alias = unsafe { String::from_raw_parts(ptr, len, cap) };
+                    entries.push(Entry {
+                        path: vec![Segment::Key(alias)],
+                        leaf: Leaf::None,
+                    });
+                }
+            }
             "forge" => entries.push(Entry {
                 path: vec![key("stolen")],
                 leaf: Leaf::Tensor(TensorMeta {
