@@ -218,12 +218,7 @@ impl CheckpointSaver {
     pub fn policy_stats(&self) -> Vec<(String, PolicyStats)> {
         self.policy_stats
             .iter()
-            .map(|(name, h)| {
-                (
-                    name.clone(),
-                    h.lock().map(|s| s.clone()).unwrap_or_default(),
-                )
-            })
+            .map(|(name, h)| (name.clone(), h.get()))
             .collect()
     }
 

@@ -46,7 +46,7 @@ fn endless_loop_runs_out_of_fuel() {
     let err = ask(&mut p, 1).unwrap_err();
     assert_eq!(err.kind(), "out-of-fuel", "{err}");
     // The trapped call's fuel is accounted: all of it.
-    let stats = p.stats().lock().unwrap().clone();
+    let stats = p.stats().get();
     assert_eq!(
         stats.fuel,
         SandboxConfig::default().fuel_per_call,
@@ -112,7 +112,7 @@ fn memory_bomb_hits_the_memory_limit() {
     let err = ask(&mut p, 1).unwrap_err();
     assert_eq!(err.kind(), "memory-limit", "{err}");
     assert!(err.to_string().contains("memory limit of 32 MiB"), "{err}");
-    let peak = p.stats().lock().unwrap().peak_memory;
+    let peak = p.stats().get().peak_memory;
     assert!(peak <= 32 << 20 && peak > 16 << 20, "peak {peak}");
 }
 
@@ -164,7 +164,7 @@ fn a_trap_discards_the_instance_and_the_next_call_gets_a_fresh_one() {
         "backtrace: {msg}"
     );
     assert!(ask(&mut p, 4).unwrap(), "a fresh instance answers again");
-    let stats = p.stats().lock().unwrap().clone();
+    let stats = p.stats().get();
     assert_eq!((stats.errors, stats.reinstantiations), (1, 1), "{stats:?}");
     let lines = log.lock().unwrap().join("\n");
     assert!(

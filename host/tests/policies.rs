@@ -9,6 +9,7 @@ use cairn::interval::IntervalScheduler;
 use cairn::policy::{Event, MaxDuration, Ranks, SavePolicy, TrainingState};
 use cairn::state_dict::{Dict, DictKind, Tensor, Value};
 use cairn::time::{CountUnit, Time, Timestamp};
+use cairn::trainer::{Events, Tick, TrainerSpec};
 use cairn::wasm::{PolicySpec, RunInfo, SandboxConfig};
 
 /// Every checkpoint event of a run of `epochs` epochs of `per_epoch` batches, in Composer's
@@ -263,9 +264,107 @@ fn cross_check_every_n(wasm: std::path::PathBuf) {
     }
 }
 
+/// The same check through cairn's trainer, on the runs that exercise every branch of the
+/// every-n policies: `max_duration` in batches, epochs and samples, iteration events, and
+/// resumes, one of them at the last batch of an epoch (whose epoch event then comes before any
+/// batch has run, with no previous timestamp).
+fn cross_check_every_n_through_the_trainer(wasm: &std::path::Path) {
+    let (host, _) = common::host();
+    let runs = [
+        (3, Time::Count(20, CountUnit::Batch), 6, None, 0),
+        (4, Time::Count(3, CountUnit::Epoch), 5, Some(2), 0),
+        (2, Time::Count(90, CountUnit::Sample), 4, None, 0),
+        (5, Time::Count(23, CountUnit::Batch), 6, Some(1), 6),
+        (3, Time::Count(4, CountUnit::Epoch), 4, None, 7),
+    ];
+    for (n, max, per_epoch, per_iteration, resume_at) in runs {
+        let spec = TrainerSpec {
+            max_duration: MaxDuration::new(max).unwrap(),
+            batches_per_epoch: per_epoch,
+            samples_per_batch: 4,
+            tokens_per_batch: 0,
+            batch_duration: Duration::from_millis(10),
+            epochs_per_iteration: per_iteration,
+        };
+        let mut start = Timestamp::default();
+        for _ in 0..resume_at {
+            if start.batch_in_epoch == per_epoch {
+                start = start.to_next_epoch();
+            }
+            start = start.to_next_batch(4, 0, Duration::from_millis(10));
+        }
+        let ticks: Vec<Tick> = Events::resume(spec.clone(), start).collect();
+        let mut wasm_policy = host
+            .save_policy(
+                &PolicySpec::new(wasm).with("n", n),
+                &SandboxConfig::default(),
+                &RunInfo::default(),
+            )
+            .unwrap();
+        let mut builtin = IntervalScheduler::new(Time::batches(n as i64)).unwrap();
+        let ask = |p: &mut dyn SavePolicy| -> Vec<(Event, u64, bool)> {
+            ticks
+                .iter()
+                .map(|t| {
+                    let state = TrainingState {
+                        timestamp: t.timestamp,
+                        previous_timestamp: t.previous,
+                        max_duration: spec.max_duration,
+                        dataloader_len: Some(per_epoch),
+                        run_name: "test-run",
+                        ranks: Ranks::default(),
+                        metrics: &[],
+                    };
+                    (
+                        t.event,
+                        t.timestamp.batch,
+                        p.should_save(&state, t.event).unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let (got, want) = (ask(&mut wasm_policy), ask(&mut builtin));
+        assert_eq!(
+            got, want,
+            "every {n} batches, {max}, resumed at batch {resume_at}"
+        );
+        assert!(want.iter().any(|(_, _, yes)| *yes));
+        if per_iteration.is_some() {
+            assert!(ticks.iter().any(|t| t.event == Event::Iteration));
+        }
+    }
+    // Composer's trainer (not cairn's, which stops first) can end an epoch at the end of
+    // training before a resumed run's first batch: no previous timestamp, so no save.
+    let mut end = Timestamp::default();
+    for _ in 0..8 {
+        end = end.to_next_batch(4, 0, Duration::from_millis(10));
+    }
+    let state = TrainingState {
+        timestamp: end.to_next_epoch(),
+        previous_timestamp: None,
+        max_duration: MaxDuration::new(Time::Count(8, CountUnit::Batch)).unwrap(),
+        dataloader_len: Some(8),
+        run_name: "test-run",
+        ranks: Ranks::default(),
+        metrics: &[],
+    };
+    let mut p = host
+        .save_policy(
+            &PolicySpec::new(wasm).with("n", 4),
+            &SandboxConfig::default(),
+            &RunInfo::default(),
+        )
+        .unwrap();
+    let mut builtin = IntervalScheduler::new(Time::batches(4)).unwrap();
+    assert!(!builtin.should_save(&state, Event::Epoch).unwrap());
+    assert!(!p.should_save(&state, Event::Epoch).unwrap());
+}
+
 #[test]
 fn every_n_rust_matches_builtin_interval() {
-    cross_check_every_n(common::rust_policy("every_n"));
+    let wasm = common::rust_policy("every_n");
+    cross_check_every_n(wasm.clone());
+    cross_check_every_n_through_the_trainer(&wasm);
 }
 
 #[test]
@@ -273,5 +372,6 @@ fn every_n_python_matches_builtin_interval() {
     let Some(wasm) = common::python_policy() else {
         return;
     };
-    cross_check_every_n(wasm);
+    cross_check_every_n(wasm.clone());
+    cross_check_every_n_through_the_trainer(&wasm);
 }

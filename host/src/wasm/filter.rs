@@ -6,7 +6,8 @@ use super::bindings::types as wit;
 use super::config::OnError;
 use super::error::{Call, PolicyError};
 use super::flat::{self, OutputCaps};
-use super::runner::{Runner, StatsHandle};
+use super::runner::Runner;
+use super::stats::StatsHandle;
 use crate::policy::KeyFilter;
 use crate::state_dict::Value;
 

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod runner;
 pub mod save_policy;
 pub mod state;
+pub mod stats;
 pub mod wasi;
 
 use std::path::PathBuf;
@@ -33,8 +34,8 @@ pub use component::World;
 pub use config::{OnError, PolicySpec, SandboxConfig};
 pub use error::{Call, PolicyError};
 pub use filter::WasmKeyFilter;
-pub use runner::{PolicyStats, StatsHandle};
 pub use save_policy::WasmSavePolicy;
+pub use stats::{PolicyStats, StatsHandle};
 
 use crate::policy::{KeyFilter, Ranks, SavePolicy};
 use engine::{EngineSettings, Engines};

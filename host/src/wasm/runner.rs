@@ -6,7 +6,6 @@
 //! its memory may be inconsistent anyway — and the next call starts from a fresh instance,
 //! re-running `init`, which is logged because the policy's own state is lost.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Func, Instance};
@@ -18,27 +17,8 @@ use super::engine::ticks_for;
 use super::error::{Call, PolicyError, chain};
 use super::limits::Limiter;
 use super::state::HostState;
+use super::stats::{CallCost, StatsHandle, StatsWriter};
 use super::{LogSink, RunInfo};
-
-/// What a policy has cost so far: for the run summary and per-tenant accounting.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PolicyStats {
-    /// Calls of `should-save` / `filter`.
-    pub calls: u64,
-    /// Calls that failed.
-    pub errors: u64,
-    /// Fuel consumed by all calls, trapped ones included (an out-of-fuel call used it all).
-    pub fuel: u64,
-    /// Wall-clock time spent in calls.
-    pub time: Duration,
-    /// Largest linear memory granted, bytes.
-    pub peak_memory: u64,
-    /// Fresh instances made after a failure.
-    pub reinstantiations: u64,
-}
-
-/// A shared view of a policy's [`PolicyStats`], readable after the policy is boxed.
-pub type StatsHandle = Arc<Mutex<PolicyStats>>;
 
 struct Live {
     store: Store<HostState>,
@@ -53,7 +33,7 @@ pub struct Runner {
     run: RunInfo,
     log: LogSink,
     live: Option<Live>,
-    stats: StatsHandle,
+    stats: StatsWriter,
     fuel_on: bool,
     epoch_on: bool,
 }
@@ -76,7 +56,7 @@ impl Runner {
             run,
             log,
             live: None,
-            stats: StatsHandle::default(),
+            stats: StatsWriter::default(),
             fuel_on,
             epoch_on,
         };
@@ -96,7 +76,7 @@ impl Runner {
 
     /// Shared accounting.
     pub fn stats(&self) -> StatsHandle {
-        self.stats.clone()
+        self.stats.handle()
     }
 
     fn limiter(&self) -> Limiter {
@@ -233,10 +213,7 @@ impl Runner {
                 "[policy {}] starting a fresh instance after the last failure; the policy's own state was reset",
                 self.loaded.policy
             ));
-            self.stats
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .reinstantiations += 1;
+            self.stats.reinstantiated();
             // A fresh instance that cannot even start fails this call (and counts as it).
             match self.instantiate() {
                 Ok(live) => self.live = Some(live),
@@ -280,22 +257,20 @@ impl Runner {
         self.count(result, elapsed, used, peak)
     }
 
-    /// Add one call to the accounting (one lock per call).
+    /// Add one call to the accounting.
     fn count<R>(
-        &self,
+        &mut self,
         result: Result<R, PolicyError>,
-        elapsed: Duration,
+        time: Duration,
         fuel: u64,
         peak_memory: u64,
     ) -> Result<R, PolicyError> {
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.calls += 1;
-        stats.time += elapsed;
-        stats.fuel += fuel;
-        stats.peak_memory = stats.peak_memory.max(peak_memory);
-        if result.is_err() {
-            stats.errors += 1;
-        }
+        self.stats.record(CallCost {
+            failed: result.is_err(),
+            time,
+            fuel,
+            peak_memory,
+        });
         result
     }
 

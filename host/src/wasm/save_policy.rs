@@ -5,8 +5,9 @@ use wasmtime::component::TypedFunc;
 use super::bindings::types as wit;
 use super::config::OnError;
 use super::error::{Call, PolicyError};
-use super::runner::{Runner, StatsHandle};
+use super::runner::Runner;
 use super::state::{TIMESTAMP_FIELDS, TrainingView};
+use super::stats::StatsHandle;
 use crate::policy::{Event, SavePolicy, TrainingState};
 use crate::time::{CountUnit, Timestamp};
 
