@@ -394,6 +394,25 @@ fn huge_filter_output_is_capped() {
 }
 
 #[test]
+fn a_component_needing_more_instances_than_allowed_is_refused_at_start() {
+    // A Rust component made for wasm32-wasip2 is several core instances (the program, the WASI
+    // adapter, their shims): one is not enough.
+    let sandbox = SandboxConfig {
+        max_instances: 1,
+        ..SandboxConfig::default()
+    };
+    let err = save("report", 0, &sandbox)
+        .err()
+        .expect("instantiated with one instance");
+    assert_eq!(err.kind(), "instantiate", "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("hostile_save.wasm") && msg.contains("max_instances"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn an_answer_whose_strings_share_one_buffer_is_capped_while_it_is_copied() {
     // 4000 keys that all point at one 1 MiB string: 1 MiB in the component, 4000 MiB for a
     // host that copies each. The copy stops at `max_transfer_mib`, before any entry or string

@@ -227,6 +227,17 @@ pub enum PolicyError {
         /// The cap in force.
         transfer_mib: u64,
     },
+    /// wasmtime refused to create the instance: it needs more core instances, table elements
+    /// or memory than the job's `[sandbox]` allows from the start.
+    #[error(
+        "policy {policy} could not be instantiated within the job's limits: {reason} (see [sandbox] max_instances, max_table_elements and memory_limit_mib)"
+    )]
+    Instantiate {
+        /// The policy file.
+        policy: String,
+        /// wasmtime's reason.
+        reason: String,
+    },
     /// A failure in cairn's side of the call (should not happen; reported as it is).
     #[error("policy {policy}: {call} failed inside cairn: {reason}")]
     Host {
@@ -286,6 +297,7 @@ impl PolicyError {
                 | PolicyError::Trap { .. }
                 | PolicyError::InvalidResult { .. }
                 | PolicyError::InvalidData { .. }
+                | PolicyError::Instantiate { .. }
                 | PolicyError::Host { .. }
         )
     }
@@ -311,6 +323,7 @@ impl PolicyError {
             PolicyError::Trap { .. } => "trap",
             PolicyError::InvalidResult { .. } => "invalid-result",
             PolicyError::InvalidData { .. } => "invalid-data",
+            PolicyError::Instantiate { .. } => "instantiate",
             PolicyError::Host { .. } => "host",
         }
     }

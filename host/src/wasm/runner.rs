@@ -354,20 +354,21 @@ impl Runner {
                     message: tail(stderr, 2048),
                     backtrace: String::new(),
                 },
-                // Not a trap, during a call: wasmtime refused what the component handed over
+                // Not a trap while instantiating: a limit refused the instance (its count, a
+                // table's size). A memory the limiter refused was reported above.
+                None if call == Call::Instantiate => PolicyError::Instantiate {
+                    policy,
+                    reason: chain(&err),
+                },
+                // Not a trap during a call: wasmtime refused what the component handed over
                 // while copying it out (a string that is not UTF-8, a pointer outside its
                 // memory, more than `max_transfer_mib`). The calls' closures add no errors of
                 // their own.
-                None if call != Call::Instantiate => PolicyError::InvalidData {
+                None => PolicyError::InvalidData {
                     policy,
                     call,
                     reason: chain(&err),
                     transfer_mib: self.sandbox.max_transfer_mib,
-                },
-                None => PolicyError::Host {
-                    policy,
-                    call,
-                    reason: chain(&err),
                 },
             },
         }
