@@ -419,7 +419,7 @@ fn an_answer_whose_strings_share_one_buffer_is_capped_while_it_is_copied() {
     // cap of cairn's could look at the answer.
     for (transfer_mib, shown) in [
         (32, "32 MiB"),
-        (SandboxConfig::default().max_transfer_mib, "256 MiB"),
+        (SandboxConfig::default().max_transfer_mib, "128 MiB"),
     ] {
         let sandbox = SandboxConfig {
             max_transfer_mib: transfer_mib,
