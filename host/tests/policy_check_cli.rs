@@ -145,3 +145,45 @@ fn bench_policy_reports_every_figure() {
         );
     }
 }
+
+#[test]
+fn bench_policy_passes_the_components_config() {
+    let bench = |config: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args([
+            "bench", "policy", "--calls", "100", "--rounds", "1", "--json",
+        ]);
+        for pair in config {
+            cmd.args(["--config", pair]);
+        }
+        cmd.arg(common::rust_policy("hostile_save"))
+            .output()
+            .unwrap()
+    };
+    // The probe takes `mode` and `arg`; the default `n=1000` would be refused by its `init`.
+    let out = bench(&["mode=read", "arg=3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["components"][0]["ns_per_call_limits_on"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let out = bench(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown key n"),
+        "{err}"
+    );
+    let out = bench(&["mode"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("'mode' is not KEY=VALUE"),
+        "{err}"
+    );
+}

@@ -35,6 +35,10 @@ pub enum BenchCommand {
         /// Also measure fuel alone and the deadline alone, to show which limit costs what.
         #[arg(long)]
         breakdown: bool,
+        /// A `KEY=VALUE` of the components' `config` table (repeatable); replaces the default
+        /// `n=1000`, for components that take other keys.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_config_pair)]
+        config: Vec<(String, String)>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -50,8 +54,18 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             rounds,
             metrics,
             breakdown,
+            config,
             json,
-        } => bench_policy(&files, calls, rounds.max(1), metrics, breakdown, json),
+        } => {
+            let options = Options {
+                calls,
+                rounds: rounds.max(1),
+                metrics,
+                breakdown,
+                config,
+            };
+            bench_policy(&files, &options, json)
+        }
     }
 }
 
@@ -197,14 +211,31 @@ fn quiet_host(dir: &std::path::Path) -> PolicyHost {
     PolicyHost::new(CompileCache::new(Some(dir.to_owned()))).with_log(Arc::new(|_: &str| {}))
 }
 
-fn bench_policy(
-    files: &[PathBuf],
+/// What to measure, from the command line.
+struct Options {
     calls: u64,
     rounds: usize,
     metrics: usize,
     breakdown: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+    config: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE` of `--config`.
+fn parse_config_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+fn bench_policy(files: &[PathBuf], options: &Options, json: bool) -> anyhow::Result<ExitCode> {
+    let Options {
+        calls,
+        rounds,
+        metrics,
+        breakdown,
+        ..
+    } = *options;
     let work = Workload::new(calls, metrics);
     let mut native = IntervalScheduler::new(Time::batches(1000)).expect("valid interval");
     let native_ns = work.per_call(&mut native, rounds)?;
@@ -218,7 +249,16 @@ fn bench_policy(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let spec = PolicySpec::new(file).with("n", 1000);
+        let spec = if options.config.is_empty() {
+            PolicySpec::new(file).with("n", 1000)
+        } else {
+            options
+                .config
+                .iter()
+                .fold(PolicySpec::new(file), |spec, (k, v)| {
+                    spec.with(k, v.as_str())
+                })
+        };
         let cache_dir =
             std::env::temp_dir().join(format!("cairn-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&cache_dir);

@@ -6,7 +6,7 @@
 //! save when training reaches `max_duration` unless that batch was already saved.
 //!
 //! It reads as little of the `training` interface as that takes, because every value read is
-//! one call into the host (about 35 ns from Rust, 1 µs from Python): one value at a batch
+//! one call into the host (about 50 ns from Rust, 1 µs from Python): one value at a batch
 //! event, and `max_duration` once per run.
 //! * At a batch event a batch has just run, so Composer's `previous_timestamp` is one batch
 //!   back: the count crosses a multiple of `n` exactly when the batch count is one.

@@ -80,6 +80,14 @@ impl Guest for Hostile {
                 true
             }
             "run-name" => cairn::policy::host::describe_run().run_name == "tenant-a",
+            "read" => {
+                // `arg` more reads of the training interface: what one read costs, for
+                // `cairn bench policy --config mode=read --config arg=N`.
+                for _ in 0..arg {
+                    black_box(cairn::policy::training::now(TimestampField::Batch));
+                }
+                false
+            }
             "report" => {
                 use cairn::policy::training as t;
                 let d = t::duration();
