@@ -120,12 +120,7 @@ fn bench_policy_reports_every_figure() {
         .arg(common::rust_policy("every_n"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::success_json(&out);
     assert!(v["native_ns_per_call"].as_f64().unwrap() > 0.0, "{v}");
     let c = &v["components"][0];
     assert_eq!(c["file"], "every_n.wasm");
@@ -162,12 +157,7 @@ fn bench_policy_passes_the_components_config() {
     };
     // The probe takes `mode` and `arg`; the default `n=1000` would be refused by its `init`.
     let out = bench(&["mode=read", "arg=3"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::success_json(&out);
     assert!(
         v["components"][0]["ns_per_call_limits_on"]
             .as_f64()

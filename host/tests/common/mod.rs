@@ -15,6 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// What a `cairn ... --json` command printed, after checking it succeeded (its stderr is the
+/// failure message otherwise).
+pub fn success_json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the command printed JSON")
+}
+
 /// Run `body` on its own thread and fail the test if it takes longer than `limit`. Panics inside
 /// `body` are re-raised with their message.
 pub fn within<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
