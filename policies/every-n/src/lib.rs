@@ -64,6 +64,7 @@ static STATE: Mutex<Config> = Mutex::new(Config {
 });
 
 struct EveryN;
+
 impl Guest for EveryN {
     fn init(config: Vec<(String, String)>) -> Result<(), String> {
         let mut state = STATE.lock().map_err(|_| "state poisoned".to_string())?;
