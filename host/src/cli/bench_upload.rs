@@ -194,12 +194,8 @@ impl Sample {
 /// CPU seconds used by this process and its waited-for children.
 fn client_cpu() -> f64 {
     let of = |who| {
-        // SAFETY: `getrusage` only writes into the zeroed struct we pass.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: valid `who` constant and a valid pointer.
-        unsafe { libc::getrusage(who, &mut usage) };
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        secs(usage.ru_utime) + secs(usage.ru_stime)
+        super::rusage::rusage(who).map_or(0.0, |u| secs(u.ru_utime) + secs(u.ru_stime))
     };
     of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
 }

@@ -8,6 +8,7 @@ mod filter;
 mod inspect;
 pub mod policy;
 mod run;
+mod rusage;
 mod simulate;
 mod verify;
 

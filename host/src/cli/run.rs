@@ -337,13 +337,9 @@ fn train(config: &Config, host: &PolicyHost, resume: bool, interactive: bool) ->
 fn peak_rss_bytes() -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: `getrusage` fills the struct it is given and reads nothing else.
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-        // SAFETY: zero-initialised, and filled by the call when it succeeded.
-        let usage = unsafe { usage.assume_init() };
         // Linux reports kibibytes.
-        (rc == 0).then(|| u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+        super::rusage::rusage(libc::RUSAGE_SELF)
+            .map(|usage| u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
     }
     #[cfg(not(target_os = "linux"))]
     {
