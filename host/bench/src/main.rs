@@ -1,0 +1,45 @@
+//! `cairn-bench`: cairn's benchmarks, kept out of the product's command set. Each prints ratios
+//! against a baseline measured in the same run (`dd` and `torch.save`; a single-stream upload and
+//! `aws s3 cp`; the built-in interval), because a 2-core machine's run-to-run noise is larger
+//! than most of the differences measured.
+
+mod policy;
+mod save;
+mod upload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// cairn's benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "cairn-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a ~1.5 GB fp32 training state as .pt with fsync; compare with dd and torch.save.
+    Save(save::SaveArgs),
+    /// Upload throughput of cairn's uploader against a single-stream upload of the same file.
+    Upload(upload::BenchUploadArgs),
+    #[command(flatten)]
+    Policy(policy::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Save(args) => save::run(args),
+        Command::Upload(args) => upload::run(args),
+        Command::Policy(cmd) => policy::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("cairn-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand.
+
+pub mod filter;
+pub mod inspect;
+pub mod policy;
+pub mod run;
+pub mod simulate;
+pub mod verify;

@@ -1,0 +1,470 @@
+//! `cairn run`: the main job. A simulated training run — a synthetic model with Adam state, a
+//! fake step time and a decreasing loss — that fires Composer's checkpoint events through the
+//! real saver.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use cairn::CheckpointSaver;
+use cairn::policy::{Event, PolicyHost, Ranks, TrainingState};
+
+use crate::train::{Events, Job, SyntheticModel, TrainerSpec, synthetic_loss};
+
+/// Arguments of `cairn run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job's TOML config; without it, the embedded default runs. Given several times, the
+    /// jobs run concurrently in this process (one per tenant), sharing one WebAssembly engine.
+    #[arg(long, value_name = "FILE")]
+    config: Vec<PathBuf>,
+    /// Continue from the newest complete checkpoint in the folder, if there is one.
+    #[arg(long)]
+    resume: bool,
+    /// Size of the synthetic model's weights in MiB (overrides `train.model_mib`).
+    #[arg(long, value_name = "MIB")]
+    model_mib: Option<f64>,
+    /// Simulated seconds per batch (overrides `train.seconds_per_batch`).
+    #[arg(long, value_name = "S")]
+    seconds_per_batch: Option<f64>,
+    /// Print the summary as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a run did, for the summary.
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    run_name: String,
+    resumed_from: Option<String>,
+    batches: u64,
+    saves: usize,
+    bytes: u64,
+    save_seconds: f64,
+    throughput_mb_s: f64,
+    /// Until the last checkpoint event: what training itself took (uploads run beside it).
+    training_seconds: f64,
+    /// Including the wait for uploads at the end.
+    wall_seconds: f64,
+    latest: Option<String>,
+    folder: String,
+    warnings: Vec<String>,
+    uploads: Option<UploadSummary>,
+    policies: Vec<PolicySummary>,
+    /// Batches per second from the first event to the last (set-up excluded): the job's pace.
+    batches_per_second: f64,
+    /// The whole process's peak resident memory when this job ended (every job of a
+    /// multi-tenant run shares the process): shows that misbehaving policies left the host
+    /// bounded.
+    process_peak_rss_bytes: Option<u64>,
+}
+
+/// What one WebAssembly policy of the job cost (per-tenant accounting).
+#[derive(Debug, Default, Serialize)]
+struct PolicySummary {
+    policy: String,
+    calls: u64,
+    errors: u64,
+    fuel: u64,
+    seconds: f64,
+    peak_memory_bytes: u64,
+    reinstantiations: u64,
+}
+
+/// The uploads of a run.
+#[derive(Debug, Default, Serialize)]
+struct UploadSummary {
+    uploaded: usize,
+    failed: usize,
+    bytes: u64,
+    seconds: f64,
+    throughput_mb_s: f64,
+    failures: Vec<String>,
+    remote_latest: Vec<(String, String)>,
+}
+
+/// Run `cairn run`.
+pub fn run(args: RunArgs) -> Result<()> {
+    let mut configs = if args.config.is_empty() {
+        vec![Job::embedded_default()]
+    } else {
+        args.config
+            .iter()
+            .map(|p| Job::load(p))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    for config in &mut configs {
+        apply_overrides(config, &args)?;
+    }
+    // One policy runtime for the process: every job shares its engine, epoch ticker and compile
+    // cache, while each job's components get their own stores and limits.
+    let host = PolicyHost::default();
+    if let [config] = configs.as_slice() {
+        let summary = train(config, &host, args.resume, true)?;
+        print_summary(&summary, args.json)?;
+        return upload_outcome(&summary);
+    }
+    // Several tenants' jobs in one process: each on its own thread with its own saver.
+    let results: Vec<Result<Summary>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = configs
+            .iter()
+            .map(|c| scope.spawn(|| train(c, &host, args.resume, false)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the job panicked")))
+            })
+            .collect()
+    });
+    let mut failed = Vec::new();
+    for (job, result) in configs.iter().zip(results) {
+        let run_name = &job.saver.run_name;
+        match result {
+            Ok(summary) => {
+                print_summary(&summary, args.json)?;
+                if let Err(e) = upload_outcome(&summary) {
+                    eprintln!("cairn: job {run_name}: {e:#}");
+                    failed.push(run_name.clone());
+                }
+            }
+            Err(e) => {
+                eprintln!("cairn: job {run_name}: {e:#}");
+                failed.push(run_name.clone());
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} jobs failed: {}",
+        failed.len(),
+        configs.len(),
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+/// A run whose uploads failed did not do its job, even though every local checkpoint is fine.
+fn upload_outcome(s: &Summary) -> Result<()> {
+    match &s.uploads {
+        Some(u) if u.failed > 0 => anyhow::bail!(
+            "{} of {} uploads failed; the local checkpoints are intact (first failure: {})",
+            u.failed,
+            u.failed + u.uploaded,
+            u.failures.first().map_or("unknown", String::as_str)
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The command-line flags that override `[train]`.
+fn apply_overrides(config: &mut Job, args: &RunArgs) -> Result<()> {
+    if let Some(mib) = args.model_mib {
+        anyhow::ensure!(
+            mib > 0.0 && mib.is_finite(),
+            "--model-mib must be a positive number, not {mib}"
+        );
+        config.train.model_mib = mib;
+    }
+    if let Some(s) = args.seconds_per_batch {
+        anyhow::ensure!(
+            s >= 0.0 && s.is_finite(),
+            "--seconds-per-batch must be a non-negative number, not {s}"
+        );
+        config.train.seconds_per_batch = s;
+    }
+    Ok(())
+}
+
+fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Result<Summary> {
+    let started = Instant::now();
+    let (config, t) = (&job.saver, &job.train);
+    let mut saver = CheckpointSaver::with_host(config, host)?;
+    let mut model = SyntheticModel::new(t.model_mib, t.seed);
+    let mut summary = Summary {
+        run_name: config.run_name.clone(),
+        folder: saver.folder().display().to_string(),
+        ..Summary::default()
+    };
+    let mut start = Default::default();
+    if resume && let Some(point) = saver.resume()? {
+        for (path, why) in &point.skipped {
+            eprintln!(
+                "cairn: skipped damaged checkpoint {}: {why}",
+                path.display()
+            );
+        }
+        eprintln!(
+            "cairn: resuming from {} (epoch {}, batch {}): {}",
+            point.path.display(),
+            point.timestamp.epoch,
+            point.timestamp.batch,
+            point.reason
+        );
+        model
+            .restore(&point.tree)
+            .with_context(|| format!("cannot resume from {}", point.path.display()))?;
+        start = point.timestamp;
+        summary.resumed_from = Some(point.path.display().to_string());
+    }
+    saver.fit_start(&start)?;
+    let spec = TrainerSpec {
+        max_duration: t.max_duration,
+        batches_per_epoch: t.batches_per_epoch,
+        samples_per_batch: t.samples_per_batch,
+        tokens_per_batch: t.tokens_per_batch,
+        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
+        epochs_per_iteration: t.epochs_per_iteration,
+    };
+    let progress = Progress::new(&spec, &start, interactive, &config.run_name);
+    let mut metrics = vec![("loss".to_owned(), 0.0)];
+    let loop_started = Instant::now();
+    for tick in Events::resume(spec.clone(), start) {
+        if tick.event == Event::Batch {
+            model.train_step(tick.timestamp.batch);
+            std::thread::sleep(spec.batch_duration);
+            summary.batches += 1;
+            metrics[0].1 = synthetic_loss(tick.timestamp.batch);
+            progress.batch(tick.timestamp.batch, metrics[0].1);
+        }
+        let state = TrainingState {
+            timestamp: tick.timestamp,
+            previous_timestamp: tick.previous,
+            max_duration: spec.max_duration,
+            dataloader_len: Some(spec.batches_per_epoch),
+            run_name: &config.run_name,
+            ranks: Ranks::from_env(),
+            metrics: &metrics,
+        };
+        let saved = saver.on_event(&state, tick.event, || {
+            Ok(model.snapshot(t.samples_per_batch))
+        })?;
+        if let Some(s) = saved {
+            summary.saves += 1;
+            summary.bytes += s.bytes;
+            summary.save_seconds += s.seconds;
+            progress.saved(s.event, &s.path.display().to_string(), s.bytes, s.seconds);
+        }
+        for w in saver.take_warnings() {
+            progress.warn(&w);
+            summary.warnings.push(w);
+        }
+    }
+    summary.training_seconds = started.elapsed().as_secs_f64();
+    let looped = loop_started.elapsed().as_secs_f64();
+    if looped > 0.0 {
+        summary.batches_per_second = summary.batches as f64 / looped;
+    }
+    summary.policies = saver
+        .policy_stats()
+        .into_iter()
+        .map(|(policy, st)| PolicySummary {
+            policy,
+            calls: st.calls,
+            errors: st.errors,
+            fuel: st.fuel,
+            seconds: st.time.as_secs_f64(),
+            peak_memory_bytes: st.peak_memory,
+            reinstantiations: st.reinstantiations,
+        })
+        .collect();
+    let report = saver.fit_end()?;
+    progress.finish();
+    for w in saver.take_warnings() {
+        summary.warnings.push(w);
+    }
+    summary.uploads = report.map(|r| UploadSummary {
+        uploaded: r.uploaded,
+        failed: r.failed,
+        bytes: r.bytes,
+        seconds: r.seconds,
+        throughput_mb_s: r.throughput() / 1e6,
+        failures: r.failures.iter().map(|f| f.to_string()).collect(),
+        remote_latest: r.pointers.clone(),
+    });
+    summary.wall_seconds = started.elapsed().as_secs_f64();
+    summary.process_peak_rss_bytes = peak_rss_bytes();
+    if summary.save_seconds > 0.0 {
+        summary.throughput_mb_s = summary.bytes as f64 / 1e6 / summary.save_seconds;
+    }
+    summary.latest = saver.latest_path().and_then(|l| {
+        cairn::resolve_latest(&l)
+            .ok()
+            .flatten()
+            .map(|t| format!("{} -> {}", l.display(), t.display()))
+    });
+    Ok(summary)
+}
+
+/// The process's peak resident set size so far (`getrusage`), where the platform reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        // Linux reports kibibytes.
+        crate::rusage::rusage(libc::RUSAGE_SELF)
+            .map(|usage| u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    prefix: String,
+}
+
+impl Progress {
+    fn new(
+        spec: &TrainerSpec,
+        start: &cairn::policy::Timestamp,
+        interactive: bool,
+        run_name: &str,
+    ) -> Progress {
+        if !interactive || !std::io::stderr().is_terminal() {
+            let prefix = if interactive {
+                String::new()
+            } else {
+                format!("[{run_name}] ")
+            };
+            return Progress { bar: None, prefix };
+        }
+        let total = match spec.max_duration.unit {
+            cairn::policy::CountUnit::Epoch => {
+                spec.max_duration.value as u64 * spec.batches_per_epoch
+            }
+            cairn::policy::CountUnit::Batch => spec.max_duration.value as u64,
+            _ => 0,
+        };
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} batches  {msg}",
+            )
+            .expect("static template"),
+        );
+        bar.set_position(start.batch);
+        Progress {
+            bar: Some(bar),
+            prefix: String::new(),
+        }
+    }
+
+    fn batch(&self, batch: u64, loss: f64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(batch);
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+    }
+
+    fn saved(&self, event: Event, path: &str, bytes: u64, seconds: f64) {
+        let line = format!(
+            "{prefix}saved {path} at {event} ({:.1} MB in {seconds:.2} s, {:.0} MB/s)",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / seconds.max(1e-9),
+            prefix = self.prefix
+        );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn warn(&self, w: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(format!("warning: {w}")),
+            None => eprintln!("{}warning: {w}", self.prefix),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_summary(s: &Summary, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, s)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let rows = [
+        ("run", s.run_name.clone()),
+        (
+            "resumed from",
+            s.resumed_from.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("batches trained", s.batches.to_string()),
+        ("checkpoints saved", s.saves.to_string()),
+        ("bytes written", format!("{:.1} MB", s.bytes as f64 / 1e6)),
+        ("time saving", format!("{:.2} s", s.save_seconds)),
+        (
+            "save throughput",
+            format!("{:.0} MB/s (durable: fsync + rename)", s.throughput_mb_s),
+        ),
+        (
+            "training time",
+            format!(
+                "{:.2} s ({:.1} batches/s)",
+                s.training_seconds, s.batches_per_second
+            ),
+        ),
+        (
+            "wall time",
+            format!("{:.2} s (with the wait for uploads)", s.wall_seconds),
+        ),
+        ("folder", s.folder.clone()),
+        ("latest", s.latest.clone().unwrap_or_else(|| "-".into())),
+        (
+            "process peak RSS",
+            s.process_peak_rss_bytes.map_or_else(
+                || "-".into(),
+                |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        writeln!(out, "{k:<18} {v}")?;
+    }
+    for p in &s.policies {
+        let line = format!(
+            "{} calls, {} errors, {} fuel, {:.1} ms, peak memory {:.1} MiB, {} fresh instances",
+            p.calls,
+            p.errors,
+            p.fuel,
+            p.seconds * 1e3,
+            p.peak_memory_bytes as f64 / (1 << 20) as f64,
+            p.reinstantiations
+        );
+        writeln!(out, "{:<18} {}: {line}", "policy", p.policy)?;
+    }
+    if let Some(u) = &s.uploads {
+        let line = format!(
+            "{} ok, {} failed, {:.1} MB in {:.2} s ({:.0} MB/s)",
+            u.uploaded,
+            u.failed,
+            u.bytes as f64 / 1e6,
+            u.seconds,
+            u.throughput_mb_s
+        );
+        writeln!(out, "{:<18} {line}", "uploads")?;
+        for (pointer, key) in &u.remote_latest {
+            writeln!(out, "{:<18} {pointer} -> {key}", "remote latest")?;
+        }
+        for f in &u.failures {
+            writeln!(out, "{:<18} {f}", "upload failure")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! `cairn verify PATH`: integrity of one checkpoint file, or of a whole checkpoint folder.
+//!
+//! For a folder every checkpoint file in it (and its sub-folders) is fully verified, and every
+//! `latest*` entry must resolve to a complete checkpoint. A `latest` entry is either a symlink
+//! or — where the filesystem has no symlinks — a small pointer file holding the relative name
+//! of the checkpoint. Sound files print one `ok` line on stdout; each problem prints one line on
+//! stderr, and any problem makes the exit status non-zero.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use cairn::format::{CheckpointFormat, verify_checkpoint};
+
+/// Arguments of `cairn verify`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A checkpoint file or a checkpoint folder.
+    path: PathBuf,
+}
+
+/// Largest file read as a `latest` pointer: a relative name, not a checkpoint.
+const MAX_POINTER_BYTES: u64 = 4096;
+/// How deep sub-folders are searched for checkpoints.
+const MAX_DEPTH: usize = 8;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let meta = std::fs::metadata(&args.path)
+        .map_err(|e| anyhow::anyhow!("{} cannot be checked: {e}", args.path.display()))?;
+    let mut problems = Vec::new();
+    if meta.is_dir() {
+        verify_folder(&args.path, 0, &mut problems);
+    } else {
+        verify_file(&args.path, &mut problems);
+    }
+    for p in &problems {
+        eprintln!("cairn: {p}");
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn verify_file(path: &Path, problems: &mut Vec<String>) -> bool {
+    match verify_checkpoint(path) {
+        Ok(r) => {
+            println!(
+                "ok {} ({}, {} bytes, {} tensors, {} storages)",
+                path.display(),
+                r.format,
+                r.file_bytes,
+                r.summary.tensors,
+                r.summary.storages
+            );
+            true
+        }
+        Err(e) => {
+            problems.push(e.to_string());
+            false
+        }
+    }
+}
+
+/// Does this name look like a checkpoint file (rather than a log, a temp file, ...)?
+fn is_checkpoint_name(name: &str) -> bool {
+    if name.starts_with('.') {
+        return false;
+    }
+    match CheckpointFormat::from_name(name) {
+        Ok(CheckpointFormat::Pt) => name.ends_with(".pt"),
+        Ok(_) => true,
+        Err(_) => false,
+    }
+}
+
+/// Verify every checkpoint under `dir`; returns how many checkpoint entries were found.
+fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) -> usize {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(format!("{} cannot be listed: {e}", dir.display()));
+            return 0;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut found = 0;
+    for path in paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if name.starts_with("latest") {
+            found += 1;
+            check_latest(dir, &path, &meta, problems);
+        } else if meta.is_dir() && depth < MAX_DEPTH {
+            found += verify_folder(&path, depth + 1, problems);
+        } else if meta.is_file() && is_checkpoint_name(&name) {
+            found += 1;
+            verify_file(&path, problems);
+        }
+    }
+    if found == 0 && depth == 0 {
+        problems.push(format!("{} holds no checkpoint files", dir.display()));
+    }
+    found
+}
+
+/// A `latest` entry must name an existing, complete checkpoint.
+fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, problems: &mut Vec<String>) {
+    let target = if meta.file_type().is_symlink() {
+        match std::fs::read_link(path) {
+            Ok(t) => dir.join(t),
+            Err(e) => return problems.push(format!("{} cannot be read: {e}", path.display())),
+        }
+    } else if meta.is_file() && meta.len() <= MAX_POINTER_BYTES && !looks_binary(path) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => dir.join(text.trim()),
+            Err(e) => return problems.push(format!("{} cannot be read: {e}", path.display())),
+        }
+    } else {
+        // A regular checkpoint that happens to be named latest*: verify it as one.
+        verify_file(path, problems);
+        return;
+    };
+    if !target.exists() {
+        return problems.push(format!(
+            "{} points to {}, which does not exist",
+            path.display(),
+            target.display()
+        ));
+    }
+    if target.is_dir() {
+        return problems.push(format!(
+            "{} points to the folder {}; sharded checkpoints are not verified",
+            path.display(),
+            target.display()
+        ));
+    }
+    if let Err(e) = verify_checkpoint(&target) {
+        problems.push(format!(
+            "{} points to a checkpoint that fails verification: {e}",
+            path.display()
+        ));
+    } else {
+        println!("ok {} -> {}", path.display(), target.display());
+    }
+}
+
+/// True when a file starts like a checkpoint (zip, gzip, bz2, xz, zstd, lz4, tar) or has NULs.
+fn looks_binary(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return true;
+    };
+    let magics: [&[u8]; 6] = [
+        b"PK",
+        b"\x1f\x8b",
+        b"BZh",
+        b"\xfd7zXZ",
+        b"\x28\xb5\x2f\xfd",
+        b"\x04\x22\x4d\x18",
+    ];
+    magics.iter().any(|m| bytes.starts_with(m)) || bytes.contains(&0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names() {
+        for n in ["ep1-ba2-rank0.pt", "a.tar.gz", "a.pt.zst", "w.safetensors"] {
+            assert!(is_checkpoint_name(n), "{n}");
+        }
+        for n in ["log.txt", ".ep1.pt.cairn-tmp-1", "a.pt.foo", "README"] {
+            assert!(!is_checkpoint_name(n), "{n}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The `cairn` command line. One module per subcommand in `cmd/`; the simulated training run that
+//! `cairn run` drives (and `cairn simulate` predicts) in `train/`. This file parses and dispatches,
+//! and turns errors into one sentence on stderr with a non-zero exit status.
+//!
+//! It is a library too, only so the benchmarks (`host/bench`) reuse the simulated trainer.
+
+mod cmd;
+pub mod rusage;
+pub mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// cairn: Composer-compatible checkpoint saving with sandboxed WebAssembly policies.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The main job: a simulated training run that saves through the real saver.
+    Run(cmd::run::RunArgs),
+    /// Which checkpoints a save_interval would save, without training or writing.
+    Simulate(cmd::simulate::SimulateArgs),
+    /// Show what a checkpoint holds (any supported format).
+    Inspect(cmd::inspect::Args),
+    /// Rewrite a checkpoint without the ignored keys, in the format OUT's extension names.
+    Filter(cmd::filter::Args),
+    /// Work with policy components (`cairn policy check FILE.wasm`).
+    Policy {
+        #[command(subcommand)]
+        command: cmd::policy::PolicyCommand,
+    },
+    /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
+    Verify(cmd::verify::Args),
+}
+
+/// Run the command line; the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("cairn: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => cmd::run::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => cmd::simulate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Filter(args) => cmd::filter::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
+        Command::Policy { command } => cmd::policy::run(command),
+    }
+}

@@ -1,0 +1,12 @@
+//! The `cairn` command end to end: every subcommand as a user runs it, with real files, real
+//! policy components built from source, a real S3 server, and SIGKILL at random moments.
+
+mod crash;
+mod formats;
+mod policies;
+mod policy_check;
+mod run;
+mod run_policies;
+mod run_remote;
+mod run_remote_faults;
+mod simulate;

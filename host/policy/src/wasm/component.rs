@@ -1,0 +1,307 @@
+//! Loading a policy component: read, recognise, compile (through the cache), link against
+//! what cairn provides, and find the world's exports.
+//!
+//! Linking happens once per component (`InstancePre`); each live instance then costs a store
+//! and an instantiation (microseconds for Rust, about a millisecond for Python).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::Engine;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker};
+
+use super::bindings::{self, HOST_INTERFACE, PACKAGE_PREFIX, TRAINING_INTERFACE, TYPES_INTERFACE};
+use super::cache::{CompileCache, Origin};
+use super::state::HostState;
+use crate::error::{Call, PolicyError, chain};
+
+/// The two worlds a policy can implement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum World {
+    /// `cairn:policy/save-interval`
+    SaveInterval,
+    /// `cairn:policy/state-dict-filter`
+    StateDictFilter,
+}
+
+impl World {
+    /// The world's name inside the package.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::SaveInterval => "save-interval",
+            World::StateDictFilter => "state-dict-filter",
+        }
+    }
+
+    /// The export that does the world's work.
+    pub fn main_export(self) -> &'static str {
+        match self {
+            World::SaveInterval => "should-save",
+            World::StateDictFilter => "filter",
+        }
+    }
+
+    fn other(self) -> World {
+        match self {
+            World::SaveInterval => World::StateDictFilter,
+            World::StateDictFilter => World::SaveInterval,
+        }
+    }
+}
+
+/// What kind of binary a file holds, judged by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryKind {
+    /// A component (what cairn runs).
+    Component,
+    /// A core module.
+    CoreModule,
+}
+
+/// Recognise `bytes` without compiling them: empty, not wasm, core module or component.
+pub fn sniff(policy: &str, bytes: &[u8]) -> Result<BinaryKind, PolicyError> {
+    let policy = policy.to_owned();
+    if bytes.is_empty() {
+        return Err(PolicyError::Empty { policy });
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(PolicyError::NotWasm { policy });
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Ok(BinaryKind::CoreModule),
+        [_, _, 1, 0] => Ok(BinaryKind::Component),
+        _ => Err(PolicyError::Invalid {
+            policy,
+            reason: "unknown WebAssembly binary version".into(),
+        }),
+    }
+}
+
+/// An import of a component and what cairn does with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportVerdict {
+    /// cairn's own interface: provided.
+    Provided,
+    /// A WASI interface: linked, but every capability is denied.
+    Denied,
+    /// Nothing provides it: the component cannot be instantiated.
+    Missing,
+    /// cairn's package at a version this cairn does not serve.
+    OtherVersion,
+}
+
+/// Judge one import name.
+pub fn judge_import(name: &str) -> ImportVerdict {
+    if [HOST_INTERFACE, TYPES_INTERFACE, TRAINING_INTERFACE].contains(&name) {
+        ImportVerdict::Provided
+    } else if name.starts_with(PACKAGE_PREFIX) {
+        ImportVerdict::OtherVersion
+    } else if name.starts_with("wasi:") && name.contains("@0.2.") {
+        ImportVerdict::Denied
+    } else {
+        ImportVerdict::Missing
+    }
+}
+
+/// A compiled, linked component ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct Loaded {
+    /// The policy's file name, for messages.
+    pub policy: String,
+    /// Which world it implements.
+    pub world: World,
+    /// The engine it was compiled for.
+    pub engine: Engine,
+    /// Linked once; instantiated per store.
+    pub pre: Arc<InstancePre<HostState>>,
+    /// `init`, when exported.
+    pub init: Option<ComponentExportIndex>,
+    /// `should-save` or `filter`.
+    pub main: ComponentExportIndex,
+    /// How the compiled form was obtained.
+    pub origin: Origin,
+    /// Every import, with cairn's verdict.
+    pub imports: Vec<(String, ImportVerdict)>,
+    /// Every export's name.
+    pub exports: Vec<String>,
+    /// Keeps the process's engines — and so the epoch ticker — alive while this component
+    /// is in use, even if the [`super::PolicyHost`] that loaded it is dropped: a ticker that
+    /// stops would leave every deadline unenforced.
+    pub keepalive: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+/// The linker cairn offers every policy: deny-all WASI and cairn's `host`, `types` and
+/// `training` interfaces (a filter that imports `training` reads the state before any event).
+fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    bindings::cairn::policy::types::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |s| s,
+    )?;
+    bindings::cairn::policy::host::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |s| s,
+    )?;
+    bindings::cairn::policy::training::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |s| s,
+    )?;
+    Ok(linker)
+}
+
+/// A policy file as cairn first meets it: its BLAKE3 digest and first bytes, taken in one
+/// streaming pass so that a warm start (the compile cache has it) never holds the whole file —
+/// 18 MB for a Python component.
+pub struct WasmFile {
+    path: PathBuf,
+    digest: [u8; 32],
+    head: Vec<u8>,
+}
+
+impl WasmFile {
+    /// Hash the file at `path`.
+    pub fn open(path: &Path) -> Result<WasmFile, PolicyError> {
+        let fail = |e: std::io::Error| PolicyError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let file = std::fs::File::open(path).map_err(fail)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut head = Vec::with_capacity(8);
+        loop {
+            let chunk = reader.fill_buf().map_err(fail)?;
+            if chunk.is_empty() {
+                break;
+            }
+            let want = 8usize.saturating_sub(head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..want]);
+            hasher.update(chunk);
+            let n = chunk.len();
+            reader.consume(n);
+        }
+        Ok(WasmFile {
+            path: path.to_owned(),
+            digest: *hasher.finalize().as_bytes(),
+            head,
+        })
+    }
+
+    /// The BLAKE3 hash of the bytes read by [`WasmFile::open`].
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// The whole file, for compiling.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        std::fs::read(&self.path)
+    }
+}
+
+/// Load `wasm` (the file `policy`) as a component of `world`.
+pub fn load(
+    policy: &str,
+    wasm: &WasmFile,
+    world: World,
+    engine: &Engine,
+    cache: &CompileCache,
+    log: &dyn Fn(&str),
+    keepalive: Arc<dyn std::any::Any + Send + Sync>,
+) -> Result<Loaded, PolicyError> {
+    let owned = || policy.to_owned();
+    if sniff(policy, &wasm.head)? == BinaryKind::CoreModule {
+        return Err(PolicyError::CoreModule { policy: owned() });
+    }
+    let (component, origin) = cache
+        .load(engine, wasm, log)
+        .map_err(|e| PolicyError::Invalid {
+            policy: owned(),
+            reason: chain(&e),
+        })?;
+    let ty = component.component_type();
+    let imports: Vec<(String, ImportVerdict)> = ty
+        .imports(engine)
+        .map(|(name, _)| (name.to_owned(), judge_import(name)))
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    if let Some((name, _)) = imports
+        .iter()
+        .find(|(_, v)| *v == ImportVerdict::OtherVersion)
+    {
+        return Err(PolicyError::WrongVersion {
+            policy: owned(),
+            found: name.clone(),
+        });
+    }
+    if let Some((name, _)) = imports.iter().find(|(_, v)| *v == ImportVerdict::Missing) {
+        return Err(PolicyError::UnknownImport {
+            policy: owned(),
+            import: name.clone(),
+        });
+    }
+    let wrong = |reason: String| PolicyError::WrongWorld {
+        policy: owned(),
+        world: world.name(),
+        reason,
+    };
+    let main = match component.get_export_index(None, world.main_export()) {
+        Some(i)
+            if ty
+                .get_export(engine, world.main_export())
+                .is_some_and(|e| matches!(e.ty, ComponentItem::ComponentFunc(_))) =>
+        {
+            i
+        }
+        Some(_) => {
+            return Err(wrong(format!(
+                "its export '{}' is not a function",
+                world.main_export()
+            )));
+        }
+        None if exports.iter().any(|e| e == world.other().main_export()) => {
+            return Err(wrong(format!(
+                "it exports '{}', so it implements cairn:policy/{} instead",
+                world.other().main_export(),
+                world.other().name()
+            )));
+        }
+        None => {
+            return Err(PolicyError::MissingExport {
+                policy: owned(),
+                world: world.name(),
+                export: world.main_export(),
+                exports,
+            });
+        }
+    };
+    let init = component.get_export_index(None, "init");
+    let linker = linker(engine).map_err(|e| PolicyError::Host {
+        policy: owned(),
+        call: Call::Load,
+        reason: chain(&e),
+    })?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| PolicyError::Invalid {
+            policy: owned(),
+            reason: chain(&e),
+        })?;
+    Ok(Loaded {
+        policy: owned(),
+        world,
+        engine: engine.clone(),
+        pre: Arc::new(pre),
+        init,
+        main,
+        origin,
+        imports,
+        exports,
+        keepalive,
+    })
+}

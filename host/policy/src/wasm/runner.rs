@@ -1,0 +1,383 @@
+//! One live instance of a policy, and every call into it under the job's limits.
+//!
+//! The instance is kept across calls (a predicate may keep state, as Composer's does). Before
+//! each call the fuel is refilled and the epoch deadline set; after a failed call the store is
+//! dropped — a trapped component store refuses every later call (`CannotEnterComponent`), and
+//! its memory may be inconsistent anyway — and the next call starts from a fresh instance,
+//! re-running `init`, which is logged because the policy's own state is lost.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Func, Instance};
+use wasmtime::{Store, Trap, WasmBacktrace};
+
+use super::component::Loaded;
+use super::config::SandboxConfig;
+use super::engine::ticks_for;
+use super::limits::Limiter;
+use super::state::HostState;
+use super::stats::{CallCost, StatsHandle, StatsWriter};
+use super::{LogSink, RunInfo};
+use crate::error::{Call, PolicyError, chain};
+
+struct Live {
+    store: Store<HostState>,
+    main: Func,
+}
+
+/// A policy component with its limits and (when healthy) a live instance.
+pub struct Runner {
+    loaded: Loaded,
+    sandbox: SandboxConfig,
+    init_config: Vec<(String, String)>,
+    run: RunInfo,
+    log: LogSink,
+    live: Option<Live>,
+    stats: StatsWriter,
+    fuel_on: bool,
+    epoch_on: bool,
+}
+
+impl Runner {
+    /// Instantiate `loaded` and run its `init`; errors are fatal to loading.
+    pub fn start(
+        loaded: Loaded,
+        sandbox: SandboxConfig,
+        init_config: Vec<(String, String)>,
+        run: RunInfo,
+        log: LogSink,
+        fuel_on: bool,
+        epoch_on: bool,
+    ) -> Result<Runner, PolicyError> {
+        let mut runner = Runner {
+            loaded,
+            sandbox,
+            init_config,
+            run,
+            log,
+            live: None,
+            stats: StatsWriter::default(),
+            fuel_on,
+            epoch_on,
+        };
+        runner.live = Some(runner.instantiate()?);
+        Ok(runner)
+    }
+
+    /// The policy's file name.
+    pub fn policy(&self) -> &str {
+        &self.loaded.policy
+    }
+
+    /// The job's sandbox settings.
+    pub fn sandbox(&self) -> &SandboxConfig {
+        &self.sandbox
+    }
+
+    /// Shared accounting.
+    pub fn stats(&self) -> StatsHandle {
+        self.stats.handle()
+    }
+
+    fn limiter(&self) -> Limiter {
+        let s = &self.sandbox;
+        Limiter {
+            memory_bytes: (s.memory_limit_mib > 0).then_some((s.memory_limit_mib as usize) << 20),
+            table_elements: (s.max_table_elements > 0).then_some(s.max_table_elements as usize),
+            count: (s.max_instances > 0).then_some(s.max_instances as usize),
+            ..Limiter::default()
+        }
+    }
+
+    /// Set fuel and deadline for the next call.
+    fn arm(
+        &self,
+        store: &mut Store<HostState>,
+        fuel: u64,
+        timeout_ms: u64,
+    ) -> wasmtime::Result<()> {
+        if self.fuel_on {
+            store.set_fuel(if fuel == 0 { u64::MAX } else { fuel })?;
+        }
+        if self.epoch_on {
+            store.set_epoch_deadline(if timeout_ms == 0 {
+                u64::MAX / 2
+            } else {
+                ticks_for(timeout_ms)
+            });
+        }
+        Ok(())
+    }
+
+    /// A fresh store and instance, `init` called, under the init limits.
+    fn instantiate(&mut self) -> Result<Live, PolicyError> {
+        let mut store = Store::new(
+            &self.loaded.engine,
+            HostState::new(
+                self.limiter(),
+                self.sandbox.max_log_bytes as usize,
+                &self.run,
+            ),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(match self.sandbox.max_transfer_mib {
+            0 => usize::MAX,
+            mib => usize::try_from(mib).map_or(usize::MAX, |m| m.saturating_mul(1 << 20)),
+        });
+        let (fuel, ms) = (self.sandbox.init_fuel, self.sandbox.init_timeout_ms);
+        let result = self.arm(&mut store, fuel, ms).and_then(|()| {
+            let instance = self.loaded.pre.instantiate(&mut store)?;
+            Ok(instance)
+        });
+        let instance = match result {
+            Ok(i) => i,
+            Err(e) => {
+                let stderr = self.drain_output(&store);
+                return Err(self.failure(&store, e, Call::Instantiate, fuel, ms, &stderr));
+            }
+        };
+        let main = self.main_func(&mut store, &instance)?;
+        if let Some(init_idx) = &self.loaded.init {
+            let init = instance
+                .get_typed_func::<(&[(String, String)],), (Result<(), String>,)>(
+                    &mut store, init_idx,
+                )
+                .map_err(|e| PolicyError::WrongWorld {
+                    policy: self.loaded.policy.clone(),
+                    world: self.loaded.world.name(),
+                    reason: format!("its 'init' has the wrong signature: {}", chain(&e)),
+                })?;
+            let outcome = init.call(&mut store, (&self.init_config,));
+            let stderr = self.drain_output(&store);
+            match outcome {
+                Ok((Ok(()),)) => {}
+                Ok((Err(message),)) => {
+                    return Err(PolicyError::InitRefused {
+                        policy: self.loaded.policy.clone(),
+                        message,
+                    });
+                }
+                Err(e) => return Err(self.failure(&store, e, Call::Init, fuel, ms, &stderr)),
+            }
+        }
+        Ok(Live { store, main })
+    }
+
+    /// The world's main export of `instance`, type-checked once here so that each call can
+    /// skip the check.
+    fn main_func(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &Instance,
+    ) -> Result<Func, PolicyError> {
+        let policy = &self.loaded.policy;
+        let func = instance
+            .get_func(&mut *store, self.loaded.main)
+            .ok_or_else(|| PolicyError::WrongWorld {
+                policy: policy.clone(),
+                world: self.loaded.world.name(),
+                reason: format!(
+                    "its '{}' export is not a function",
+                    self.loaded.world.main_export()
+                ),
+            })?;
+        let checked = match self.loaded.world {
+            super::component::World::SaveInterval => func
+                .typed::<(super::bindings::types::Event,), (bool,)>(&*store)
+                .map(|_| ()),
+            super::component::World::StateDictFilter => func
+                .typed::<(&[super::bindings::types::Entry],), (Result<Vec<super::bindings::types::Entry>, String>,)>(&*store)
+                .map(|_| ()),
+        };
+        checked.map_err(|e| PolicyError::WrongWorld {
+            policy: policy.clone(),
+            world: self.loaded.world.name(),
+            reason: format!(
+                "its '{}' export has the wrong signature: {}",
+                self.loaded.world.main_export(),
+                chain(&e)
+            ),
+        })?;
+        Ok(func)
+    }
+
+    /// Run `f` against the live instance (making one if the last call failed) under the
+    /// per-call limits; on failure the instance is discarded.
+    pub fn call<R>(
+        &mut self,
+        call: Call,
+        f: impl FnOnce(&mut Store<HostState>, Func) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        if self.live.is_none() {
+            (self.log)(&format!(
+                "[policy {}] starting a fresh instance after the last failure; the policy's own state was reset",
+                self.loaded.policy
+            ));
+            self.stats.reinstantiated();
+            // A fresh instance that cannot even start fails this call (and counts as it).
+            match self.instantiate() {
+                Ok(live) => self.live = Some(live),
+                Err(e) => return self.count(Err(e), Duration::ZERO, 0, 0),
+            }
+        }
+        let (fuel, ms) = (self.sandbox.fuel_per_call, self.sandbox.timeout_ms);
+        let mut live = self.live.take().expect("set above");
+        live.store.data_mut().limiter.denied_memory = None;
+        if let Err(e) = self.arm(&mut live.store, fuel, ms) {
+            return Err(PolicyError::Host {
+                policy: self.loaded.policy.clone(),
+                call,
+                reason: chain(&e),
+            });
+        }
+        let started = Instant::now();
+        let result = f(&mut live.store, live.main);
+        let elapsed = started.elapsed();
+        let stderr = self.drain_output(&live.store);
+        let used = if self.fuel_on && fuel > 0 {
+            fuel.saturating_sub(live.store.get_fuel().unwrap_or(fuel))
+        } else {
+            0
+        };
+        let peak = live.store.data().limiter.peak_memory as u64;
+        let result = match result {
+            Ok(v) => {
+                self.live = Some(live);
+                Ok(v)
+            }
+            Err(e) => {
+                let err = self.failure(&live.store, e, call, fuel, ms, &stderr);
+                (self.log)(&format!(
+                    "[policy {}] {err}; discarding the instance",
+                    self.loaded.policy
+                ));
+                Err(err)
+            }
+        };
+        self.count(result, elapsed, used, peak)
+    }
+
+    /// Add one call to the accounting.
+    fn count<R>(
+        &mut self,
+        result: Result<R, PolicyError>,
+        time: Duration,
+        fuel: u64,
+        peak_memory: u64,
+    ) -> Result<R, PolicyError> {
+        self.stats.record(CallCost {
+            failed: result.is_err(),
+            time,
+            fuel,
+            peak_memory,
+        });
+        result
+    }
+
+    /// Send what the component printed to the log, one line each, prefixed with its name;
+    /// returns what it wrote to stderr (a panic message, a traceback) for the error.
+    fn drain_output(&self, store: &Store<HostState>) -> String {
+        let mut stderr = String::new();
+        for (stream, out) in [
+            ("stdout", &store.data().stdout),
+            ("stderr", &store.data().stderr),
+        ] {
+            let (text, dropped) = out.drain();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                (self.log)(&format!("[policy {}] {line}", self.loaded.policy));
+            }
+            if dropped > 0 {
+                (self.log)(&format!(
+                    "[policy {}] ({dropped} more bytes of {stream} dropped: over [sandbox] max_log_bytes)",
+                    self.loaded.policy
+                ));
+            }
+            if stream == "stderr" {
+                stderr = text;
+            }
+        }
+        stderr
+    }
+
+    /// Classify a failed call by its trap (downcast, never string matching), consulting the
+    /// limiter first: a refused memory grow ends in the guest's own abort.
+    fn failure(
+        &self,
+        store: &Store<HostState>,
+        err: wasmtime::Error,
+        call: Call,
+        fuel: u64,
+        timeout_ms: u64,
+        stderr: &str,
+    ) -> PolicyError {
+        let policy = self.loaded.policy.clone();
+        if let Some(requested) = store.data().limiter.denied_memory {
+            return PolicyError::MemoryLimit {
+                policy,
+                call,
+                limit_mib: self.sandbox.memory_limit_mib,
+                requested,
+            };
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => PolicyError::OutOfFuel { policy, call, fuel },
+            Some(Trap::Interrupt) => PolicyError::DeadlineExceeded {
+                policy,
+                call,
+                timeout_ms,
+            },
+            Some(Trap::StackOverflow) => PolicyError::StackOverflow {
+                policy,
+                call,
+                stack_kib: self.sandbox.max_stack_kib,
+            },
+            Some(trap) => PolicyError::Trap {
+                policy,
+                call,
+                trap: trap.to_string(),
+                message: tail(stderr, 2048),
+                backtrace: err
+                    .downcast_ref::<WasmBacktrace>()
+                    .map(|bt| tail(&bt.to_string(), 4096))
+                    .unwrap_or_default(),
+            },
+            None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) => PolicyError::Trap {
+                    policy,
+                    call,
+                    trap: format!("the component exited with status {}", exit.0),
+                    message: tail(stderr, 2048),
+                    backtrace: String::new(),
+                },
+                // Not a trap while instantiating: a limit refused the instance (its count, a
+                // table's size). A memory the limiter refused was reported above.
+                None if call == Call::Instantiate => PolicyError::Instantiate {
+                    policy,
+                    reason: chain(&err),
+                },
+                // Not a trap during a call: wasmtime refused what the component handed over
+                // while copying it out (a string that is not UTF-8, a pointer outside its
+                // memory, more than `max_transfer_mib`). The calls' closures add no errors of
+                // their own.
+                None => PolicyError::InvalidData {
+                    policy,
+                    call,
+                    reason: chain(&err),
+                    transfer_mib: self.sandbox.max_transfer_mib,
+                },
+            },
+        }
+    }
+}
+
+/// The last `max` bytes of `s`, cut at a character boundary.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.trim().to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", s[start..].trim())
+}

@@ -1,0 +1,6 @@
+//! cairn-policy end to end: the policy components built from source (`policies/`), loaded into
+//! the sandbox: hostile ones get their documented error within their limits, and the compile cache
+//! loads only what cairn wrote.
+
+mod cache;
+mod hostile;

@@ -1,0 +1,129 @@
+//! What can go wrong with a saver, as one type a caller can match.
+//!
+//! Each variant keeps its cause (the format, policy or store error, the operating system's error)
+//! as a source, so the CLI prints one sentence and a Python binding raises the exception a
+//! Composer user expects (`FileExistsError` for a taken name, `ValueError` for a bad config).
+
+use std::io;
+use std::path::PathBuf;
+
+use cairn_format::FormatError;
+use cairn_policy::PolicyError;
+
+use crate::config::ConfigError;
+use crate::remote::{DownloadError, StoreError, UploadFailure, UploaderError};
+
+/// What a training loop's snapshot closure may fail with.
+pub type SnapshotError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A saver error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is wrong (file, line, key and value in the message).
+    #[error(transparent)]
+    Config(Box<ConfigError>),
+    /// A checkpoint's name is taken and `overwrite` is off (Composer's `FileExistsError`).
+    #[error(
+        "{} already exists; cairn never replaces a checkpoint unless overwrite = true",
+        path.display()
+    )]
+    AlreadyExists {
+        /// The checkpoint that is already there.
+        path: PathBuf,
+    },
+    /// The folder holds a checkpoint from this run's future (Composer's `FileExistsError` at
+    /// `fit_start`): saving on would overwrite it or be confused with it.
+    #[error(
+        "{} may conflict with a future checkpoint of the current run; delete that file, use a new folder, resume with --resume, or set overwrite = true",
+        path.display()
+    )]
+    FutureCheckpoint {
+        /// The newest such file.
+        path: PathBuf,
+    },
+    /// A checkpoint file cannot be written or read.
+    #[error(transparent)]
+    Format(Box<FormatError>),
+    /// A policy failed (and `on_error` did not forgive it).
+    #[error(transparent)]
+    Policy(Box<PolicyError>),
+    /// The remote store cannot be used.
+    #[error(transparent)]
+    Store(Box<StoreError>),
+    /// An upload could not be started.
+    #[error(transparent)]
+    Uploader(Box<UploaderError>),
+    /// Uploads failed (after their retries).
+    #[error("{}", uploads_failed(.0))]
+    UploadsFailed(Vec<UploadFailure>),
+    /// Resuming from the remote `latest` pointer failed.
+    #[error(transparent)]
+    Download(Box<DownloadError>),
+    /// A file or folder operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What cairn was doing (`create the checkpoint folder`, `delete old checkpoint`, ...).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The training loop's snapshot closure failed.
+    #[error("the training loop could not provide its state: {0}")]
+    Snapshot(#[source] SnapshotError),
+    /// A checkpoint to resume from holds something cairn cannot continue from.
+    #[error("cannot resume from {}: {reason}", path.display())]
+    Resume {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The boxed variants keep [`Error`] small (it is returned on every save's path).
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),* $(,)?) => {
+        $(impl From<$ty> for Error {
+            fn from(e: $ty) -> Error {
+                Error::$variant(Box::new(e))
+            }
+        })*
+    };
+}
+
+boxed_from!(
+    Config(ConfigError),
+    Format(FormatError),
+    Policy(PolicyError),
+    Store(StoreError),
+    Uploader(UploaderError),
+    Download(DownloadError),
+);
+
+fn uploads_failed(failures: &[UploadFailure]) -> String {
+    match failures {
+        [] => "no upload failed".to_owned(),
+        [one] => format!("upload failed: {one}"),
+        [first, rest @ ..] => format!("{} uploads failed; the first: {first}", rest.len() + 1),
+    }
+}
+
+impl Error {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// `Result` with cairn's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,40 @@
+//! cairn: MosaicML Composer's `CheckpointSaver`, re-implemented in Rust.
+//!
+//! A [`CheckpointSaver`] is built from a checked [`Config`] and called by a training loop at every
+//! checkpoint event; when its `save_interval` says so it takes a [`Snapshot`] of the training
+//! state, leaves out what `ignore_keys` names, writes the checkpoint durably, moves the `latest`
+//! pointer, uploads it in the background and applies retention, in Composer's order. The two
+//! decisions are built in or sandboxed WebAssembly components ([`policy`]); the bytes on disk are
+//! [`format`]'s.
+//!
+//! ```no_run
+//! use cairn::{CheckpointSaver, Config};
+//! let config = Config::load("job.toml".as_ref())?;
+//! let mut saver = CheckpointSaver::new(&config)?;
+//! let resumed = saver.resume()?; // where to continue from, if anywhere
+//! # Ok::<(), cairn::Error>(())
+//! ```
+
+mod checkpoint;
+pub mod config;
+mod error;
+mod gate;
+mod local;
+pub mod remote;
+mod resume;
+mod saver;
+mod template;
+
+pub use cairn_format as format;
+pub use cairn_policy as policy;
+
+pub use checkpoint::{
+    Snapshot, build as build_checkpoint, read_history, read_timestamp, restore_state_key, timedelta,
+};
+pub use config::{Config, ConfigDocument, ConfigError};
+pub use error::{Error, Result, SnapshotError};
+pub use gate::Schedule;
+pub use local::latest::{PointerKind, resolve as resolve_latest};
+pub use resume::{ResumePoint, ResumeReason};
+pub use saver::{CheckpointSaver, SavedCheckpoint};
+pub use template::{Template, TemplateError, Var, Vars};

@@ -1,0 +1,233 @@
+//! Resume: which checkpoint to continue from, and why.
+//!
+//! The `latest` pointer is followed when the checkpoint it names verifies (every CRC, the
+//! pickle, every storage record): it is this run's own record of its newest save, while the
+//! folder may also hold other runs' checkpoints with later counters in their names. Two cases
+//! override it:
+//!
+//! - a checkpoint written *after* the one `latest` names that continues the same run (its
+//!   history lists that checkpoint): a crash between a save's durable rename and the pointer swap
+//!   leaves exactly this, and resuming from the older one would collide with it at the next save;
+//! - a missing or damaged target (HF Transformers #35782: never trust the pointer alone): then
+//!   the most recently *written* checkpoint that verifies is taken, whatever its name says.
+//!
+//! Every choice comes with its reason ([`ResumeReason`]), and every candidate passed over with
+//! why, so the caller can say what happened.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use cairn_format::Value;
+use cairn_policy::Timestamp;
+
+use crate::checkpoint::{read_history, read_timestamp};
+use crate::error::{Error, Result};
+use crate::local::{latest, scan};
+use crate::template::{Template, Vars};
+
+/// A checkpoint to continue from, loaded and verified.
+#[derive(Debug)]
+pub struct ResumePoint {
+    /// The file loaded.
+    pub path: PathBuf,
+    /// Its content.
+    pub tree: Value,
+    /// Where training was.
+    pub timestamp: Timestamp,
+    /// The saver history it carries (Composer's `all_saved_checkpoints_to_timestamp`).
+    pub history: Vec<(String, Timestamp)>,
+    /// Why this checkpoint was chosen.
+    pub reason: ResumeReason,
+    /// Checkpoints passed over because they failed verification, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Why [`ResumePoint::path`] was chosen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResumeReason {
+    /// The local `latest` pointer names it.
+    Latest,
+    /// `latest` names an older checkpoint of the same run; this one was written after it (a
+    /// crash between the save and the pointer swap).
+    WrittenAfterLatest {
+        /// What `latest` names.
+        latest: PathBuf,
+    },
+    /// There is no usable `latest`; this is the most recently written checkpoint that verifies.
+    NewestWritten {
+        /// What was wrong with `latest` (`None`: the config has no local pointer).
+        latest_problem: Option<String>,
+    },
+    /// Nothing local; downloaded from the remote `latest` pointer.
+    Remote {
+        /// The pointer's object name.
+        pointer: String,
+    },
+}
+
+impl fmt::Display for ResumeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResumeReason::Latest => f.write_str("the latest pointer names it"),
+            ResumeReason::WrittenAfterLatest { latest } => write!(
+                f,
+                "it continues the run from {}, which the latest pointer names, and was written after it (the pointer was not moved before the process stopped)",
+                latest.display()
+            ),
+            ResumeReason::NewestWritten {
+                latest_problem: Some(problem),
+            } => write!(
+                f,
+                "it is the most recently written checkpoint that verifies ({problem})"
+            ),
+            ResumeReason::NewestWritten {
+                latest_problem: None,
+            } => f.write_str("it is the most recently written checkpoint that verifies"),
+            ResumeReason::Remote { pointer } => {
+                write!(f, "the remote latest pointer {pointer} names it")
+            }
+        }
+    }
+}
+
+/// Where to look.
+pub(crate) struct Search<'a> {
+    /// The checkpoint folder.
+    pub folder: &'a Path,
+    /// The checkpoint filename template.
+    pub filename: &'a Template,
+    /// The local `latest` pointer, if the config has one.
+    pub latest: Option<PathBuf>,
+    /// Dist variables for the names.
+    pub vars: Vars<'a>,
+}
+
+impl Search<'_> {
+    /// The checkpoint to continue from; `None` when the folder has none that verifies.
+    pub fn find(&self) -> Result<Option<ResumePoint>> {
+        let mut skipped = Vec::new();
+        let mut written = self.newest_written_first()?;
+        let (target, latest_problem) = self.latest_target();
+        if let Some(target) = target {
+            match load(&target) {
+                Ok((tree, timestamp)) => {
+                    let latest = point(target, tree, timestamp, ResumeReason::Latest);
+                    let after = latest_mtime(&latest.path);
+                    written.retain(|(p, m)| *m > after && !same_file(p, &latest.path));
+                    for (path, _) in written {
+                        match load(&path) {
+                            Ok((tree, ts)) if continues(&tree, &latest) => {
+                                let reason = ResumeReason::WrittenAfterLatest {
+                                    latest: latest.path.clone(),
+                                };
+                                return Ok(Some(with_skipped(
+                                    point(path, tree, ts, reason),
+                                    skipped,
+                                )));
+                            }
+                            Ok(_) => {}
+                            Err(e) => skipped.push((path, e.to_string())),
+                        }
+                    }
+                    return Ok(Some(with_skipped(latest, skipped)));
+                }
+                Err(e) => {
+                    skipped.push((target.clone(), e.to_string()));
+                    written.retain(|(p, _)| !same_file(p, &target));
+                }
+            }
+        }
+        let reason = ResumeReason::NewestWritten { latest_problem };
+        for (path, _) in written {
+            match load(&path) {
+                Ok((tree, ts)) => {
+                    let found = point(path, tree, ts, reason);
+                    return Ok(Some(with_skipped(found, skipped)));
+                }
+                Err(e) => skipped.push((path, e.to_string())),
+            }
+        }
+        Ok(None)
+    }
+
+    /// What `latest` names, or why there is nothing to follow.
+    fn latest_target(&self) -> (Option<PathBuf>, Option<String>) {
+        let Some(link) = &self.latest else {
+            return (None, None);
+        };
+        match latest::resolve(link) {
+            Ok(Some(target)) => (Some(target), Some(format!("{} is damaged", link.display()))),
+            Ok(None) => (None, Some(format!("there is no {}", link.display()))),
+            Err(e) => (
+                None,
+                Some(format!("{} cannot be read: {e}", link.display())),
+            ),
+        }
+    }
+
+    /// The folder's checkpoints, most recently written first.
+    fn newest_written_first(&self) -> Result<Vec<(PathBuf, Option<SystemTime>)>> {
+        let found = scan::checkpoints(self.folder, self.filename, &self.vars)
+            .map_err(Error::io("list", self.folder))?;
+        let mut written: Vec<_> = found
+            .into_iter()
+            .rev()
+            .map(|f| {
+                let modified = latest_mtime(&f.path);
+                (f.path, modified)
+            })
+            .collect();
+        // Stable: equal times keep the names' training order (newest first).
+        written.sort_by_key(|w| std::cmp::Reverse(w.1));
+        Ok(written)
+    }
+}
+
+fn latest_mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || a.canonicalize()
+            .ok()
+            .is_some_and(|a| Some(a) == b.canonicalize().ok())
+}
+
+/// Does `tree` continue the run whose newest checkpoint is `latest`? Its history extends
+/// `latest`'s (every checkpoint of that run, `latest` itself included, with its timestamp).
+fn continues(tree: &Value, latest: &ResumePoint) -> bool {
+    let history = read_history(tree);
+    !latest.history.is_empty()
+        && history.len() > latest.history.len()
+        && history.starts_with(&latest.history)
+}
+
+fn point(path: PathBuf, tree: Value, timestamp: Timestamp, reason: ResumeReason) -> ResumePoint {
+    let history = read_history(&tree);
+    ResumePoint {
+        path,
+        tree,
+        timestamp,
+        history,
+        reason,
+        skipped: Vec::new(),
+    }
+}
+
+fn with_skipped(mut point: ResumePoint, skipped: Vec<(PathBuf, String)>) -> ResumePoint {
+    point.skipped = skipped;
+    point
+}
+
+/// Verify and read one checkpoint, with its timestamp.
+pub(crate) fn load(path: &Path) -> Result<(Value, Timestamp)> {
+    cairn_format::verify_checkpoint(path)?;
+    let tree = cairn_format::read_checkpoint(path)?;
+    let timestamp = read_timestamp(&tree).ok_or_else(|| Error::Resume {
+        path: path.to_owned(),
+        reason: "it has no state/timestamp to resume from".into(),
+    })?;
+    Ok((tree, timestamp))
+}
