@@ -20,8 +20,10 @@ pub mod config;
 mod error;
 mod gate;
 mod local;
+mod names;
 pub mod remote;
 mod resume;
+mod run_name;
 mod saver;
 mod template;
 
@@ -31,7 +33,7 @@ pub use cairn_policy as policy;
 pub use checkpoint::{
     Snapshot, build as build_checkpoint, read_history, read_timestamp, restore_state_key, timedelta,
 };
-pub use config::{Config, ConfigDocument, ConfigError};
+pub use config::{Config, ConfigDocument, ConfigError, OnUploadFailure, RunNameOrigin};
 pub use error::{Error, Result, SnapshotError};
 pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
