@@ -73,6 +73,10 @@ pub enum Error {
     /// The training loop's snapshot closure failed.
     #[error("the training loop could not provide its state: {0}")]
     Snapshot(#[source] SnapshotError),
+    /// The saver was closed ([`CheckpointSaver::close`](crate::CheckpointSaver::close)); a new
+    /// one is needed to save again.
+    #[error("the checkpoint saver was closed; create a new one to save again")]
+    Closed,
     /// A checkpoint to resume from holds something cairn cannot continue from.
     #[error("cannot resume from {}: {reason}", path.display())]
     Resume {

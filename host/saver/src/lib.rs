@@ -23,11 +23,13 @@ mod local;
 mod names;
 pub mod remote;
 mod resume;
+mod role;
 mod run_name;
 mod saver;
 mod template;
 
 pub use cairn_format as format;
+pub use cairn_format::failpoints;
 pub use cairn_policy as policy;
 
 pub use checkpoint::{

@@ -36,7 +36,11 @@ pub fn swap(link: &Path, target: &Path) -> io::Result<PointerKind> {
     let temp = temp_path_for(link);
     match symlink(&relative, &temp) {
         Ok(()) => {
-            if let Err(e) = fs::rename(&temp, link) {
+            let renamed = (|| {
+                cairn_format::failpoint!("latest::before-rename");
+                fs::rename(&temp, link)
+            })();
+            if let Err(e) = renamed {
                 let _ = fs::remove_file(&temp);
                 return Err(e);
             }
