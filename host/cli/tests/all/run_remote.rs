@@ -219,8 +219,9 @@ fn a_hanging_store_never_slows_training_and_fails_within_the_timeout() {
     );
 }
 
-/// `folder` as a store URL: checkpoints are staged in a local temporary folder and uploaded as
-/// Composer's `Trainer` names them under `save_folder = "s3://..."`: `<url path>/<filename>`.
+/// `folder` as a store URL: checkpoints are staged in a local temporary folder, removed at the
+/// end, and uploaded as Composer's `Trainer` names them under `save_folder = "s3://..."`:
+/// `<url path>/<filename>`.
 #[test]
 fn a_folder_url_stages_locally_and_uploads_under_it() {
     let dir = tempfile::tempdir().unwrap();
