@@ -31,6 +31,9 @@ use crate::template::{Template, Var, Vars};
 /// near 1e19 used to overflow the clock inside the upload task.
 pub const MAX_UPLOAD_TIMEOUT_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 
+/// Largest `[sandbox] memory_limit_mib`: 1 TiB (past 2^44 MiB the byte count wraps).
+pub const MAX_MEMORY_LIMIT_MIB: u64 = 1 << 20;
+
 /// Most uploads in flight at once (each holds a file open and a network connection).
 pub const MAX_CONCURRENT_UPLOADS: i64 = 256;
 
@@ -539,6 +542,15 @@ impl ConfigFile {
                 ),
             ));
         }
+        if self.sandbox.memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
+            return Err(at.error(
+                None,
+                format!(
+                    "sandbox.memory_limit_mib must be at most {MAX_MEMORY_LIMIT_MIB} (1 TiB; 0 means no limit), not {}",
+                    self.sandbox.memory_limit_mib
+                ),
+            ));
+        }
         Ok(Config {
             run_name,
             run_name_origin,
@@ -896,6 +908,10 @@ on_error = "skip"
                 "no time variable",
             ),
             ("run_name = \"\"\n", "run_name is empty"),
+            (
+                "[sandbox]\nmemory_limit_mib = 17592186044416\n",
+                "at most 1048576",
+            ),
         ] {
             let e = error(text);
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -52,7 +52,7 @@ use cairn_policy::{
 };
 
 use crate::checkpoint::{self, Snapshot, restore_state_key};
-use crate::config::{Config, IgnoreKeysSpec, OnUploadFailure, SaveIntervalSpec};
+use crate::config::{Config, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec};
 use crate::error::{Error, Result, SnapshotError};
 use crate::gate::Schedule;
 use crate::local::staging::Staging;
@@ -139,6 +139,11 @@ impl CheckpointSaver {
     /// (one engine, one epoch ticker, one compile cache; stores and limits stay per job).
     pub fn with_host(config: &Config, host: &PolicyHost) -> Result<CheckpointSaver> {
         let ranks = Ranks::from_env();
+        if config.run_name_origin == RunNameOrigin::Generated && ranks.world_size > 1 {
+            return Err(Error::UnnamedDistributedRun {
+                world_size: ranks.world_size,
+            });
+        }
         let role = Role::non_sharded(ranks);
         let vars = Vars {
             run_name: &config.run_name,
@@ -611,11 +616,7 @@ impl CheckpointSaver {
             if is_pinned || !self.may_delete(&f.path) {
                 continue;
             }
-            let removed = (|| {
-                cairn_format::failpoint!("rotate::before-delete");
-                fs::remove_file(&f.path)
-            })();
-            removed.map_err(Error::io("delete old checkpoint", &f.path))?;
+            delete_checkpoint(&f.path).map_err(Error::io("delete old checkpoint", &f.path))?;
             self.saved.retain(|s| s.path != f.path);
             deleted = true;
         }
@@ -695,6 +696,12 @@ impl Drop for CheckpointSaver {
             let _ = staging.remove();
         }
     }
+}
+
+/// Retention's delete (a failpoint sits just before it).
+fn delete_checkpoint(path: &Path) -> io::Result<()> {
+    cairn_format::failpoint!("rotate::before-delete");
+    fs::remove_file(path)
 }
 
 /// Where checkpoints are written locally, and where they are uploaded.

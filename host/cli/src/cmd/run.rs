@@ -450,6 +450,12 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
+    let rank = (s.rank != 0).then(|| {
+        (
+            "rank",
+            format!("{} (only rank 0 writes a checkpoint)", s.rank),
+        )
+    });
     let rows = [
         ("run", s.run_name.clone()),
         (
@@ -485,7 +491,7 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
             ),
         ),
     ];
-    for (k, v) in rows {
+    for (k, v) in rows.into_iter().chain(rank) {
         writeln!(out, "{k:<18} {v}")?;
     }
     for p in &s.policies {

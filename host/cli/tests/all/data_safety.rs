@@ -345,6 +345,14 @@ fn runs_without_a_name_get_their_own() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("--resume needs the run's name"), "{stderr}");
+    // Ranks cannot agree on a generated name (Composer broadcasts rank 0's).
+    let out = cairn(d, &[("WORLD_SIZE", "2")], &["run", "--config", &config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no run_name is set and WORLD_SIZE is 2"),
+        "{stderr}"
+    );
     // The embedded demo keeps its fixed name (`cairn_run_with_no_arguments_leaves_a_verified_folder`).
 }
 
