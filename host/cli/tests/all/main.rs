@@ -3,6 +3,7 @@
 
 mod crash;
 mod formats;
+mod newcomer;
 mod policies;
 mod policy_check;
 mod run;
