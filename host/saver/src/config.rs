@@ -347,10 +347,41 @@ impl<'a> ConfigDocument<'a> {
 
     /// Check the saver's keys; any table left that the saver does not know is an error.
     pub fn check(self) -> Result<Config, ConfigError> {
-        let raw = ConfigFile::deserialize(toml::de::Deserializer::from(self.table))
-            .map_err(|e| self.at.error(e.span(), e.message()))?;
+        let mut keys = Vec::new();
+        key_spans(self.table.get_ref(), "", &mut keys);
+        let raw =
+            ConfigFile::deserialize(toml::de::Deserializer::from(self.table)).map_err(|e| {
+                let message = match e.span().and_then(|s| key_at(&keys, &s)) {
+                    Some(key) if !e.message().contains(key) => format!("{key}: {}", e.message()),
+                    _ => e.message().to_owned(),
+                };
+                self.at.error(e.span(), message)
+            })?;
         raw.validate(&self.at, self.base)
     }
+}
+
+/// Every key of `table` (dotted from the top: `checkpoint.num_concurrent_uploads`) with the span of
+/// its value, so a type error serde reports by position can name its key.
+fn key_spans(table: &DeTable<'_>, prefix: &str, out: &mut Vec<(std::ops::Range<usize>, String)>) {
+    for (key, value) in table {
+        let name = format!("{prefix}{}", key.get_ref());
+        if let DeValue::Table(inner) = value.get_ref() {
+            key_spans(inner, &format!("{name}."), out);
+        }
+        out.push((value.span(), name));
+    }
+}
+
+/// The innermost key whose value contains `span`.
+fn key_at<'k>(
+    keys: &'k [(std::ops::Range<usize>, String)],
+    span: &std::ops::Range<usize>,
+) -> Option<&'k str> {
+    keys.iter()
+        .filter(|(s, _)| s.start <= span.start && span.end <= s.end)
+        .min_by_key(|(s, _)| s.end - s.start)
+        .map(|(_, k)| k.as_str())
 }
 
 /// Turns byte spans into `file:line:column` for error messages.
@@ -579,12 +610,26 @@ pub fn parse_interval_time(value: &str) -> Result<Time, String> {
     let time: Time = value
         .parse()
         .map_err(|e: cairn_policy::TimeError| e.to_string())?;
-    if time == Time::Fraction(0.0) {
-        return Err(format!(
-            "'{value}' is zero: a fraction of the run must be non-zero"
-        ));
+    positive_interval(time, value)
+}
+
+/// A `save_interval` of `n` epochs (a TOML integer, or a bare integer on the command line).
+pub fn interval_epochs(n: i64) -> Result<Time, String> {
+    positive_interval(Time::epochs(n), &n.to_string())
+}
+
+/// Composer accepts a zero or negative interval and then never saves, and divides by zero on
+/// `0dur`: both can only be mistakes, so both are refused.
+fn positive_interval(time: Time, text: &str) -> Result<Time, String> {
+    match time {
+        Time::Fraction(f) if f <= 0.0 => Err(format!(
+            "'{text}' is not positive: a fraction of the run must be above zero"
+        )),
+        Time::Count(n, _) if n <= 0 => Err(format!(
+            "'{text}' is not positive, so nothing would ever be saved (\"1dur\" saves only at the end of training)"
+        )),
+        t => Ok(t),
     }
-    Ok(time)
 }
 
 /// A `max_duration` from a time string: positive, not in `dur`.
@@ -615,7 +660,7 @@ fn save_interval(
         toml::Value::String(s) => parse_interval_time(s)
             .map(SaveIntervalSpec::Time)
             .map_err(err),
-        toml::Value::Integer(n) => Ok(SaveIntervalSpec::Time(Time::epochs(*n))),
+        toml::Value::Integer(n) => interval_epochs(*n).map(SaveIntervalSpec::Time).map_err(err),
         toml::Value::Table(_) => policy_spec(v.get_ref(), base)
             .map(SaveIntervalSpec::Wasm)
             .map_err(err),
@@ -785,6 +830,16 @@ on_error = "skip"
                 "0dur",
             ),
             (
+                "[checkpoint]\nsave_interval = \"0ba\"\n",
+                "cairn.toml:2:17",
+                "'0ba' is not positive",
+            ),
+            (
+                "[checkpoint]\nsave_interval = -2\n",
+                "cairn.toml:2:17",
+                "'-2' is not positive",
+            ),
+            (
                 "[checkpoint]\nnum_concurrent_uploads = 0\n",
                 "cairn.toml:2:26",
                 "between 1 and 256",
@@ -800,6 +855,16 @@ on_error = "skip"
                 "explode",
             ),
             ("run_name = 3\n", "cairn.toml:1:12", "string"),
+            (
+                "[checkpoint]\nnum_concurrent_uploads = \"3\"\n",
+                "cairn.toml:2:26",
+                "checkpoint.num_concurrent_uploads: invalid type",
+            ),
+            (
+                "[sandbox]\nfuel_per_call = -1\n",
+                "cairn.toml:2:17",
+                "sandbox.fuel_per_call",
+            ),
         ];
         for (text, location, needle) in cases {
             let e = match parse(text) {

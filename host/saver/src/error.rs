@@ -35,7 +35,7 @@ pub enum Error {
     /// The folder holds a checkpoint from this run's future (Composer's `FileExistsError` at
     /// `fit_start`): saving on would overwrite it or be confused with it.
     #[error(
-        "{} may conflict with a future checkpoint of the current run; delete that file, use a new folder, resume with --resume, or set overwrite = true",
+        "{} may conflict with a future checkpoint of the current run; delete that file, use a new folder, resume from it, or set overwrite = true",
         path.display()
     )]
     FutureCheckpoint {

@@ -646,6 +646,12 @@ impl CheckpointSaver {
         Ok(self.upload_report())
     }
 
+    /// The store this saver uploads to (`[remote] url`, or a `folder` given as a URL); `None`
+    /// when it does not upload (no `remote_file_name`, or a rank other than 0).
+    pub fn upload_url(&self) -> Option<&str> {
+        self.remote.as_ref().map(|r| r.uploader.store().url())
+    }
+
     /// The upload totals so far, with every failure; `None` when the saver does not upload.
     pub fn upload_report(&self) -> Option<UploadReport> {
         self.remote.as_ref().map(|r| r.uploader.report())

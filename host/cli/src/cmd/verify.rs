@@ -49,13 +49,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn verify_file(path: &Path, problems: &mut Vec<String>) -> bool {
     match verify_checkpoint(path) {
         Ok(r) => {
+            let count = crate::plural::count;
             println!(
-                "ok {} ({}, {} bytes, {} tensors, {} storages)",
+                "ok {} ({}, {}, {}, {})",
                 path.display(),
                 r.format,
-                r.file_bytes,
-                r.summary.tensors,
-                r.summary.storages
+                count(r.file_bytes, "byte", "bytes"),
+                count(r.summary.tensors as u64, "tensor", "tensors"),
+                count(r.summary.storages as u64, "storage", "storages")
             );
             true
         }

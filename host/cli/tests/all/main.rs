@@ -5,6 +5,7 @@ mod crash;
 mod data_safety;
 mod failpoints;
 mod formats;
+mod newcomer;
 mod policies;
 mod policy_check;
 mod run;
