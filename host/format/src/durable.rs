@@ -164,6 +164,23 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Remove the temporary files a crashed cairn left in `dir`. Returns what was removed.
 pub fn remove_leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    remove_leftovers_where(dir, |_| true)
+}
+
+/// The final name a temporary file of [`temp_path_for`] was to be renamed to.
+pub fn temp_target(temp_name: &str) -> Option<&str> {
+    let rest = temp_name.strip_prefix(TEMP_PREFIX)?;
+    let (_pid, rest) = rest.split_once('.')?;
+    let (_n, name) = rest.split_once('.')?;
+    Some(name)
+}
+
+/// [`remove_leftovers`] of only the temporary files whose final name `owned` accepts (in a folder
+/// several processes write, each removes its own: another's may be in the middle of a write).
+pub fn remove_leftovers_where(
+    dir: &Path,
+    owned: impl Fn(&str) -> bool,
+) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -172,7 +189,8 @@ pub fn remove_leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TEMP_PREFIX) && owned(temp_target(&name).unwrap_or_default()) {
             let path = entry.path();
             if entry.file_type()?.is_dir() {
                 fs::remove_dir_all(&path)?;
@@ -234,6 +252,13 @@ mod tests {
         let removed = remove_leftovers(dir.path()).unwrap();
         assert_eq!(removed.len(), 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let theirs = temp_path_for(&dir.path().join("ep1-rank1.pt"));
+        fs::write(&theirs, b"x").unwrap();
+        let mine = temp_path_for(&dir.path().join("ep1-rank0.pt"));
+        fs::write(&mine, b"x").unwrap();
+        let removed = remove_leftovers_where(dir.path(), |n| n == "ep1-rank0.pt").unwrap();
+        assert_eq!(removed, vec![mine]);
+        assert!(theirs.exists());
         assert!(
             remove_leftovers(&dir.path().join("missing"))
                 .unwrap()

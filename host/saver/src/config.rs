@@ -37,6 +37,11 @@ pub const MAX_MEMORY_LIMIT_MIB: u64 = 1 << 20;
 /// Most uploads in flight at once (each holds a file open and a network connection).
 pub const MAX_CONCURRENT_UPLOADS: i64 = 256;
 
+/// Default `commit_timeout_s`: how long global rank 0 waits for every rank's shard of a sharded
+/// step. Ten minutes covers the upload of a large shard on a slow link; a rank that died is
+/// reported after that.
+pub const DEFAULT_COMMIT_TIMEOUT_SECONDS: f64 = 600.0;
+
 /// A configuration problem: where it is and what is wrong, in one sentence.
 #[derive(Debug, Error)]
 #[error("{file}{location}: {message}")]
@@ -137,6 +142,13 @@ pub struct CheckpointSection {
     /// Bound on each checkpoint's upload.
     #[serde(default = "defaults::upload_timeout")]
     pub upload_timeout_in_seconds: Spanned<f64>,
+    /// Every rank saves its own shard (a name with `{rank}`), and global rank 0 commits each step
+    /// once every shard is in place (see the `commit` module).
+    #[serde(default)]
+    pub sharded: bool,
+    /// How long global rank 0 waits for every rank's shard of a sharded step.
+    #[serde(default = "defaults::commit_timeout")]
+    pub commit_timeout_s: Spanned<f64>,
 }
 
 impl Default for CheckpointSection {
@@ -180,6 +192,9 @@ mod defaults {
     }
     pub fn upload_timeout() -> Spanned<f64> {
         Spanned::new(0..0, 3600.0)
+    }
+    pub fn commit_timeout() -> Spanned<f64> {
+        Spanned::new(0..0, DEFAULT_COMMIT_TIMEOUT_SECONDS)
     }
 }
 
@@ -271,6 +286,10 @@ pub struct Config {
     pub num_concurrent_uploads: usize,
     /// Bound on one upload, in seconds.
     pub upload_timeout_in_seconds: f64,
+    /// Every rank saves its own shard; global rank 0 commits each step.
+    pub sharded: bool,
+    /// How long global rank 0 waits for every shard of a step, in seconds.
+    pub commit_timeout_s: f64,
     /// Remote store URL (`[remote] url`; a `folder` given as a URL takes its place).
     pub remote_url: String,
     /// What a failed upload does to training.
@@ -573,6 +592,34 @@ impl ConfigFile {
                 ),
             ));
         }
+        let commit_timeout = *c.commit_timeout_s.get_ref();
+        if !(commit_timeout > 0.0 && commit_timeout <= MAX_UPLOAD_TIMEOUT_SECONDS) {
+            return Err(at.at(
+                &c.commit_timeout_s,
+                format!(
+                    "checkpoint.commit_timeout_s must be above 0 and at most {MAX_UPLOAD_TIMEOUT_SECONDS} (a year), not {commit_timeout}"
+                ),
+            ));
+        }
+        if c.sharded {
+            checked(
+                "filename",
+                c.filename.span(),
+                names::check_sharded(&filename),
+            )?;
+            if let Some(name) = &remote_file_name {
+                checked(
+                    "remote_file_name",
+                    span_of(&c.remote_file_name),
+                    names::check_sharded(name),
+                )?;
+            }
+            checked(
+                "folder",
+                c.folder.span(),
+                names::check_shared_folder(&folder),
+            )?;
+        }
         if self.sandbox.memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
             return Err(at.error(
                 None,
@@ -595,6 +642,8 @@ impl ConfigFile {
             weights_only: c.weights_only,
             num_concurrent_uploads: uploads as usize,
             upload_timeout_in_seconds: timeout,
+            sharded: c.sharded,
+            commit_timeout_s: commit_timeout,
             remote_url: url.get_ref().clone(),
             on_upload_failure: self.remote.on_failure,
             sandbox: self.sandbox,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use cairn_format::FormatError;
 use cairn_policy::PolicyError;
 
+use crate::commit::{CommitError, CommitFailure};
 use crate::config::ConfigError;
 use crate::remote::{DownloadError, StoreError, UploadFailure, UploaderError};
 
@@ -57,6 +58,13 @@ pub enum Error {
     /// Uploads failed (after their retries).
     #[error("{}", uploads_failed(.0))]
     UploadsFailed(Vec<UploadFailure>),
+    /// A sharded step's protocol failed (a record, a manifest, the store).
+    #[error(transparent)]
+    Commit(Box<CommitError>),
+    /// Sharded steps were not committed: a rank's shard never came within `commit_timeout_s`, or
+    /// another coordinator committed the step first.
+    #[error("{}", steps_not_committed(.0))]
+    StepsNotCommitted(Vec<CommitFailure>),
     /// Resuming from the remote `latest` pointer failed.
     #[error(transparent)]
     Download(Box<DownloadError>),
@@ -113,7 +121,19 @@ boxed_from!(
     Store(StoreError),
     Uploader(UploaderError),
     Download(DownloadError),
+    Commit(CommitError),
 );
+
+fn steps_not_committed(failures: &[CommitFailure]) -> String {
+    match failures {
+        [] => "every step was committed".to_owned(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!(
+            "{} steps were not committed; the first: {first}",
+            rest.len() + 1
+        ),
+    }
+}
 
 fn uploads_failed(failures: &[UploadFailure]) -> String {
     match failures {

@@ -16,6 +16,7 @@
 //! ```
 
 mod checkpoint;
+pub mod commit;
 pub mod config;
 mod error;
 mod gate;
@@ -40,5 +41,5 @@ pub use error::{Error, Result, SnapshotError};
 pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
 pub use resume::{ResumePoint, ResumeReason};
-pub use saver::{CheckpointSaver, SavedCheckpoint};
+pub use saver::{CheckpointSaver, CommitReport, SavedCheckpoint};
 pub use template::{Template, TemplateError, Var, Vars};

@@ -14,7 +14,7 @@ use cairn_format::durable::TEMP_PREFIX;
 use cairn_policy::{Ranks, Timestamp};
 
 use crate::remote::store::object_name;
-use crate::template::{Template, Vars};
+use crate::template::{Template, Var, Vars};
 
 /// A run at its start, and one far into training with multi-digit counters and clocks.
 fn samples() -> [Timestamp; 2] {
@@ -128,6 +128,34 @@ pub(crate) fn check_compression(template: &Template) -> Result<(), String> {
         })?;
     }
     Ok(())
+}
+
+/// With `sharded = true` every rank writes its own file (and object): the name must tell the ranks
+/// apart by `{rank}` (Composer's rule for its per-rank DeepSpeed checkpoints), or four ranks would
+/// write one name.
+pub(crate) fn check_sharded(template: &Template) -> Result<(), String> {
+    if template.vars().any(|v| v == Var::Rank) {
+        return Ok(());
+    }
+    Err(format!(
+        "'{template}' has no {{rank}}, so with sharded = true every rank would write the same name: add {{rank}} (the default names have it), e.g. ep{{epoch}}-ba{{batch}}-rank{{rank}}.pt"
+    ))
+}
+
+/// With `sharded = true` the ranks share one checkpoint folder (where each step is committed when
+/// no store is configured, and where retention deletes whole steps): a folder that differs by
+/// rank would split them.
+pub(crate) fn check_shared_folder(folder: &Template) -> Result<(), String> {
+    match folder
+        .vars()
+        .find(|v| matches!(v, Var::Rank | Var::LocalRank | Var::NodeRank))
+    {
+        None => Ok(()),
+        Some(v) => Err(format!(
+            "'{folder}' uses {{{}}}, but with sharded = true the ranks share one folder and tell their files apart by filename",
+            v.name()
+        )),
+    }
 }
 
 /// The local `latest` link must never take the place of a checkpoint: `latest::swap` would

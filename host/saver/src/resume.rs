@@ -64,6 +64,13 @@ pub enum ResumeReason {
         /// The pointer's object name.
         pointer: String,
     },
+    /// Sharded: this rank's shard of the newest committed step.
+    Committed {
+        /// The step (global rank 0's shard name).
+        step: String,
+        /// Its manifest's key.
+        manifest: String,
+    },
 }
 
 impl fmt::Display for ResumeReason {
@@ -87,6 +94,10 @@ impl fmt::Display for ResumeReason {
             ResumeReason::Remote { pointer } => {
                 write!(f, "the remote latest pointer {pointer} names it")
             }
+            ResumeReason::Committed { step, manifest } => write!(
+                f,
+                "it is this rank's shard of step {step}, the newest committed one ({manifest})"
+            ),
         }
     }
 }

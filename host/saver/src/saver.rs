@@ -6,8 +6,10 @@
 //! `latest` pointer is swapped atomically, retention counts the checkpoints of earlier runs in
 //! the same folder by when they were written and never deletes the one `latest` names, and a
 //! failed save leaves the previous checkpoint and its pointer as they were. Only global rank 0
-//! writes (see [`Role`]). [`CheckpointSaver::close`] is Composer's `post_close`: call it when
-//! training stops, however it stops, so that uploads in flight finish.
+//! writes (see [`Role`]), unless `sharded = true`: then every rank writes its own shard and
+//! global rank 0 commits each step through the store ([`crate::commit`]) before `latest` moves.
+//! [`CheckpointSaver::close`] is Composer's `post_close`: call it when training stops, however it
+//! stops, so that uploads and commits in flight finish.
 //!
 //! ```no_run
 //! use cairn::format::{Dict, Tensor};
@@ -52,6 +54,9 @@ use cairn_policy::{
 };
 
 use crate::checkpoint::{self, Snapshot, restore_state_key};
+use crate::commit::{
+    self, Checksum, CommitFailure, CommitJob, CommitStore, Committed, Committer, ShardRecord,
+};
 use crate::config::{Config, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec};
 use crate::error::{Error, Result, SnapshotError};
 use crate::gate::Schedule;
@@ -108,7 +113,33 @@ pub struct CheckpointSaver {
     on_upload_failure: OnUploadFailure,
     /// How long `close` gives uploads still in flight.
     upload_timeout: Duration,
+    /// Sharded saves: the commit protocol's store and thread (every rank).
+    sharding: Option<Sharding>,
     closed: bool,
+}
+
+/// The sharded half of a saver (see [`crate::commit`]).
+struct Sharding {
+    committer: Committer,
+    /// Each step's name in the commit store, rendered for global rank 0: `remote_file_name` when
+    /// the store is the remote one, `filename` when it is the folder.
+    step_name: Template,
+    commit_timeout: Duration,
+    /// Steps that failed to commit since the current `fit_start`: `fit_end` returns them.
+    fit_failures: Vec<CommitFailure>,
+    /// Global rank 0's save index: `latest` never moves to a lower one.
+    sequence: u64,
+}
+
+/// What global rank 0's commits came to so far.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct CommitReport {
+    /// Steps committed, in the order their commits finished.
+    pub committed: Vec<Committed>,
+    /// Steps that were not, with why.
+    pub failed: Vec<CommitFailure>,
+    /// Commits still waiting.
+    pub pending: usize,
 }
 
 /// What [`CheckpointSaver::write`] did.
@@ -138,13 +169,19 @@ impl CheckpointSaver {
     /// A saver whose WebAssembly policies run on `host`, shared by every job of the process
     /// (one engine, one epoch ticker, one compile cache; stores and limits stay per job).
     pub fn with_host(config: &Config, host: &PolicyHost) -> Result<CheckpointSaver> {
-        let ranks = Ranks::from_env();
+        CheckpointSaver::with_ranks(config, host, Ranks::from_env())
+    }
+
+    /// A saver for the process with these ranks (a binding that takes them from
+    /// `torch.distributed` rather than from `RANK`, `WORLD_SIZE`, ...; a benchmark running ranks
+    /// as threads).
+    pub fn with_ranks(config: &Config, host: &PolicyHost, ranks: Ranks) -> Result<CheckpointSaver> {
         if config.run_name_origin == RunNameOrigin::Generated && ranks.world_size > 1 {
             return Err(Error::UnnamedDistributedRun {
                 world_size: ranks.world_size,
             });
         }
-        let role = Role::non_sharded(ranks);
+        let role = Role::of(ranks, config.sharded);
         let vars = Vars {
             run_name: &config.run_name,
             ranks,
@@ -162,7 +199,7 @@ impl CheckpointSaver {
         let upload_timeout = Duration::from_secs_f64(config.upload_timeout_in_seconds);
         let remote = match &config.remote_file_name {
             // Only the writer uploads; the others have nothing to send.
-            Some(name) if role == Role::Writer => {
+            Some(name) if role.writes() => {
                 let store = RemoteStore::from_url(&place.remote_url)?;
                 let options = UploadOptions {
                     num_concurrent_uploads: config.num_concurrent_uploads,
@@ -179,7 +216,12 @@ impl CheckpointSaver {
             }
             _ => None,
         };
+        let sharding = match config.sharded {
+            false => None,
+            true => Some(Sharding::new(config, &place, remote.as_ref())?),
+        };
         Ok(CheckpointSaver {
+            sharding,
             policy_stats,
             remote,
             failed_uploads: HashSet::new(),
@@ -292,10 +334,31 @@ impl CheckpointSaver {
     pub fn fit_start(&mut self, now: &Timestamp) -> Result<()> {
         self.ensure_open()?;
         self.fit_failures.clear();
-        if self.role == Role::Writer {
-            fs::create_dir_all(&self.folder)
-                .map_err(Error::io("create the checkpoint folder", &self.folder))?;
-            durable::remove_leftovers(&self.folder).map_err(Error::io("clean", &self.folder))?;
+        if let Some(sharding) = &mut self.sharding {
+            sharding.fit_failures.clear();
+        }
+        match self.role {
+            Role::Writer => {
+                fs::create_dir_all(&self.folder)
+                    .map_err(Error::io("create the checkpoint folder", &self.folder))?;
+                durable::remove_leftovers(&self.folder)
+                    .map_err(Error::io("clean", &self.folder))?;
+            }
+            Role::Shard { .. } => {
+                fs::create_dir_all(&self.folder)
+                    .map_err(Error::io("create the checkpoint folder", &self.folder))?;
+                // The folder may be shared: only this rank's own temporary files are its to
+                // remove (another rank may be writing its shard right now).
+                let (pattern, _) = self.filename.match_regex(&self.vars(None));
+                let own = regex::Regex::new(&pattern).map_err(|e| Error::Io {
+                    action: "clean",
+                    path: self.folder.clone(),
+                    source: io::Error::other(e),
+                })?;
+                durable::remove_leftovers_where(&self.folder, |name| own.is_match(name))
+                    .map_err(Error::io("clean", &self.folder))?;
+            }
+            Role::Follower => {}
         }
         if let Some(remote) = &self.remote {
             // Bad credentials or a missing bucket fail now, not after the first checkpoint.
@@ -378,12 +441,7 @@ impl CheckpointSaver {
                 return Err(e);
             }
         };
-        if self.num_checkpoints_to_keep != 0
-            && let Some(link) = self.latest_link(&self.vars(Some(timestamp)))
-        {
-            latest::swap(&link, &path).map_err(Error::io("move the latest pointer", &link))?;
-        }
-        self.upload(&path, timestamp)?;
+        self.after_write(&path, timestamp, bytes)?;
         let saved = SavedCheckpoint {
             timestamp: *timestamp,
             event,
@@ -394,6 +452,115 @@ impl CheckpointSaver {
         self.saved.push(saved.clone());
         self.rotate()?;
         Ok(Some(saved))
+    }
+
+    /// The steps after a checkpoint is durable, in Composer's order. Non-sharded: `latest` moves to
+    /// it and its upload is queued. Sharded: the rank's record is published once the shard is in
+    /// place (now, or when its upload is confirmed), and global rank 0 hands the step to the
+    /// commit thread, which creates the manifest and only then moves `latest`.
+    fn after_write(&mut self, path: &Path, timestamp: &Timestamp, bytes: u64) -> Result<()> {
+        if self.sharding.is_none() {
+            if self.num_checkpoints_to_keep != 0
+                && let Some(link) = self.latest_link(&self.vars(Some(timestamp)))
+            {
+                latest::swap(&link, path).map_err(Error::io("move the latest pointer", &link))?;
+            }
+            return self.upload(path, timestamp, None);
+        }
+        let record = self.shard_record(path, timestamp, bytes)?;
+        if self.remote.is_some() {
+            self.upload(path, timestamp, Some(record))?;
+        } else {
+            let sharding = self.sharding.as_ref().expect("sharded");
+            let store = sharding.committer.store();
+            let mut record = record;
+            let meta = sharding.committer.block_on(store.head(&record.file))?;
+            record.etag = meta.e_tag;
+            record.published_unix_ms = commit::now_unix_ms();
+            cairn_format::failpoint!("shard::before-record", |e: io::Error| Error::io(
+                "publish the record of",
+                path
+            )(e));
+            sharding.committer.block_on(store.publish(&record))?;
+        }
+        if self.role == (Role::Shard { coordinator: true }) {
+            self.enqueue_commit(timestamp);
+        }
+        Ok(())
+    }
+
+    /// This rank's record of the shard it just wrote (its ETag and time are filled in when it is
+    /// published).
+    fn shard_record(&self, path: &Path, timestamp: &Timestamp, bytes: u64) -> Result<ShardRecord> {
+        let sharding = self.sharding.as_ref().expect("sharded");
+        let crc64nvme = Checksum::of_file(path).map_err(Error::io("read back", path))?;
+        let vars = self.vars(Some(timestamp));
+        let object = self.remote.as_ref().map(|r| {
+            r.remote_file_name
+                .render(&vars)
+                .trim_start_matches('/')
+                .to_owned()
+        });
+        Ok(ShardRecord {
+            format: commit::manifest::RECORD_FORMAT.to_owned(),
+            step: sharding.step(&self.run_name, self.ranks, timestamp),
+            run_name: self.run_name.clone(),
+            rank: self.ranks.rank,
+            world_size: self.ranks.world_size,
+            file: self
+                .filename
+                .render(&vars)
+                .trim_start_matches('/')
+                .to_owned(),
+            object,
+            bytes,
+            crc64nvme,
+            etag: None,
+            epoch: timestamp.epoch,
+            batch: timestamp.batch,
+            published_unix_ms: 0,
+        })
+    }
+
+    /// Global rank 0: hand the step to the commit thread, with where `latest` goes once it is
+    /// committed (rank 0's shard: the manifest sits beside it).
+    fn enqueue_commit(&mut self, timestamp: &Timestamp) {
+        let writer = Vars {
+            ranks: Role::writer_ranks(self.ranks),
+            ..self.vars(Some(timestamp))
+        };
+        let local_latest = match self.num_checkpoints_to_keep {
+            0 => None,
+            _ => self.latest_link(&writer).map(|link| {
+                let own = self.filename.render(&writer);
+                (link, self.folder.join(own.trim_start_matches('/')))
+            }),
+        };
+        let pointer = self.remote.as_ref().and_then(|r| {
+            let pointer = r.latest_remote_file_name.as_ref()?.render(&writer);
+            Some(format!(
+                "{}{}",
+                pointer.trim_start_matches('/'),
+                crate::remote::SYMLINK_SUFFIX
+            ))
+        });
+        let sharding = self.sharding.as_mut().expect("sharded");
+        let step = sharding.step(&self.run_name, self.ranks, timestamp);
+        let store = sharding.committer.store();
+        let remote_latest =
+            pointer.and_then(|p| Some((store.key(&p).ok()?, store.key(&step).ok()?)));
+        sharding.sequence += 1;
+        sharding.committer.enqueue(CommitJob {
+            step,
+            run_name: self.run_name.clone(),
+            world_size: self.ranks.world_size,
+            epoch: timestamp.epoch,
+            batch: timestamp.batch,
+            sequence: sharding.sequence,
+            timeout: sharding.commit_timeout,
+            remote_latest,
+            local_latest,
+        });
     }
 
     /// Build, filter and durably write the checkpoint dict.
@@ -427,9 +594,20 @@ impl CheckpointSaver {
             Replace::Never
         };
         let format = self.format;
-        let written = durable::try_write_durably(path, replace, |file| {
-            cairn_format::write_checkpoint(path, format, &tree, file)
-        });
+        let write = |replace| {
+            durable::try_write_durably(path, replace, |file| {
+                cairn_format::write_checkpoint(path, format, &tree, file)
+            })
+        };
+        let mut written = write(replace);
+        if let Err(e) = &written
+            && e.kind() == io::ErrorKind::AlreadyExists
+            && self.uncommitted_leftover(ts)?
+        {
+            // A shard of a step that never committed: no reader trusts it, so this attempt
+            // replaces it.
+            written = write(Replace::Allowed);
+        }
         match written {
             Ok(Ok(bytes)) => Ok(Written::Bytes(bytes)),
             Ok(Err(format)) => Err(format.into()),
@@ -438,6 +616,20 @@ impl CheckpointSaver {
             }),
             Err(e) => Err(Error::io("save", path)(e)),
         }
+    }
+
+    /// Sharded: is the step at `ts` uncommitted (so a shard already under this rank's name is a
+    /// leftover of an attempt that never committed)? Always `false` when not sharded.
+    fn uncommitted_leftover(&self, ts: &Timestamp) -> Result<bool> {
+        let Some(sharding) = &self.sharding else {
+            return Ok(false);
+        };
+        let step = sharding.step(&self.run_name, self.ranks, ts);
+        let store = sharding.committer.store();
+        Ok(sharding
+            .committer
+            .block_on(store.manifest(&step))?
+            .is_none())
     }
 
     /// Find the checkpoint to continue from, load it, and continue its history: the local
@@ -449,6 +641,21 @@ impl CheckpointSaver {
     /// Ranks other than 0 look for rank 0's checkpoints (the names rank 0 writes, in a folder they
     /// share) and never download: that is rank 0's part.
     pub fn resume(&mut self) -> Result<Option<ResumePoint>> {
+        if let Some(sharding) = &self.sharding {
+            fs::create_dir_all(&self.folder)
+                .map_err(Error::io("create the checkpoint folder", &self.folder))?;
+            let found = commit::resume::find(
+                &sharding.committer,
+                &self.run_name,
+                self.ranks.rank,
+                self.ranks.world_size,
+                &self.folder,
+            )?;
+            if let Some(point) = &found {
+                self.history = point.history.clone();
+            }
+            return Ok(found);
+        }
         let writer = Vars {
             ranks: Role::writer_ranks(self.ranks),
             ..self.vars(None)
@@ -509,7 +716,12 @@ impl CheckpointSaver {
 
     /// Hand a durable checkpoint to the uploader (it returns at once; the upload runs in the
     /// background and the remote `latest` follows once the object is confirmed).
-    fn upload(&mut self, path: &Path, timestamp: &Timestamp) -> Result<()> {
+    fn upload(
+        &mut self,
+        path: &Path,
+        timestamp: &Timestamp,
+        record: Option<ShardRecord>,
+    ) -> Result<()> {
         let vars = Vars {
             run_name: &self.run_name,
             ranks: self.ranks,
@@ -527,12 +739,23 @@ impl CheckpointSaver {
             .latest_remote_file_name
             .as_ref()
             .map(|t| t.render(&vars).trim_start_matches('/').to_owned());
-        remote.uploader.enqueue(UploadJob {
+        let job = UploadJob {
             local_path: path.to_path_buf(),
             object_name,
             latest_pointer,
             sequence: remote.sequence,
-        })?;
+        };
+        match record {
+            // The coordinator moves the pointer once the step is committed.
+            Some(record) => remote.uploader.enqueue_shard(
+                UploadJob {
+                    latest_pointer: None,
+                    ..job
+                },
+                record,
+            )?,
+            None => remote.uploader.enqueue(job)?,
+        };
         remote.sequence += 1;
         Ok(())
     }
@@ -542,15 +765,52 @@ impl CheckpointSaver {
     /// become warnings. Either way `fit_end` returns them.
     fn check_uploads(&mut self) -> Result<()> {
         let new = self.collect_upload_failures();
+        let steps = self.collect_commit_failures();
         match self.on_upload_failure {
             OnUploadFailure::Fail if !new.is_empty() => Err(Error::UploadsFailed(new)),
+            OnUploadFailure::Fail if !steps.is_empty() => Err(Error::StepsNotCommitted(steps)),
             OnUploadFailure::Fail => Ok(()),
             OnUploadFailure::Warn => {
                 for failure in new {
                     self.warnings.push(format!("upload failed: {failure}"));
                 }
+                for failure in steps {
+                    self.warnings.push(failure.to_string());
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// Steps that failed to commit since the last call (global rank 0), recorded for `fit_end`.
+    fn collect_commit_failures(&mut self) -> Vec<CommitFailure> {
+        let Some(sharding) = &mut self.sharding else {
+            return Vec::new();
+        };
+        let new = sharding.committer.poll_failures();
+        sharding.fit_failures.extend(new.iter().cloned());
+        new
+    }
+
+    /// Global rank 0: wake the commit thread (every record is in place, say after a
+    /// `torch.distributed` barrier) and wait, at most `limit`, for the commits handed over so far;
+    /// what they came to. Other ranks and non-sharded savers return an empty report at once.
+    pub fn wait_for_commits(&mut self, limit: Option<Duration>) -> CommitReport {
+        if let Some(sharding) = &self.sharding {
+            sharding.committer.wait(limit);
+        }
+        self.commit_report()
+    }
+
+    /// What global rank 0's commits came to so far (empty elsewhere).
+    pub fn commit_report(&self) -> CommitReport {
+        match &self.sharding {
+            Some(s) => CommitReport {
+                committed: s.committer.committed(),
+                failed: s.committer.failures(),
+                pending: s.committer.pending(),
+            },
+            None => CommitReport::default(),
         }
     }
 
@@ -591,6 +851,15 @@ impl CheckpointSaver {
     /// saver wrote, or one still being uploaded. "Most recently written" is the files' write
     /// order, not their names' counters: an earlier run's `ep5` is older than this run's `ep2`.
     fn rotate(&mut self) -> Result<()> {
+        self.rotate_steps()?;
+        if self
+            .sharding
+            .as_ref()
+            .is_some_and(|s| s.committer.store().local_folder().is_some())
+        {
+            // Steps committed in the folder are deleted whole, by global rank 0 alone.
+            return Ok(());
+        }
         let Ok(keep) = usize::try_from(self.num_checkpoints_to_keep) else {
             return Ok(());
         };
@@ -617,12 +886,43 @@ impl CheckpointSaver {
                 continue;
             }
             delete_checkpoint(&f.path).map_err(Error::io("delete old checkpoint", &f.path))?;
+            if self.role == (Role::Shard { coordinator: true }) {
+                // Rank 0's shard names its step: a local `.commit` folder beside it goes too.
+                let _ = fs::remove_dir_all(commit_folder(&f.path));
+            }
             self.saved.retain(|s| s.path != f.path);
             deleted = true;
         }
         if deleted {
             durable::sync_dir(&self.folder).map_err(Error::io("sync", &self.folder))?;
         }
+        Ok(())
+    }
+
+    /// Sharded, global rank 0: delete whole committed steps beyond `num_checkpoints_to_keep`
+    /// where they were committed in the folder (never the step `latest` names), and the
+    /// leftovers of steps that never committed, wherever they are.
+    fn rotate_steps(&mut self) -> Result<()> {
+        let (Some(sharding), Role::Shard { coordinator: true }) = (&self.sharding, self.role)
+        else {
+            return Ok(());
+        };
+        let mut pinned = HashSet::new();
+        if let Some(link) = self.latest_path()
+            && let Ok(Some(target)) = latest::resolve(&link)
+            && let Ok(relative) = target.strip_prefix(&self.folder)
+        {
+            pinned.insert(relative.to_string_lossy().into_owned());
+        }
+        if let Some(newest) = sharding.committer.committed().last() {
+            pinned.insert(newest.step.clone());
+        }
+        commit::retention::rotate(
+            &sharding.committer,
+            self.num_checkpoints_to_keep,
+            &pinned,
+            sharding.commit_timeout,
+        )?;
         Ok(())
     }
 
@@ -634,14 +934,28 @@ impl CheckpointSaver {
     /// uploading if training starts again (`fit_start` ... `fit_end` once more).
     pub fn fit_end(&mut self) -> Result<Option<UploadReport>> {
         self.ensure_open()?;
-        let Some(remote) = &self.remote else {
+        if self.remote.is_none() && self.sharding.is_none() {
             return Ok(None);
-        };
-        remote.uploader.wait(None);
+        }
+        if let Some(remote) = &self.remote {
+            remote.uploader.wait(None);
+        }
+        if let Some(sharding) = &self.sharding {
+            // Each commit is bounded by its own commit_timeout_s.
+            sharding.committer.wait(None);
+        }
         self.collect_upload_failures();
+        self.collect_commit_failures();
         self.rotate()?;
         if !self.fit_failures.is_empty() {
             return Err(Error::UploadsFailed(std::mem::take(&mut self.fit_failures)));
+        }
+        if let Some(sharding) = &mut self.sharding
+            && !sharding.fit_failures.is_empty()
+        {
+            return Err(Error::StepsNotCommitted(std::mem::take(
+                &mut sharding.fit_failures,
+            )));
         }
         Ok(self.upload_report())
     }
@@ -676,7 +990,10 @@ impl CheckpointSaver {
         for failure in report.iter().flat_map(|r| &r.failures) {
             self.failed_uploads.insert(failure.local_path.clone());
         }
-        if self.role == Role::Writer && self.staging.is_none() {
+        if let Some(sharding) = &self.sharding {
+            sharding.committer.wait(Some(sharding.commit_timeout));
+        }
+        if self.role.leads() && self.staging.is_none() {
             self.rotate()?;
         }
         if let Some(staging) = self.staging.take() {
@@ -701,6 +1018,49 @@ impl Drop for CheckpointSaver {
         if idle && let Some(staging) = self.staging.take() {
             let _ = staging.remove();
         }
+    }
+}
+
+/// The `.commit` folder beside rank 0's shard of a step.
+fn commit_folder(shard: &Path) -> PathBuf {
+    let mut name = shard.as_os_str().to_owned();
+    name.push(commit::store::COMMIT_SUFFIX);
+    PathBuf::from(name)
+}
+
+impl Sharding {
+    fn new(config: &Config, place: &Place, remote: Option<&RemoteHalf>) -> Result<Sharding> {
+        let (store, step_name) = match remote {
+            Some(r) => (
+                CommitStore::remote(r.uploader.store().clone()),
+                r.remote_file_name.clone(),
+            ),
+            None => {
+                fs::create_dir_all(&place.folder)
+                    .map_err(Error::io("create the checkpoint folder", &place.folder))?;
+                (CommitStore::folder(&place.folder)?, config.filename.clone())
+            }
+        };
+        Ok(Sharding {
+            committer: Committer::new(store, commit::DEFAULT_POLL)?,
+            step_name,
+            commit_timeout: Duration::from_secs_f64(config.commit_timeout_s),
+            fit_failures: Vec::new(),
+            sequence: 0,
+        })
+    }
+
+    /// The step of a save at `timestamp`: global rank 0's shard name in the commit store.
+    fn step(&self, run_name: &str, ranks: Ranks, timestamp: &Timestamp) -> String {
+        let vars = Vars {
+            run_name,
+            ranks: Role::writer_ranks(ranks),
+            timestamp: Some(timestamp),
+        };
+        self.step_name
+            .render(&vars)
+            .trim_start_matches('/')
+            .to_owned()
     }
 }
 
@@ -734,7 +1094,7 @@ impl Place {
         }
         let temp = std::env::temp_dir();
         let (local, staging) = match role {
-            Role::Writer => {
+            Role::Writer | Role::Shard { .. } => {
                 let (staging, _stale) = Staging::create(&temp)
                     .map_err(Error::io("create a staging folder in", &temp))?;
                 (staging.dir().to_owned(), Some(staging))

@@ -153,7 +153,7 @@ pub async fn read_pointer(
     ObjectPath::parse(text).map(Some).map_err(|_| bad())
 }
 
-async fn download_object(
+pub(crate) async fn download_object(
     store: &RemoteStore,
     pointer: &ObjectPath,
     target: &ObjectPath,

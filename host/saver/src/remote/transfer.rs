@@ -209,7 +209,7 @@ pub async fn upload_file(
     opts: &TransferOptions,
     deadline: Instant,
     limit: Duration,
-) -> Result<u64, TransferError> {
+) -> Result<Confirmed, TransferError> {
     let max_attempts = opts.max_attempts.max(1);
     let mut last_error: Option<AttemptError> = None;
     let mut attempt = 0;
@@ -262,8 +262,17 @@ pub async fn upload_file(
         last_error = Some(error);
         tokio::time::sleep(backoff).await;
     }
-    confirm(store, key, file.len(), deadline, limit).await?;
-    Ok(file.len())
+    let confirmed = confirm(store, key, file.len(), deadline, limit).await?;
+    Ok(confirmed)
+}
+
+/// What the store said when an upload was confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The object's size (the file's).
+    pub bytes: u64,
+    /// The store's identity of the object (its ETag), when the store gives one.
+    pub e_tag: Option<String>,
 }
 
 /// Confirm by HEAD that `key` exists with `expected` bytes, before `deadline`.
@@ -273,7 +282,7 @@ pub async fn confirm(
     expected: u64,
     deadline: Instant,
     limit: Duration,
-) -> Result<(), TransferError> {
+) -> Result<Confirmed, TransferError> {
     let not_confirmed = |found| TransferError::NotConfirmed {
         key: key.to_string(),
         url: store.url().to_string(),
@@ -288,7 +297,10 @@ pub async fn confirm(
             last_error: Some("confirming the object's size did not finish".to_string()),
             cleanup: Cleanup::Nothing,
         }),
-        Ok(Ok(meta)) if meta.size == expected => Ok(()),
+        Ok(Ok(meta)) if meta.size == expected => Ok(Confirmed {
+            bytes: meta.size,
+            e_tag: meta.e_tag,
+        }),
         Ok(Ok(meta)) => Err(not_confirmed(Some(meta.size))),
         Ok(Err(object_store::Error::NotFound { .. })) => Err(not_confirmed(None)),
         Ok(Err(source)) => Err(TransferError::Store {

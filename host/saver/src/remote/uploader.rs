@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout_at};
+
+use crate::commit::{CommitStore, ShardRecord};
 
 use super::latest::{LatestPointers, SYMLINK_SUFFIX};
 use super::pin::PinnedFile;
@@ -264,6 +266,27 @@ impl Uploader {
     /// Queue a checkpoint for upload and return at once. Fails only if a name is not a valid key
     /// or the local file cannot be opened; upload failures are reported later.
     pub fn enqueue(&self, job: UploadJob) -> Result<UploadTicket, UploaderError> {
+        self.enqueue_with(job, None)
+    }
+
+    /// Queue one rank's shard of a sharded step: once the object is confirmed, `record` is
+    /// published with the ETag the confirmation saw (instead of moving a pointer, which is the
+    /// coordinator's part). With `overwrite = false` an existing object is replaced only while the
+    /// step is uncommitted: it is then a leftover of an attempt that never committed, which no
+    /// reader trusts.
+    pub fn enqueue_shard(
+        &self,
+        job: UploadJob,
+        record: ShardRecord,
+    ) -> Result<UploadTicket, UploaderError> {
+        self.enqueue_with(job, Some(record))
+    }
+
+    fn enqueue_with(
+        &self,
+        job: UploadJob,
+        record: Option<ShardRecord>,
+    ) -> Result<UploadTicket, UploaderError> {
         let key = self.store.key(&job.object_name)?;
         let pointer = match &job.latest_pointer {
             Some(name) => Some(self.store.key(&format!("{name}{SYMLINK_SUFFIX}"))?),
@@ -296,7 +319,7 @@ impl Uploader {
         let pointers = Arc::clone(&self.pointers);
         let shared = Arc::clone(&self.shared);
         let runtime = self.runtime.as_ref().expect("runtime lives until finish");
-        let transfer = TransferOptions {
+        let mut transfer = TransferOptions {
             overwrite: options.overwrite,
             part_size_min: options.part_size_min,
             part_concurrency: options.part_concurrency,
@@ -331,9 +354,37 @@ impl Uploader {
             let deadline = started
                 .checked_add(options.timeout)
                 .unwrap_or_else(|| started + FAR_FUTURE);
-            let bytes = upload_file(&store, &key, &file, &transfer, deadline, options.timeout)
+            if let Some(record) = &record
+                && !transfer.overwrite
+            {
+                transfer.overwrite = shard_replaceable(&store, &key, record, deadline)
+                    .await
+                    .map_err(|message| (name.clone(), message))?;
+            }
+            let confirmed = upload_file(&store, &key, &file, &transfer, deadline, options.timeout)
                 .await
                 .map_err(|e| (name.clone(), e.to_string()))?;
+            let bytes = confirmed.bytes;
+            if let Some(record) = record {
+                let published = timeout_at(
+                    deadline,
+                    crate::commit::publish_confirmed(&store, record, confirmed.e_tag),
+                )
+                .await;
+                match published {
+                    Ok(Ok(())) => return Ok(bytes),
+                    Ok(Err(e)) => return Err((name.clone(), e.to_string())),
+                    Err(_) => {
+                        return Err((
+                            name.clone(),
+                            format!(
+                                "publishing the shard record of '{name}' did not finish within {:.1} s (upload_timeout_in_seconds)",
+                                options.timeout.as_secs_f64()
+                            ),
+                        ));
+                    }
+                }
+            }
             cairn_format::failpoint!("upload::before-pointer", |e: std::io::Error| (
                 name.clone(),
                 e.to_string()
@@ -463,6 +514,34 @@ impl Uploader {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
         report
+    }
+}
+
+/// With `overwrite = false`, may the shard upload replace an object already under its key?
+/// Only while the step has no manifest: the object is then an uncommitted attempt's leftover.
+async fn shard_replaceable(
+    store: &RemoteStore,
+    key: &object_store::path::Path,
+    record: &ShardRecord,
+    deadline: Instant,
+) -> Result<bool, String> {
+    let commits = CommitStore::remote(store.clone());
+    let found = timeout_at(deadline, commits.manifest(&record.step))
+        .await
+        .map_err(|_| {
+            format!(
+                "checking whether step '{}' is committed did not finish in time",
+                record.step
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+    match found {
+        None => Ok(true),
+        Some(_) => Err(format!(
+            "object '{key}' already exists in '{}' and overwrite is false (step '{}' is committed)",
+            store.url(),
+            record.step
+        )),
     }
 }
 

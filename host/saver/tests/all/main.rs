@@ -9,4 +9,5 @@ mod remote_faults;
 mod remote_s3;
 mod resume;
 mod saver;
+mod sharded;
 mod support;
