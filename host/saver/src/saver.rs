@@ -367,7 +367,24 @@ impl CheckpointSaver {
                 .store()
                 .check_access(Duration::from_secs(30))?;
         }
-        if !self.overwrite {
+        if !self.overwrite
+            && let Some(sharding) = &self.sharding
+        {
+            // Sharded, only committed steps count: an uncommitted shard beyond `now` is a
+            // leftover that this run's save at that step replaces.
+            let store = sharding.committer.store();
+            let committed = sharding.committer.block_on(store.committed())?;
+            let future = committed
+                .into_iter()
+                .filter_map(|(_, m)| m.ok())
+                .filter(|m| m.run_name == self.run_name && m.batch > now.batch)
+                .max_by(|a, b| a.training_order().cmp(&b.training_order()));
+            if let Some(m) = future {
+                return Err(Error::FutureCheckpoint {
+                    path: self.folder.join(&m.step),
+                });
+            }
+        } else if !self.overwrite {
             let found = self.scan()?;
             match scan::future_conflict(&found, now) {
                 Ok(None) => {}

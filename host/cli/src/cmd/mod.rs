@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod filter;
 pub mod inspect;
+pub mod launch;
 pub mod policy;
 pub mod run;
 pub mod simulate;

@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Print the job's TOML (the embedded default without --config) and exit without running.
     #[arg(long)]
     print_config: bool,
+    /// Start N rank processes on this machine, as `torchrun --nproc-per-node N` does (RANK,
+    /// LOCAL_RANK, WORLD_SIZE, ... set for each), and add up their summaries.
+    #[arg(long, value_name = "N")]
+    world_size: Option<u32>,
 }
 
 /// What a run did, for the summary.
@@ -46,6 +50,10 @@ struct Summary {
     run_name: String,
     /// This process's global rank: only rank 0 writes a (non-sharded) checkpoint.
     rank: u32,
+    /// How many ranks the run has.
+    world_size: u32,
+    /// Every rank writes its own shard, and rank 0 commits each step.
+    sharded: bool,
     resumed_from: Option<String>,
     batches: u64,
     saves: usize,
@@ -60,6 +68,8 @@ struct Summary {
     folder: String,
     warnings: Vec<String>,
     uploads: Option<UploadSummary>,
+    /// Sharded, rank 0: the steps it committed.
+    commits: Option<CommitSummary>,
     policies: Vec<PolicySummary>,
     /// Batches per second from the first event to the last (set-up excluded): the job's pace.
     batches_per_second: f64,
@@ -81,6 +91,17 @@ struct PolicySummary {
     reinstantiations: u64,
 }
 
+/// The commits of a sharded run (global rank 0).
+#[derive(Debug, Default, Serialize)]
+struct CommitSummary {
+    committed: usize,
+    failed: usize,
+    /// Milliseconds from the last rank's record to the manifest: the largest, and the median.
+    latency_ms_max: u64,
+    latency_ms_median: u64,
+    failures: Vec<String>,
+}
+
 /// The uploads of a run.
 #[derive(Debug, Default, Serialize)]
 struct UploadSummary {
@@ -99,6 +120,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         return print_config(&args.config);
     }
     refuse_duplicates(&args.config)?;
+    if let Some(n) = args.world_size {
+        return launch_ranks(&args, n);
+    }
     let mut configs = if args.config.is_empty() {
         eprintln!("cairn: running the embedded demo job (`cairn run --print-config` shows it)");
         vec![Job::embedded_default()]
@@ -165,6 +189,41 @@ pub fn run(args: RunArgs) -> Result<()> {
         failed.join(", ")
     );
     Ok(())
+}
+
+/// `--world-size N`: one job, N rank processes.
+fn launch_ranks(args: &RunArgs, world_size: u32) -> Result<()> {
+    anyhow::ensure!(
+        args.config.len() <= 1,
+        "--world-size runs one job as several ranks; give at most one --config"
+    );
+    let mut job = match args.config.first() {
+        Some(path) => Job::load(path)?,
+        None => Job::embedded_default(),
+    };
+    apply_overrides(&mut job, args)?;
+    let mut child = Vec::new();
+    for c in &args.config {
+        child.push("--config".to_owned());
+        child.push(c.display().to_string());
+    }
+    if args.resume {
+        child.push("--resume".to_owned());
+    }
+    if let Some(m) = args.model_mib {
+        child.extend(["--model-mib".to_owned(), m.to_string()]);
+    }
+    if let Some(s) = args.seconds_per_batch {
+        child.extend(["--seconds-per-batch".to_owned(), s.to_string()]);
+    }
+    crate::cmd::launch::launch(
+        &job,
+        world_size,
+        crate::cmd::launch::ChildArgs {
+            args: child,
+            json: args.json,
+        },
+    )
 }
 
 /// `--print-config`: the text of each job file, or of the embedded default.
@@ -249,8 +308,19 @@ fn announce(job: &Job, saver: &CheckpointSaver, prefix: &str) {
     );
 }
 
-/// A run whose uploads failed did not do its job, even though every local checkpoint is fine.
+/// A run whose uploads failed, or whose steps were not committed, did not do its job, even though
+/// every local checkpoint is fine.
 fn upload_outcome(s: &Summary) -> Result<()> {
+    if let Some(c) = &s.commits
+        && c.failed > 0
+    {
+        anyhow::bail!(
+            "{} of {} steps were not committed; latest names the newest committed one (first failure: {})",
+            c.failed,
+            c.failed + c.committed,
+            c.failures.first().map_or("unknown", String::as_str)
+        );
+    }
     match &s.uploads {
         Some(u) if u.failed > 0 => anyhow::bail!(
             "{} of {} uploads failed; the local checkpoints are intact (first failure: {})",
@@ -330,10 +400,20 @@ fn train_with(
 ) -> Result<Summary> {
     let started = Instant::now();
     let (config, t) = (&job.saver, &job.train);
-    let mut model = SyntheticModel::new(t.model_mib, t.seed);
+    // Sharded, each rank holds its part of the model (as FSDP shards it), with its own values.
+    let ranks = Ranks::from_env();
+    let mut model = match config.sharded {
+        true => SyntheticModel::new(
+            t.model_mib / f64::from(ranks.world_size.max(1)),
+            t.seed.wrapping_add(u64::from(ranks.rank)),
+        ),
+        false => SyntheticModel::new(t.model_mib, t.seed),
+    };
     let mut summary = Summary {
         run_name: config.run_name.clone(),
         rank: Ranks::from_env().rank,
+        world_size: Ranks::from_env().world_size,
+        sharded: config.sharded,
         folder: saver.folder().display().to_string(),
         ..Summary::default()
     };
@@ -426,10 +506,22 @@ fn train_with(
     // Failed uploads still leave a run worth summarising (the local checkpoints are intact);
     // `upload_outcome` turns them into the exit status.
     match saver.fit_end() {
-        Ok(_) | Err(cairn::Error::UploadsFailed(_)) => {}
+        Ok(_) | Err(cairn::Error::UploadsFailed(_)) | Err(cairn::Error::StepsNotCommitted(_)) => {}
         Err(e) => return Err(e.into()),
     }
     let report = saver.close()?;
+    if config.sharded && summary.rank == 0 {
+        let c = saver.commit_report();
+        let mut latencies: Vec<u64> = c.committed.iter().map(|s| s.latency_ms).collect();
+        latencies.sort_unstable();
+        summary.commits = Some(CommitSummary {
+            committed: c.committed.len(),
+            failed: c.failed.len(),
+            latency_ms_max: latencies.last().copied().unwrap_or(0),
+            latency_ms_median: latencies.get(latencies.len() / 2).copied().unwrap_or(0),
+            failures: c.failed.iter().map(|f| f.to_string()).collect(),
+        });
+    }
     progress.finish();
     for w in saver.take_warnings() {
         summary.warnings.push(w);
@@ -554,12 +646,14 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    let rank = (s.rank != 0).then(|| {
-        (
+    let rank = match (s.sharded, s.rank) {
+        (true, r) => Some((
             "rank",
-            format!("{} (only rank 0 writes a checkpoint)", s.rank),
-        )
-    });
+            format!("{r} of {} (each rank writes its own shard)", s.world_size),
+        )),
+        (false, 0) => None,
+        (false, r) => Some(("rank", format!("{r} (only rank 0 writes a checkpoint)"))),
+    };
     let rows = [
         ("run", s.run_name.clone()),
         (
@@ -610,6 +704,16 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
             count(p.reinstantiations, "fresh instance", "fresh instances")
         );
         writeln!(out, "{:<18} {}: {line}", "policy", p.policy)?;
+    }
+    if let Some(c) = &s.commits {
+        writeln!(
+            out,
+            "{:<18} {} committed, {} not committed; {} ms from the last shard to the manifest (median {} ms)",
+            "steps", c.committed, c.failed, c.latency_ms_max, c.latency_ms_median
+        )?;
+        for f in &c.failures {
+            writeln!(out, "{:<18} {f}", "commit failure")?;
+        }
     }
     if let Some(u) = &s.uploads {
         let line = format!(

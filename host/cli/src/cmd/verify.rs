@@ -5,12 +5,17 @@
 //! or — where the filesystem has no symlinks — a small pointer file holding the relative name
 //! of the checkpoint. A remote pointer (`*.symlink`, in a `file://` store or a bucket mirrored
 //! on disk) holds the checkpoint's key relative to the store's root instead, and is resolved as
-//! the store resolves it. Sound files print one `ok` line on stdout; each problem prints one line on
-//! stderr, and any problem makes the exit status non-zero.
+//! the store resolves it. A sharded step (a `<step>.commit` folder) is sound when its manifest is
+//! there and every shard it lists is found with its size and CRC-64/NVME and verifies; a step
+//! without a manifest is reported as uncommitted, naming the ranks whose records are there. Sound
+//! files print one `ok` line on stdout; each problem prints one line on stderr, and any problem
+//! makes the exit status non-zero.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use cairn::commit::store::{COMMIT_SUFFIX, MANIFEST_NAME};
+use cairn::commit::{Manifest, ShardRecord};
 use cairn::format::{CheckpointFormat, verify_checkpoint};
 use cairn::remote::SYMLINK_SUFFIX;
 use cairn::remote::store::object_name;
@@ -105,6 +110,9 @@ fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) -> usize 
         } else if name.starts_with("latest") {
             found += 1;
             check_latest(dir, &path, &meta, problems);
+        } else if meta.is_dir() && name.ends_with(COMMIT_SUFFIX) {
+            found += 1;
+            check_step(dir, &path, &name, problems);
         } else if meta.is_dir() && depth < MAX_DEPTH {
             found += verify_folder(&path, depth + 1, problems);
         } else if meta.is_file() && is_checkpoint_name(&name) {
@@ -149,10 +157,19 @@ fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, problems: &mu
             target.display()
         ));
     }
+    let mut commit = target.clone().into_os_string();
+    commit.push(COMMIT_SUFFIX);
+    let commit = PathBuf::from(commit);
     if let Err(e) = verify_checkpoint(&target) {
         problems.push(format!(
             "{} points to a checkpoint that fails verification: {e}",
             path.display()
+        ));
+    } else if commit.is_dir() && !commit.join(MANIFEST_NAME).is_file() {
+        problems.push(format!(
+            "{} points to {}, whose sharded step is not committed",
+            path.display(),
+            target.display()
         ));
     } else {
         println!("ok {} -> {}", path.display(), target.display());
@@ -205,6 +222,103 @@ fn check_remote_pointer(dir: &Path, path: &Path, problems: &mut Vec<String>) {
             target.display()
         )),
     }
+}
+
+/// A sharded step's `.commit` folder: its manifest must be there, and every shard it lists must be
+/// found (as a file beside the step, or as an object under a folder above, the store's root) with
+/// the manifest's size and checksum, and verify.
+fn check_step(dir: &Path, commit: &Path, name: &str, problems: &mut Vec<String>) {
+    let step = name.strip_suffix(COMMIT_SUFFIX).unwrap_or(name);
+    let manifest_path = commit.join(MANIFEST_NAME);
+    let bytes = match std::fs::read(&manifest_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut ranks: Vec<u32> = std::fs::read_dir(commit)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    let n = e.ok()?.file_name().to_string_lossy().into_owned();
+                    n.strip_prefix("rank-")?.strip_suffix(".json")?.parse().ok()
+                })
+                .collect();
+            ranks.sort_unstable();
+            return problems.push(format!(
+                "step {} is not committed: it has no manifest (records from ranks {ranks:?}); no reader trusts its shards",
+                dir.join(step).display()
+            ));
+        }
+        Err(e) => return problems.push(format!("{} cannot be read: {e}", manifest_path.display())),
+    };
+    let manifest = match Manifest::parse(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            return problems.push(format!(
+                "{} is not a commit manifest: {e}",
+                manifest_path.display()
+            ));
+        }
+    };
+    let mut bytes_total = 0;
+    for shard in &manifest.shards {
+        let Some(file) = locate_shard(dir, shard) else {
+            problems.push(format!(
+                "step {}: rank {}'s shard {} is not here",
+                dir.join(step).display(),
+                shard.rank,
+                shard.object.as_deref().unwrap_or(&shard.file)
+            ));
+            continue;
+        };
+        if let Err(why) = shard_matches(&file, shard) {
+            problems.push(format!(
+                "step {}: rank {}'s shard {} does not match the manifest: {why}",
+                dir.join(step).display(),
+                shard.rank,
+                file.display()
+            ));
+            continue;
+        }
+        if let Err(e) = verify_checkpoint(&file) {
+            problems.push(e.to_string());
+            continue;
+        }
+        bytes_total += shard.bytes;
+    }
+    println!(
+        "ok step {step} ({} shards, {}, committed {} ms after its last shard)",
+        manifest.world_size,
+        crate::plural::count(bytes_total, "byte", "bytes"),
+        manifest.commit_latency_ms()
+    );
+}
+
+/// Where a shard is: its file beside the step (the step committed in the folder), else its object
+/// under a folder above (a `file://` store or a bucket on disk).
+fn locate_shard(dir: &Path, shard: &ShardRecord) -> Option<PathBuf> {
+    let beside = dir.join(Path::new(&shard.file).file_name().unwrap_or_default());
+    if shard.object.is_none() && beside.is_file() {
+        return Some(beside);
+    }
+    let object = shard.object.as_deref()?;
+    // The object name is relative to the store's prefix, some folder above.
+    dir.ancestors()
+        .map(|root| root.join(object))
+        .find(|p| p.is_file())
+}
+
+fn shard_matches(file: &Path, shard: &ShardRecord) -> Result<(), String> {
+    let size = std::fs::metadata(file).map_err(|e| e.to_string())?.len();
+    if size != shard.bytes {
+        return Err(format!("{size} bytes, the manifest says {}", shard.bytes));
+    }
+    let sum = cairn::commit::Checksum::of_file(file).map_err(|e| e.to_string())?;
+    if sum != shard.crc64nvme {
+        return Err(format!(
+            "CRC-64/NVME {sum}, the manifest says {}",
+            shard.crc64nvme
+        ));
+    }
+    Ok(())
 }
 
 /// True when a file starts like a checkpoint (zip, gzip, bz2, xz, zstd, lz4, tar) or has NULs.

@@ -12,4 +12,5 @@ mod run;
 mod run_policies;
 mod run_remote;
 mod run_remote_faults;
+mod sharded;
 mod simulate;
