@@ -5,6 +5,7 @@
 
 mod policy;
 mod save;
+mod sharded;
 mod upload;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Save(save::SaveArgs),
     /// Upload throughput of cairn's uploader against a single-stream upload of the same file.
     Upload(upload::BenchUploadArgs),
+    /// Aggregate throughput of sharded saves for 1, 2, 4 ranks, and the commit's latency.
+    Sharded(sharded::ShardedArgs),
     #[command(flatten)]
     Policy(policy::BenchCommand),
 }
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Save(args) => save::run(args),
         Command::Upload(args) => upload::run(args),
+        Command::Sharded(args) => sharded::run(args),
         Command::Policy(cmd) => policy::run(cmd),
     };
     match result {

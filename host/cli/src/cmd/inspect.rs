@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use serde_json::{Value as Json, json};
 
+use cairn::commit::Manifest;
 use cairn::format::state_dict::Construct;
 use cairn::format::{Object, Value, format_of, read_checkpoint};
 
@@ -29,6 +30,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(manifest) = read_manifest(&args.file)? {
+        print_manifest(&manifest, args.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     let format = format_of(&args.file)?;
     let tree = read_checkpoint(&args.file)?;
     let mut entries = Vec::new();
@@ -39,6 +44,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print_table(format.name(), &entries);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A sharded step's commit manifest (`<step>.commit/manifest.json`), or `None` for any other file.
+fn read_manifest(path: &std::path::Path) -> anyhow::Result<Option<Manifest>> {
+    if path.extension().is_none_or(|e| e != "json") {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("{} cannot be read: {e}", path.display()))?;
+    Manifest::parse(&bytes)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{} is not a commit manifest: {e}", path.display()))
+}
+
+/// `--json`: `{"format": "cairn-commit/1", "manifest": {...}, "commit_latency_ms": N}`; otherwise
+/// one line for the step and one per shard.
+fn print_manifest(m: &Manifest, json: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({"format": m.format, "manifest": m, "commit_latency_ms": m.commit_latency_ms()})
+        );
+        return;
+    }
+    println!(
+        "step {} of run {} (epoch {}, batch {}): {} shards, {} bytes, committed {} ms after its last shard",
+        m.step,
+        m.run_name,
+        m.epoch,
+        m.batch,
+        m.world_size,
+        m.bytes(),
+        m.commit_latency_ms()
+    );
+    for s in &m.shards {
+        println!(
+            "  rank {:<4} {:<40} {:>12} bytes  crc64nvme {}{}",
+            s.rank,
+            s.object.as_deref().unwrap_or(&s.file),
+            s.bytes,
+            s.crc64nvme,
+            s.etag
+                .as_deref()
+                .map(|e| format!("  etag {e}"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<Json>) {

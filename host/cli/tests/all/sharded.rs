@@ -107,6 +107,21 @@ fn four_ranks_in_a_shared_folder_commit_every_step() {
     );
     let out = String::from_utf8_lossy(&verify.stdout);
     assert!(out.contains("ok step ep1-ba6-rank0.pt (4 shards"), "{out}");
+    let manifest = ck.join("ep1-ba6-rank0.pt.commit/manifest.json");
+    let (ok, shown, stderr) = cairn(dir.path(), &[], &["inspect", manifest.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(shown["format"], "cairn-commit/1");
+    assert_eq!(shown["manifest"]["shards"].as_array().unwrap().len(), 4);
+    // A step whose manifest is gone is reported as uncommitted.
+    fs::remove_file(&manifest).unwrap();
+    let verify = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["verify", ck.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!verify.status.success());
+    let err = String::from_utf8_lossy(&verify.stderr);
+    assert!(err.contains("ep1-ba6-rank0.pt is not committed: it has no manifest (records from ranks [0, 1, 2, 3])"), "{err}");
+    assert!(err.contains("latest-rank0.pt points to"), "{err}");
 }
 
 #[test]
