@@ -61,10 +61,10 @@ pub fn build(
         }
         return Value::Dict(Dict::new().with("state", state));
     }
-    let mut callbacks = match given.remove(&Key::from("callbacks")) {
-        Some(Value::Dict(d)) => d,
-        _ => Dict::new(),
-    };
+    let mut callbacks = given
+        .remove(&Key::from("callbacks"))
+        .and_then(Value::into_dict)
+        .unwrap_or_default();
     callbacks.insert("CheckpointSaver", saver_state(history));
     given.insert("callbacks", callbacks);
     given.insert(
@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn timedeltas_are_days_seconds_microseconds() {
-        let Value::Object(o) = timedelta(Duration::from_micros(90_061_000_001)) else {
+        let Value::Object(o) = &timedelta(Duration::from_micros(90_061_000_001)) else {
             panic!()
         };
         assert_eq!(
