@@ -41,8 +41,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_format::CheckpointFormat;
 use cairn_format::durable::{self, Replace};
+use cairn_format::{CheckpointFormat, ReadLimits};
 use cairn_policy::{
     Event, Filtered, IgnoreGlobs, IntervalScheduler, KeyFilter, PolicyHost, PolicyStats, Ranks,
     RunInfo, SavePolicy, StatsHandle, Timestamp, TrainingState,
@@ -93,6 +93,8 @@ pub struct CheckpointSaver {
     policy_stats: Vec<(String, StatsHandle)>,
     /// Local files whose upload failed: with `num_checkpoints_to_keep = 0` they are the only copy.
     failed_uploads: HashSet<PathBuf>,
+    /// Bounds on reading a checkpoint to resume from.
+    read_limits: ReadLimits,
 }
 
 /// What [`CheckpointSaver::write`] did.
@@ -173,6 +175,7 @@ impl CheckpointSaver {
             history: Vec::new(),
             saved: Vec::new(),
             warnings: Vec::new(),
+            read_limits: config.read,
         })
     }
 
@@ -389,13 +392,15 @@ impl CheckpointSaver {
             filename: &self.filename,
             latest: self.latest_path(),
             vars: self.vars(None),
+            limits: self.read_limits,
         };
         let mut found = search.find()?;
         if found.is_none()
             && let Some((pointer, path)) = self.download_remote_latest()?
         {
-            let (tree, timestamp) = resume::load(&path)?;
-            let history = crate::checkpoint::read_history(&tree);
+            let (tree, timestamp) = resume::load(&path, &self.read_limits)?;
+            // `load` checked the history; a damaged one was an error there.
+            let history = crate::checkpoint::read_history(&tree).unwrap_or_default();
             found = Some(ResumePoint {
                 path,
                 tree,

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -207,9 +207,7 @@ fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Resul
             point.timestamp.batch,
             point.reason
         );
-        model
-            .restore(&point.tree)
-            .with_context(|| format!("cannot resume from {}", point.path.display()))?;
+        model.restore(&point.path, &point.tree)?;
         start = point.timestamp;
         summary.resumed_from = Some(point.path.display().to_string());
     }
