@@ -5,9 +5,11 @@
 //! It is a library too, only so the benchmarks (`host/bench`) reuse the simulated trainer.
 
 mod cmd;
+mod out;
 pub mod rusage;
 pub mod train;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -44,8 +46,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of stdout went away (`cairn inspect FILE | head`): nothing is wrong.
+        Err(err) if out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cairn: {err:#}");
+            // Messages may quote text a checkpoint or a guest chose: print it inert.
+            let _ = writeln!(
+                std::io::stderr(),
+                "cairn: {}",
+                out::printable(&format!("{err:#}"))
+            );
             ExitCode::FAILURE
         }
     }

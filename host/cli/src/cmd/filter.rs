@@ -11,8 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use super::read::ReadArgs;
 use cairn::format::durable::{self, Replace};
-use cairn::format::{format_of, read_checkpoint, write_checkpoint};
+use cairn::format::{format_of, write_checkpoint};
 use cairn::policy::{
     Filtered, IgnoreGlobs, KeyFilter, PolicyHost, PolicySpec, RunInfo, SandboxConfig,
 };
@@ -32,6 +33,8 @@ pub struct Args {
     /// A state-dict-filter component to run instead of globs (sandboxed with default limits).
     #[arg(long, value_name = "FILE.wasm")]
     filter: Option<PathBuf>,
+    #[command(flatten)]
+    read: ReadArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -47,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => Box::new(IgnoreGlobs::new(&args.ignore_keys)?),
     };
     let format = format_of(&args.output)?;
-    let tree = read_checkpoint(&args.input)?;
+    let tree = args.read.read(&args.input)?.tree;
     let full = tree.as_dict().is_some_and(|d| d.get("state").is_some());
     let mut warnings = Vec::new();
     let mut tree = match filter.filter(tree, &mut warnings)? {

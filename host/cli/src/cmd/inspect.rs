@@ -8,58 +8,104 @@
 //! - `int`, `float`, `bool`, `str`: `value` (ints beyond 64 bits as a decimal string; a
 //!   non-finite float as the string `nan`, `inf` or `-inf`);
 //! - `bytes`: `nbytes`; `tuple`: `len`; `object`: `type` (`module.name`, e.g. `datetime.timedelta`);
-//! - `none` and empty `dict`/`list`: nothing more.
+//! - `none` and empty `dict`/`list`: nothing more;
+//! - an int too long to print in decimal (over [`MAX_DECIMAL_BYTES`] bytes, ~2,500 digits):
+//!   `value` null and `bits`, its width;
+//! - a value that appears in several places (one Python object referenced twice, a
+//!   [`Value::Shared`]): listed in full where it is first met, and elsewhere as one entry of
+//!   its kind with `shared`, the path where it was first listed. So a file whose pickle
+//!   references a list that references the previous list twice, forty times over, lists about
+//!   eighty entries, not 2^40.
+//!
+//! The JSON object also has `named`: the format the file's name selects (`null` if none); when
+//! it differs from `format` (the content), a note says so on stderr.
 
+use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::{Value as Json, json};
 
+use super::read::ReadArgs;
+use crate::out::printable;
 use cairn::format::state_dict::Construct;
-use cairn::format::{Object, Value, format_of, read_checkpoint};
+use cairn::format::{Object, Value};
 
 /// Arguments of `cairn inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The checkpoint file.
     file: PathBuf,
-    /// Print JSON: {"format":..., "entries":[...]}.
+    /// Print JSON: {"format":..., "named":..., "entries":[...]}.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    read: ReadArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let format = format_of(&args.file)?;
-    let tree = read_checkpoint(&args.file)?;
-    let mut entries = Vec::new();
-    leaves(&tree, &mut Vec::new(), &mut entries);
+    let read = args.read.read(&args.file)?;
+    let format = read.report.format;
+    let entries = leaves(&read.tree);
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", json!({"format": format.name(), "entries": entries}));
+        let named = read.report.named.map(|n| n.name());
+        let doc = json!({"format": format.name(), "named": named, "entries": entries});
+        serde_json::to_writer(&mut out, &doc)?;
+        writeln!(out)?;
     } else {
-        print_table(format.name(), &entries);
+        print_table(&mut out, format.name(), &entries)?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<Json>) {
-    match v {
-        Value::Dict(d) if !d.is_empty() => {
-            for (k, x) in &d.entries {
-                path.push(k.to_string());
-                leaves(x, path, out);
-                path.pop();
-            }
+/// One entry per leaf, in depth-first order, walked with an explicit stack (no recursion
+/// proportional to the tree's depth); a shared subtree is listed once.
+fn leaves(tree: &Value) -> Vec<Json> {
+    let mut out = Vec::new();
+    let mut first_seen: HashMap<usize, String> = HashMap::new();
+    let mut pending: Vec<(&Value, String)> = vec![(tree, String::new())];
+    let child = |path: &str, seg: &str| {
+        if path.is_empty() {
+            seg.to_owned()
+        } else {
+            format!("{path}/{seg}")
         }
-        Value::List(items) if !items.is_empty() => {
-            for (i, x) in items.iter().enumerate() {
-                path.push(i.to_string());
-                leaves(x, path, out);
-                path.pop();
+    };
+    while let Some((v, path)) = pending.pop() {
+        if let Value::Shared(s) = v {
+            if let Some(first) = first_seen.get(&s.id()) {
+                let mut e = entry(path, s.get());
+                if let Some(e) = e.as_object_mut() {
+                    e.insert("shared".into(), json!(first));
+                }
+                out.push(e);
+                continue;
             }
+            first_seen.insert(s.id(), path.clone());
         }
-        _ => out.push(entry(path.join("/"), v)),
+        match v.resolved() {
+            Value::Dict(d) if !d.is_empty() => {
+                for (k, x) in d.entries.iter().rev() {
+                    pending.push((x, child(&path, &k.to_string())));
+                }
+            }
+            Value::List(items) if !items.is_empty() => {
+                for (i, x) in items.iter().enumerate().rev() {
+                    pending.push((x, child(&path, &i.to_string())));
+                }
+            }
+            leaf => out.push(entry(path, leaf)),
+        }
     }
+    out
 }
+
+/// Ints longer than this many bytes are not turned into decimal (the conversion is quadratic;
+/// CPython refuses `str()` of ints over 4,300 digits for the same reason).
+const MAX_DECIMAL_BYTES: usize = 1024;
 
 fn entry(path: String, v: &Value) -> Json {
     let mut e = json!({"path": path, "kind": v.kind()});
@@ -68,6 +114,9 @@ fn entry(path: String, v: &Value) -> Json {
             json!({"dtype": t.dtype().name(), "shape": t.shape, "nbytes": t.nbytes()})
         }
         Value::Int(i) => json!({ "value": i }),
+        Value::BigInt(b) if b.len() > MAX_DECIMAL_BYTES => {
+            json!({ "value": null, "bits": b.len() * 8 })
+        }
         Value::BigInt(b) => json!({ "value": bigint_decimal(b) }),
         Value::Float(x) if x.is_finite() => json!({ "value": x }),
         Value::Float(x) => {
@@ -131,22 +180,36 @@ fn bigint_decimal(le: &[u8]) -> String {
     String::from_utf8(digits).unwrap_or_default()
 }
 
-fn print_table(format: &str, entries: &[Json]) {
-    println!("format: {format}, {} entries", entries.len());
+/// Widest a table column is padded to; longer cells run past it (and are not padded).
+const MAX_COLUMN: usize = 60;
+
+fn print_table(out: &mut impl Write, format: &str, entries: &[Json]) -> std::io::Result<()> {
+    let plural = if entries.len() == 1 {
+        "entry"
+    } else {
+        "entries"
+    };
+    writeln!(out, "format: {format}, {} {plural}", entries.len())?;
     let rows: Vec<[String; 4]> = entries
         .iter()
         .map(|e| {
-            let s = |k: &str| {
-                e.get(k)
-                    .map(|v| v.to_string().trim_matches('"').to_owned())
-                    .unwrap_or_default()
+            // JSON-quoted text has its control characters escaped already; plain text is
+            // escaped here, so no key or string from the file reaches the terminal raw.
+            let s = |k: &str| match e.get(k) {
+                Some(Json::String(text)) => printable(text).into_owned(),
+                Some(Json::Null) if k == "value" => format!("<{}-bit int>", e["bits"]),
+                Some(v) => printable(&v.to_string()).into_owned(),
+                None => String::new(),
             };
-            let detail = match s("kind").as_str() {
+            let mut detail = match s("kind").as_str() {
                 "tensor" => format!("{} {}", s("dtype"), s("shape")),
                 "object" => s("type"),
                 "tuple" => format!("len {}", s("len")),
                 _ => s("value"),
             };
+            if e.get("shared").is_some() {
+                detail = format!("shared with {}", s("shared"));
+            }
             let size = e.get("nbytes").map(|n| n.to_string()).unwrap_or_default();
             [s("path"), s("kind"), detail, size]
         })
@@ -156,24 +219,43 @@ fn print_table(format: &str, entries: &[Json]) {
             .map(|r| r[i].chars().count())
             .max()
             .unwrap_or(0)
-            .max(title.len())
+            .clamp(title.len(), MAX_COLUMN)
     };
-    let (w0, w1, w2) = (
-        width(0, "PATH"),
-        width(1, "KIND"),
-        width(2, "DETAIL").min(60),
-    );
-    println!("{:w0$}  {:w1$}  {:w2$}  BYTES", "PATH", "KIND", "DETAIL");
+    let (w0, w1, w2) = (width(0, "PATH"), width(1, "KIND"), width(2, "DETAIL"));
+    writeln!(
+        out,
+        "{}  {}  {}  BYTES",
+        pad("PATH", w0),
+        pad("KIND", w1),
+        pad("DETAIL", w2)
+    )?;
     for [path, kind, detail, size] in rows {
-        let detail: String = detail.chars().take(60).collect();
-        println!("{path:w0$}  {kind:w1$}  {detail:w2$}  {size}");
+        let detail: String = detail.chars().take(MAX_COLUMN).collect();
+        writeln!(
+            out,
+            "{}  {}  {}  {size}",
+            pad(&path, w0),
+            pad(&kind, w1),
+            pad(&detail, w2)
+        )?;
     }
+    Ok(())
+}
+
+/// `s` followed by spaces up to `width` characters (a longer `s` is left as is). Done by hand:
+/// a width taken from the data could exceed what `format!`'s `{:width$}` accepts.
+fn pad(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    let mut out = String::with_capacity(s.len() + width.saturating_sub(n));
+    out.push_str(s);
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(n)));
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn::format::{Dict, Tensor};
+    use cairn::format::{Dict, Shared, Tensor};
 
     #[test]
     fn big_ints_print_in_decimal() {
@@ -204,8 +286,7 @@ mod tests {
                     Value::List(vec![Value::Dict(Dict::new()), Value::Tuple(vec![])]),
                 ),
         );
-        let mut out = Vec::new();
-        leaves(&tree, &mut Vec::new(), &mut out);
+        let out = leaves(&tree);
         let paths: Vec<_> = out
             .iter()
             .map(|e| e["path"].as_str().unwrap().to_owned())
@@ -213,5 +294,57 @@ mod tests {
         assert_eq!(paths, ["state/model/fc.weight", "rng/0", "rng/1"]);
         assert_eq!(out[0]["nbytes"], 8);
         assert_eq!(out[1]["kind"], "dict");
+    }
+
+    #[test]
+    fn shared_subtrees_are_listed_once() {
+        // L0 = [1]; Li = [L(i-1), L(i-1)], 50 levels: 2^50 leaves as a tree.
+        let mut level = Shared::new(Value::List(vec![Value::Int(1)]));
+        for _ in 0..50 {
+            level = Shared::new(Value::List(vec![level.clone().into(), level.into()]));
+        }
+        let tree = Value::Dict(Dict::new().with("laughs", Value::Shared(level)));
+        let out = leaves(&tree);
+        assert_eq!(out.len(), 51, "one leaf and one shared entry per level");
+        let again = out.iter().find(|e| e["path"] == "laughs/1").unwrap();
+        assert_eq!(again["kind"], "list");
+        assert_eq!(again["shared"], "laughs/0");
+    }
+
+    #[test]
+    fn a_deep_tree_is_walked_without_recursion() {
+        let mut v = Value::Int(1);
+        for _ in 0..200_000 {
+            v = Value::List(vec![v]);
+        }
+        let out = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || leaves(&v).len())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(out, 1);
+    }
+
+    #[test]
+    fn huge_ints_and_long_keys_do_not_stall_or_panic_the_table() {
+        let tree = Value::Dict(
+            Dict::new()
+                .with("k".repeat(70_000).as_str(), Value::BigInt(vec![1; 1 << 20]))
+                .with("a\x1b[2Jb", "x\ry"),
+        );
+        let start = std::time::Instant::now();
+        let entries = leaves(&tree);
+        assert_eq!(entries[0]["bits"], 8 << 20);
+        let mut text = Vec::new();
+        print_table(&mut text, "pt", &entries).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("<8388608-bit int>"), "{}", &text[..200]);
+        assert!(
+            text.contains("a\\x1b[2Jb") && text.contains("x\\ry"),
+            "{text:.300}"
+        );
+        assert!(!text.contains('\x1b') && !text.contains('\r'));
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
     }
 }

@@ -3,6 +3,7 @@
 pub mod filter;
 pub mod inspect;
 pub mod policy;
+pub mod read;
 pub mod run;
 pub mod simulate;
 pub mod verify;
