@@ -232,8 +232,10 @@ impl Shared {
 }
 
 impl fmt::Debug for Shared {
+    /// The kind and identity only: printing the contents at every place would be exponential
+    /// for a graph that shares shared subtrees (use [`Shared::get`] to print one).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Shared").field(self.get()).finish()
+        write!(f, "Shared({}@{:#x})", self.get().kind(), self.id())
     }
 }
 

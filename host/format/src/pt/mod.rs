@@ -28,8 +28,8 @@ pub enum PtError {
     /// The zip container is damaged.
     #[error("{0}")]
     Zip(ZipError),
-    /// The pickle is damaged or hostile.
-    #[error("has an unreadable pickle: {0}")]
+    /// The pickle is damaged or hostile, or reading it would exceed a bound.
+    #[error("{}", pickle_message(.0))]
     Pickle(PickleError),
     /// The tree cannot be written (a tensor view past its storage, too deep).
     #[error("cannot be written: {0}")]
@@ -43,6 +43,14 @@ pub enum PtError {
     /// Reading or writing failed.
     #[error("could not be written: {0}")]
     Io(io::Error),
+}
+
+fn pickle_message(e: &PickleError) -> String {
+    use pickle_read::PickleFault;
+    match e.fault {
+        PickleFault::TooDeep | PickleFault::TooLarge => format!("is refused: its pickle {e}"),
+        PickleFault::Damaged | PickleFault::Refused => format!("has an unreadable pickle: {e}"),
+    }
 }
 
 // Conversions without `#[from]`: the message already includes the cause, and a `source()` would
