@@ -106,8 +106,10 @@ pub(crate) struct Search<'a> {
 }
 
 impl Search<'_> {
-    /// The checkpoint to continue from; `None` when the folder has none that verifies.
-    pub fn find(&self) -> Result<Option<ResumePoint>> {
+    /// The checkpoint to continue from; `None` when the folder has none that verifies. Every
+    /// candidate passed over (damaged, a decompression bomb, a value out of range) is added
+    /// to `passed_over` with why, also when none is found.
+    pub fn find(&self, passed_over: &mut Vec<(PathBuf, String)>) -> Result<Option<ResumePoint>> {
         let mut skipped = Vec::new();
         let mut written = self.newest_written_first()?;
         let (target, latest_problem) = self.latest_target();
@@ -150,6 +152,7 @@ impl Search<'_> {
                 Err(e) => skipped.push((path, e.to_string())),
             }
         }
+        passed_over.extend(skipped);
         Ok(None)
     }
 

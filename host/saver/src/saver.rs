@@ -394,7 +394,15 @@ impl CheckpointSaver {
             vars: self.vars(None),
             limits: self.read_limits,
         };
-        let mut found = search.find()?;
+        let mut passed_over = Vec::new();
+        let mut found = search.find(&mut passed_over)?;
+        // Nothing usable locally: say what was passed over, whatever happens next.
+        for (path, why) in passed_over {
+            self.warnings.push(format!(
+                "skipped damaged checkpoint {}: {why}",
+                path.display()
+            ));
+        }
         if found.is_none()
             && let Some((pointer, path)) = self.download_remote_latest()?
         {

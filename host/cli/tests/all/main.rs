@@ -5,6 +5,7 @@ mod crash;
 mod formats;
 mod policies;
 mod policy_check;
+mod reading;
 mod run;
 mod run_policies;
 mod run_remote;
