@@ -26,8 +26,9 @@ pub struct ReadLimits {
     /// Expansion allowed whatever the ratio (default 64 MiB), so a small compressed file of
     /// zeros (a test checkpoint, an untrained mask) still reads.
     pub ratio_floor_bytes: u64,
-    /// The largest pickle (`data.pkl`) read, in bytes (default 64 MiB; a state dict with
-    /// 100,000 tensors pickles to about 20 MiB).
+    /// The largest pickle (`data.pkl`) read, in bytes (default 32 MiB: `torch.save` spends
+    /// ~340 bytes per parameter with its Adam state, so about 100,000 parameters; reading a
+    /// hostile pickle costs at most ~16 bytes of memory per byte of it).
     pub max_pickle_bytes: u64,
 }
 
@@ -38,7 +39,7 @@ pub const DEFAULT_MAX_EXPANSION_RATIO: u64 = 64;
 /// Default [`ReadLimits::ratio_floor_bytes`].
 pub const DEFAULT_RATIO_FLOOR_BYTES: u64 = 64 << 20;
 /// Default [`ReadLimits::max_pickle_bytes`].
-pub const DEFAULT_MAX_PICKLE_BYTES: u64 = 64 << 20;
+pub const DEFAULT_MAX_PICKLE_BYTES: u64 = 32 << 20;
 
 impl Default for ReadLimits {
     fn default() -> Self {

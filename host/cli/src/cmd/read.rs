@@ -17,7 +17,7 @@ pub struct ReadArgs {
     /// Expansion allowed whatever the ratio, in MiB [default: 64].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
     expansion_floor_mib: Option<u64>,
-    /// The largest pickle (data.pkl) read, in MiB [default: 64].
+    /// The largest pickle (data.pkl) read, in MiB [default: 32].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
     max_pickle_mib: Option<u64>,
 }

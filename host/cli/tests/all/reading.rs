@@ -555,6 +555,66 @@ fn a_billion_laughs_is_read_listed_and_written_as_a_small_graph() {
     assert!(m.max_rss_mib < 128.0, "{:.0} MiB", m.max_rss_mib);
 }
 
+#[test]
+fn wide_pickles_are_refused_within_a_bounded_memory() {
+    // One object per byte or two, 32 MiB of pickle (the default cap): each is refused at the
+    // object budget (an eighth of its length), and memory stays a small multiple of the file.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n = (32 << 20) - 64;
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "empty-lists",
+            [b"(".to_vec(), b"]".repeat(n), b"l".to_vec()].concat(),
+        ),
+        (
+            "nones",
+            [b"(".to_vec(), b"N".repeat(n), b"l".to_vec()].concat(),
+        ),
+        (
+            "copies",
+            [
+                b"K\x07q\x00(".to_vec(),
+                b"h\x00".repeat(n / 2),
+                b"l".to_vec(),
+            ]
+            .concat(),
+        ),
+        (
+            "strings",
+            [
+                b"(".to_vec(),
+                b"X\x03\x00\x00\x00abc".repeat(n / 8),
+                b"l".to_vec(),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, body) in cases {
+        let file = format!("{what}.pt");
+        pickle_file(&d.join(&file), &body);
+        let m = measured(d, &["verify", &file], Some(64 * MIB));
+        m.report(&format!("32 MiB of {what}"));
+        m.assert_exited(what);
+        assert_eq!(m.code, Some(1), "{what}");
+        assert!(
+            m.stderr.contains("more than its length allows")
+                || m.stderr.contains("too many objects"),
+            "{what}: {}",
+            m.stderr
+        );
+        assert!(m.max_rss_mib < 512.0, "{what}: {:.0} MiB", m.max_rss_mib);
+    }
+    // Past the cap, the pickle is not parsed at all.
+    let m = measured(d, &["verify", "nones.pt", "--max-pickle-mib", "16"], None);
+    assert!(
+        m.stderr
+            .contains("its pickle (data.pkl) is 32.0 MiB, more than the 16 MiB"),
+        "{}",
+        m.stderr
+    );
+}
+
 // ---------- values out of range ----------
 
 /// Run 4 batches into `ck/`, then rewrite the latest checkpoint with `edit` applied.

@@ -36,9 +36,18 @@ pub struct Limits {
 
 impl Limits {
     /// Limits scaled to the pickle's size: generous for real checkpoints, small for tiny input.
+    ///
+    /// The object budget is a million, or one object per eight bytes of pickle if that is
+    /// more. `torch.save` output stays inside it (a parameter with its Adam state is ~340
+    /// bytes and ~80 objects; a dict entry with its memo opcodes at least 8 bytes; only a
+    /// list of over a million small ints or `None`s could exceed it), while a hostile pickle
+    /// (one object per byte, or one `BINGET` copy per two) is refused at an eighth of its
+    /// length. Memory follows the budget: an arena node is 32 bytes, a stack slot 8, a tree
+    /// value 88, so a pickle of `n` bytes takes at most about `16 n` (and 200 MiB for the
+    /// million).
     pub fn for_input(len: usize) -> Limits {
         Limits {
-            max_nodes: (1 << 20).max(len),
+            max_nodes: (1 << 20).max(len / 8),
             max_bytes: (64usize << 20).saturating_add(len.saturating_mul(4)),
         }
     }
@@ -457,7 +466,19 @@ impl<'a> Vm<'a> {
             ));
         }
         self.nodes.push(node);
-        self.stack.push(self.nodes.len() - 1);
+        self.push_id(self.nodes.len() - 1)
+    }
+
+    /// Push an existing node (a singleton, a memo entry, a duplicate) on the stack, which is
+    /// held to the same budget as the arena.
+    fn push_id(&mut self, id: Id) -> R<()> {
+        if self.stack.len() >= self.max_arena {
+            return self.too_large(format!(
+                "keeps more than {} objects on its stack, more than its length allows",
+                self.max_arena
+            ));
+        }
+        self.stack.push(id);
         Ok(())
     }
 
@@ -494,10 +515,7 @@ impl<'a> Vm<'a> {
 
     fn memo_get(&mut self, key: u64) -> R<()> {
         match self.memo.get(&key) {
-            Some(&id) => {
-                self.stack.push(id);
-                Ok(())
-            }
+            Some(&id) => self.push_id(id),
             None => self.err(format!("memo entry {key} is read before it is written")),
         }
     }
@@ -546,11 +564,11 @@ impl<'a> Vm<'a> {
             }
             b'2' => {
                 let id = self.top()?;
-                self.stack.push(id);
+                self.push_id(id)?;
             }
-            b'N' => self.stack.push(NONE_ID),
-            0x88 => self.stack.push(TRUE_ID),
-            0x89 => self.stack.push(FALSE_ID),
+            b'N' => self.push_id(NONE_ID)?,
+            0x88 => self.push_id(TRUE_ID)?,
+            0x89 => self.push_id(FALSE_ID)?,
             b'J' => {
                 let b = self.take(4)?;
                 self.push(Node::Int(
@@ -651,7 +669,7 @@ impl<'a> Vm<'a> {
                 ))?;
                 self.fix_reduce_args()?;
             }
-            b')' => self.stack.push(EMPTY_TUPLE_ID),
+            b')' => self.push_id(EMPTY_TUPLE_ID)?,
             b't' => {
                 let items = self.pop_mark()?;
                 self.push(Node::Tuple(items))?
@@ -824,8 +842,7 @@ impl<'a> Vm<'a> {
             _ => None,
         };
         if let Some(id) = singleton {
-            self.stack.push(id);
-            return Ok(());
+            return self.push_id(id);
         }
         match line.parse::<i64>() {
             Ok(i) => self.push(Node::Int(i)),
