@@ -7,7 +7,7 @@
 //! files.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use crate::error::{FormatError, NameError};
 
@@ -176,7 +176,8 @@ pub const HEAD_LEN: usize = 512;
 ///
 /// Magic numbers: zip `PK\x03\x04` (or `PK\x05\x06`, an empty archive), gzip `1f 8b`, zstd
 /// `28 b5 2f fd`, bzip2 `BZh1`..`BZh9`, xz `fd 37 7a 58 5a 00`, lz4 frame `04 22 4d 18`, tar
-/// `ustar` at offset 257 or a valid header checksum, safetensors a little-endian u64 header
+/// (or legacy `02 21 4c 18`), tar `ustar` at offset 257 or a valid header checksum,
+/// safetensors a little-endian u64 header
 /// length followed by `{`, and last (it has no magic) lzma-alone: a properties byte below 225,
 /// a dictionary size between 4 KiB and 1.5 GiB, and a plausible size field.
 pub fn detect(head: &[u8], file_len: u64) -> Option<Outer> {
@@ -191,7 +192,10 @@ pub fn detect(head: &[u8], file_len: u64) -> Option<Outer> {
         Some(Compression::Bzip2)
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
         Some(Compression::Xz)
-    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18]) {
+    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18])
+        || head.starts_with(&[0x02, 0x21, 0x4c, 0x18])
+    {
+        // The lz4 frame format, or the legacy one (`lz4 -l`).
         Some(Compression::Lz4)
     } else {
         None
@@ -351,12 +355,13 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// A decompressing reader for `c`.
-pub fn decoder<'a, R: Read + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Read + 'a>> {
+/// A decompressing reader for `c`. Every compressor's stream may be several members or frames
+/// one after the other (as `cat a.gz b.gz` makes, and as the tools read them); all are read.
+pub fn decoder<'a, R: BufRead + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match c {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
-        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),
+        Compression::Lz4 => Box::new(Lz4Frames(lz4_flex::frame::FrameDecoder::new(r))),
         Compression::Lzma => {
             let stream =
                 liblzma::stream::Stream::new_lzma_decoder(u64::MAX).map_err(io::Error::other)?;
@@ -365,6 +370,22 @@ pub fn decoder<'a, R: Read + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Rea
         Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
     })
+}
+
+/// lz4 frames one after the other: `FrameDecoder` ends at the end of a frame, and reading on
+/// starts the next; only the end of the input ends the stream (before, a second frame was
+/// silently dropped).
+struct Lz4Frames<R: BufRead>(lz4_flex::frame::FrameDecoder<R>);
+
+impl<R: BufRead> Read for Lz4Frames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.0.read(buf)?;
+            if n > 0 || buf.is_empty() || self.0.get_mut().fill_buf()?.is_empty() {
+                return Ok(n);
+            }
+        }
+    }
 }
 
 /// The member a Composer tar holds.
@@ -485,6 +506,24 @@ mod tests {
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, data, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn concatenated_members_are_all_read() {
+        for c in [Gzip, Bzip2, Lz4, Xz, Zstd] {
+            let mut packed = Vec::new();
+            for part in [&b"first "[..], b"", b"second"] {
+                let mut e = Encoder::new(c, Vec::new()).unwrap();
+                e.write_all(part).unwrap();
+                packed.extend(e.finish().unwrap());
+            }
+            let mut back = Vec::new();
+            decoder(c, &packed[..])
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, b"first second", "{c:?}");
         }
     }
 

@@ -17,10 +17,14 @@
 //!   references a list that references the previous list twice, forty times over, lists about
 //!   eighty entries, not 2^40.
 //!
+//! A path longer than 4 KiB (absurd keys nested deep) is printed as its start, `…` and its end,
+//! with `path_bytes` giving its real length.
+//!
 //! The JSON object also has `named`: the format the file's name selects (`null` if none); when
 //! it differs from `format` (the content), a note says so on stderr.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +34,7 @@ use serde_json::{Value as Json, json};
 use super::read::ReadArgs;
 use crate::out::printable;
 use cairn::format::state_dict::Construct;
-use cairn::format::{Object, Value};
+use cairn::format::{Key, Object, Value};
 
 /// Arguments of `cairn inspect`.
 #[derive(Debug, clap::Args)]
@@ -61,43 +65,123 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One segment of a path: a dict key or a list index.
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a Key),
+    Index(usize),
+}
+
+impl fmt::Display for Seg<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seg::Key(k) => write!(f, "{k}"),
+            Seg::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// Longest path printed whole, in bytes; a longer one (keys of megabytes nested hundreds deep
+/// would make one path of gigabytes) is printed as its start, `…`, and its end, with
+/// `path_bytes` giving its real length.
+const MAX_PATH_BYTES: usize = 4096;
+
+/// The current path as formatted segments, each formatted once when the walk enters it.
+#[derive(Default)]
+struct PathStack {
+    parts: Vec<String>,
+    /// Bytes of the path up to and including each part, with the `/` separators.
+    lens: Vec<usize>,
+}
+
+impl PathStack {
+    fn truncate(&mut self, depth: usize) {
+        self.parts.truncate(depth);
+        self.lens.truncate(depth);
+    }
+
+    fn push(&mut self, seg: Seg<'_>) {
+        let part = seg.to_string();
+        let len = match self.lens.last() {
+            Some(n) => n + 1 + part.len(),
+            None => part.len(),
+        };
+        self.parts.push(part);
+        self.lens.push(len);
+    }
+
+    /// The path joined with `/`, shortened past [`MAX_PATH_BYTES`] (work bounded by that,
+    /// not by the path): the text and, if shortened, the full length.
+    fn text(&self) -> (String, Option<usize>) {
+        let len = self.lens.last().copied().unwrap_or(0);
+        if len <= MAX_PATH_BYTES {
+            return (self.parts.join("/"), None);
+        }
+        let half = MAX_PATH_BYTES / 2;
+        let mut head = String::new();
+        'head: for (i, part) in self.parts.iter().enumerate() {
+            let sep = (i > 0).then_some('/');
+            for c in sep.into_iter().chain(part.chars()) {
+                if head.len() >= half {
+                    break 'head;
+                }
+                head.push(c);
+            }
+        }
+        let mut tail: Vec<char> = Vec::new();
+        let mut tail_len = 0;
+        'tail: for (i, part) in self.parts.iter().enumerate().rev() {
+            let sep = (i > 0).then_some('/');
+            for c in part.chars().rev().chain(sep) {
+                if tail_len >= half {
+                    break 'tail;
+                }
+                tail_len += c.len_utf8();
+                tail.push(c);
+            }
+        }
+        let tail: String = tail.into_iter().rev().collect();
+        (format!("{head}…{tail}"), Some(len))
+    }
+}
+
 /// One entry per leaf, in depth-first order, walked with an explicit stack (no recursion
-/// proportional to the tree's depth); a shared subtree is listed once.
+/// proportional to the tree's depth, and each key formatted once, never a whole path per
+/// level); a shared subtree is listed once.
 fn leaves(tree: &Value) -> Vec<Json> {
     let mut out = Vec::new();
     let mut first_seen: HashMap<usize, String> = HashMap::new();
-    let mut pending: Vec<(&Value, String)> = vec![(tree, String::new())];
-    let child = |path: &str, seg: &str| {
-        if path.is_empty() {
-            seg.to_owned()
-        } else {
-            format!("{path}/{seg}")
+    // (node, its depth, the segment that leads to it from its parent)
+    let mut pending: Vec<(&Value, usize, Option<Seg<'_>>)> = vec![(tree, 0, None)];
+    let mut path = PathStack::default();
+    while let Some((v, depth, seg)) = pending.pop() {
+        path.truncate(depth.saturating_sub(1));
+        if let Some(seg) = seg {
+            path.push(seg);
         }
-    };
-    while let Some((v, path)) = pending.pop() {
         if let Value::Shared(s) = v {
             if let Some(first) = first_seen.get(&s.id()) {
-                let mut e = entry(path, s.get());
+                let mut e = entry(&path, s.get());
                 if let Some(e) = e.as_object_mut() {
                     e.insert("shared".into(), json!(first));
                 }
                 out.push(e);
                 continue;
             }
-            first_seen.insert(s.id(), path.clone());
+            first_seen.insert(s.id(), path.text().0);
         }
         match v.resolved() {
             Value::Dict(d) if !d.is_empty() => {
                 for (k, x) in d.entries.iter().rev() {
-                    pending.push((x, child(&path, &k.to_string())));
+                    pending.push((x, depth + 1, Some(Seg::Key(k))));
                 }
             }
             Value::List(items) if !items.is_empty() => {
                 for (i, x) in items.iter().enumerate().rev() {
-                    pending.push((x, child(&path, &i.to_string())));
+                    pending.push((x, depth + 1, Some(Seg::Index(i))));
                 }
             }
-            leaf => out.push(entry(path, leaf)),
+            leaf => out.push(entry(&path, leaf)),
         }
     }
     out
@@ -107,8 +191,12 @@ fn leaves(tree: &Value) -> Vec<Json> {
 /// CPython refuses `str()` of ints over 4,300 digits for the same reason).
 const MAX_DECIMAL_BYTES: usize = 1024;
 
-fn entry(path: String, v: &Value) -> Json {
+fn entry(path: &PathStack, v: &Value) -> Json {
+    let (path, full_len) = path.text();
     let mut e = json!({"path": path, "kind": v.kind()});
+    if let (Some(n), Some(e)) = (full_len, e.as_object_mut()) {
+        e.insert("path_bytes".into(), json!(n));
+    }
     let extra = match v {
         Value::Tensor(t) => {
             json!({"dtype": t.dtype().name(), "shape": t.shape, "nbytes": t.nbytes()})
@@ -324,6 +412,30 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(out, 1);
+    }
+
+    #[test]
+    fn paths_of_absurd_length_are_shortened_not_built_per_leaf() {
+        // 300 dicts deep, each under the same 64 KiB key, with 1,000 leaves at the bottom:
+        // 19.7 MB per path, 19.7 GB if every leaf carried its path whole.
+        let key = "k".repeat(64 << 10);
+        let mut leaf = Dict::new();
+        for i in 0..1000 {
+            leaf.insert(format!("x{i}"), Value::Int(i));
+        }
+        let mut v = Value::Dict(leaf);
+        for _ in 0..300 {
+            v = Value::Dict(Dict::new().with(key.as_str(), v));
+        }
+        let out = leaves(&v);
+        assert_eq!(out.len(), 1000);
+        let path = out[999]["path"].as_str().unwrap();
+        assert!(
+            path.len() <= MAX_PATH_BYTES + 8 && path.ends_with("/x999"),
+            "{}",
+            path.len()
+        );
+        assert_eq!(out[999]["path_bytes"], 300 * ((64 << 10) + 1) + 4);
     }
 
     #[test]

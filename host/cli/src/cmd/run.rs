@@ -192,6 +192,14 @@ fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Resul
         folder: saver.folder().display().to_string(),
         ..Summary::default()
     };
+    let spec = TrainerSpec {
+        max_duration: t.max_duration,
+        batches_per_epoch: t.batches_per_epoch,
+        samples_per_batch: t.samples_per_batch,
+        tokens_per_batch: t.tokens_per_batch,
+        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
+        epochs_per_iteration: t.epochs_per_iteration,
+    };
     let mut start = Default::default();
     if resume && let Some(point) = saver.resume()? {
         for (path, why) in &point.skipped {
@@ -208,18 +216,15 @@ fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Resul
             point.reason
         );
         model.restore(&point.path, &point.tree)?;
+        spec.check_resume(&point.timestamp)
+            .map_err(|reason| cairn::Error::Resume {
+                path: point.path.clone(),
+                reason,
+            })?;
         start = point.timestamp;
         summary.resumed_from = Some(point.path.display().to_string());
     }
     saver.fit_start(&start)?;
-    let spec = TrainerSpec {
-        max_duration: t.max_duration,
-        batches_per_epoch: t.batches_per_epoch,
-        samples_per_batch: t.samples_per_batch,
-        tokens_per_batch: t.tokens_per_batch,
-        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
-        epochs_per_iteration: t.epochs_per_iteration,
-    };
     let progress = Progress::new(&spec, &start, interactive, &config.run_name);
     let mut metrics = vec![("loss".to_owned(), 0.0)];
     let loop_started = Instant::now();

@@ -677,6 +677,12 @@ fn values_a_filter_may_write_are_range_checked_on_resume() {
             "sample is -3",
         ),
         (&["rng", "0"], "step", Value::Int(-1), "rng/0/step is -1"),
+        (
+            &["state", "timestamp", "Timestamp"],
+            "batch_in_epoch",
+            Value::Int(1000),
+            "batch_in_epoch is 1000, past this run's 4 batches per epoch",
+        ),
     ];
     for (at, key, value, want) in cases {
         let dir = tempfile::tempdir().unwrap();

@@ -30,7 +30,8 @@ pub struct Limits {
     /// as one node; a copied scalar counts each time).
     pub max_nodes: usize,
     /// Maximum bytes of strings, bytes, keys, names and shapes copied into the output tree,
-    /// counting each copy (one memoized string used as a million dict keys is refused).
+    /// counting each copy: 8 MiB plus four times the pickle's length (one memoized string
+    /// used as a million dict keys, or as the key of 300 nested dicts, is refused).
     pub max_bytes: usize,
 }
 
@@ -48,7 +49,7 @@ impl Limits {
     pub fn for_input(len: usize) -> Limits {
         Limits {
             max_nodes: (1 << 20).max(len / 8),
-            max_bytes: (64usize << 20).saturating_add(len.saturating_mul(4)),
+            max_bytes: (8usize << 20).saturating_add(len.saturating_mul(4)),
         }
     }
 }
