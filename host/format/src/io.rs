@@ -324,6 +324,18 @@ pub fn read_checkpoint_with(
             map(&src.file).map_err(read_err(path))?,
         ),
         Outer::Safetensors => {
+            // The JSON header holds the tree: it is bounded like a pickle.
+            let header = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+            if header > limits.max_pickle_bytes {
+                return Err(FormatError::Limit {
+                    path: path.to_owned(),
+                    message: format!(
+                        "is refused: its safetensors header is {}, more than the {} cairn reads",
+                        human_bytes(header),
+                        human_bytes(limits.max_pickle_bytes)
+                    ),
+                });
+            }
             let data = map(&src.file).map_err(read_err(path))?;
             let tree = safetensors_io::read(&data).map_err(|error| FormatError::Safetensors {
                 path: path.to_owned(),

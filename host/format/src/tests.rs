@@ -721,6 +721,13 @@ fn the_ratio_and_the_cap_both_bind_and_are_configurable() {
         err.is_limit() && err.to_string().contains("pickle (data.pkl)"),
         "{err}"
     );
+    let st = dir.path().join("w.safetensors");
+    write_to(&st, &tree);
+    let err = read_checkpoint_with(&st, &pickle).unwrap_err();
+    assert!(
+        err.is_limit() && err.to_string().contains("safetensors header"),
+        "{err}"
+    );
 }
 
 // ---------- nesting and sharing ----------
