@@ -6,6 +6,8 @@
 
 mod cmd;
 mod out;
+mod plural;
+pub mod policy_config;
 pub mod rusage;
 pub mod train;
 
@@ -39,25 +41,51 @@ enum Command {
     },
     /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
     Verify(cmd::verify::Args),
+    /// Show the compile cache of policy components (`cairn cache clear` empties it).
+    Cache(cmd::cache::Args),
 }
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
+    // `FAILPOINTS` is read only by test builds (the `failpoints` feature); a release build
+    // carries no failpoint.
+    let _failpoints = cairn::failpoints::setup_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         // The reader of stdout went away (`cairn inspect FILE | head`): nothing is wrong.
         Err(err) if out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            // Messages may quote text a checkpoint or a guest chose: print it inert.
-            let _ = writeln!(
-                std::io::stderr(),
-                "cairn: {}",
-                out::printable(&format!("{err:#}"))
-            );
+            // The error and its causes, each cause only if its text is not already in the line
+            // (cairn's errors name their cause in their own sentence). Messages may quote text a
+            // checkpoint or a guest chose: print it inert.
+            let mut stderr = std::io::stderr();
+            let line = cairn::remote::error_chain(err.as_ref());
+            let _ = writeln!(stderr, "cairn: {}", out::printable(&line));
+            if let Some(backtrace) = policy_backtrace(&err) {
+                if std::env::var_os("CAIRN_BACKTRACE").is_some_and(|v| v == "1") {
+                    let _ = writeln!(stderr, "{backtrace}");
+                } else {
+                    let _ = writeln!(
+                        stderr,
+                        "cairn: CAIRN_BACKTRACE=1 shows the policy's wasm backtrace"
+                    );
+                }
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The wasm backtrace of a policy's trap somewhere in `err`'s chain.
+fn policy_backtrace(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(|cause| {
+        let policy = match cause.downcast_ref::<cairn::Error>() {
+            Some(cairn::Error::Policy(p)) => Some(&**p),
+            _ => cause.downcast_ref::<cairn::policy::PolicyError>(),
+        };
+        policy.and_then(|p| p.backtrace()).map(str::to_owned)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -68,5 +96,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Filter(args) => cmd::filter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Policy { command } => cmd::policy::run(command),
+        Command::Cache(args) => cmd::cache::run(args),
     }
 }

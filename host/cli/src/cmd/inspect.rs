@@ -272,12 +272,8 @@ fn bigint_decimal(le: &[u8]) -> String {
 const MAX_COLUMN: usize = 60;
 
 fn print_table(out: &mut impl Write, format: &str, entries: &[Json]) -> std::io::Result<()> {
-    let plural = if entries.len() == 1 {
-        "entry"
-    } else {
-        "entries"
-    };
-    writeln!(out, "format: {format}, {} {plural}", entries.len())?;
+    let count = crate::plural::count(entries.len() as u64, "entry", "entries");
+    writeln!(out, "format: {format}, {count}")?;
     let rows: Vec<[String; 4]> = entries
         .iter()
         .map(|e| {

@@ -3,8 +3,10 @@
 //! For a folder every checkpoint file in it (and its sub-folders) is fully verified, and every
 //! `latest*` entry must resolve to a complete checkpoint. A `latest` entry is either a symlink
 //! or — where the filesystem has no symlinks — a small pointer file holding the relative name
-//! of the checkpoint. Sound files print one `ok` line on stdout; each problem prints one line on
-//! stderr, and any problem makes the exit status non-zero. A file is read by its content (a
+//! of the checkpoint. A remote pointer (`*.symlink`, in a `file://` store or a bucket mirrored
+//! on disk) holds the checkpoint's key relative to the store's root instead, and is resolved as
+//! the store resolves it. Sound files print one `ok` line on stdout; each problem prints one line
+//! on stderr, and any problem makes the exit status non-zero. A file is read by its content (a
 //! compressed file under a `.pt` name verifies, with a note on stderr that the name disagrees).
 //! If stdout is closed early (`cairn verify DIR | head -1`), checking goes on and the exit
 //! status still says whether every file was sound.
@@ -15,6 +17,8 @@ use std::process::ExitCode;
 use super::read::{ReadArgs, note_mismatch};
 use crate::out::{Lines, printable};
 use cairn::format::{CheckpointFormat, ReadLimits, verify_checkpoint_with};
+use cairn::remote::SYMLINK_SUFFIX;
+use cairn::remote::store::object_name;
 
 /// Arguments of `cairn verify`.
 #[derive(Debug, clap::Args)]
@@ -63,13 +67,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn verify_file(path: &Path, check: &mut Check) -> bool {
     match verify_checkpoint_with(path, &check.limits) {
         Ok(r) => {
+            let count = crate::plural::count;
             check.out.line(format_args!(
-                "ok {} ({}, {} bytes, {} tensors, {} storages)",
+                "ok {} ({}, {}, {}, {})",
                 printable(&path.display().to_string()),
                 r.format,
-                r.file_bytes,
-                r.summary.tensors,
-                r.summary.storages
+                count(r.file_bytes, "byte", "bytes"),
+                count(r.summary.tensors as u64, "tensor", "tensors"),
+                count(r.summary.storages as u64, "storage", "storages")
             ));
             note_mismatch(&r, path);
             true
@@ -115,7 +120,10 @@ fn verify_folder(dir: &Path, depth: usize, check: &mut Check) -> usize {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if name.starts_with("latest") {
+        if name.ends_with(SYMLINK_SUFFIX) && meta.is_file() {
+            found += 1;
+            check_remote_pointer(dir, &path, check);
+        } else if name.starts_with("latest") {
             found += 1;
             check_latest(dir, &path, &meta, check);
         } else if meta.is_dir() && depth < MAX_DEPTH {
@@ -178,6 +186,62 @@ fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, check: &mut C
             ));
             note_mismatch(&r, &target);
         }
+    }
+}
+
+/// A remote `latest` pointer holds the checkpoint's key relative to the store's root (Composer's
+/// `.symlink` objects), and the root is some folder above the pointer: the pointer itself lives at
+/// `<root>/<latest_remote_file_name>.symlink`. Resolve the key as the store does, from the nearest
+/// enclosing folder under which it exists.
+fn check_remote_pointer(dir: &Path, path: &Path, check: &mut Check) {
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.len() <= MAX_POINTER_BYTES => std::fs::read_to_string(path),
+        Ok(m) => {
+            return check.problems.push(format!(
+                "{} is {} bytes, too large for a remote latest pointer",
+                path.display(),
+                m.len()
+            ));
+        }
+        Err(e) => Err(e),
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            return check
+                .problems
+                .push(format!("{} cannot be read: {e}", path.display()));
+        }
+    };
+    // cairn writes no newline; other writers (an editor, `echo`) may.
+    let key = text.trim();
+    if let Err(reason) = object_name(key) {
+        return check.problems.push(format!(
+            "{} does not hold an object key ({key:?}: {reason})",
+            path.display()
+        ));
+    }
+    let Some(target) = dir
+        .ancestors()
+        .map(|root| root.join(key))
+        .find(|t| t.is_file())
+    else {
+        return check.problems.push(format!(
+            "{} names '{key}', which is under no folder above it (the store's root)",
+            path.display()
+        ));
+    };
+    match verify_checkpoint_with(&target, &check.limits) {
+        Ok(_) => check.out.line(format_args!(
+            "ok {} -> {}",
+            printable(&path.display().to_string()),
+            printable(&target.display().to_string())
+        )),
+        Err(e) => check.problems.push(format!(
+            "{} names {}, which fails verification: {e}",
+            path.display(),
+            target.display()
+        )),
     }
 }
 

@@ -18,6 +18,7 @@ mod check;
 mod component;
 mod config;
 mod engine;
+mod file;
 mod filter;
 mod flat;
 mod limits;
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::error::{Call, PolicyError};
-pub use cache::{CompileCache, Origin};
+pub use cache::{CacheUsage, CompileCache, Origin};
 pub use check::CheckReport;
 pub use component::{ImportVerdict, World};
 pub use config::{OnError, PolicySpec, SandboxConfig};
@@ -109,7 +110,7 @@ impl PolicyHost {
         sandbox: &SandboxConfig,
     ) -> Result<component::Loaded, PolicyError> {
         let policy = file_name(path);
-        let wasm = component::WasmFile::open(path)?;
+        let wasm = file::WasmFile::open(path)?;
         let settings = settings(sandbox);
         let engine = self
             .engines
