@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Check the policy templates the way a tenant meets them: instantiate each one into a fresh
-# folder outside this repository (what `cairn policy new NAME --lang LANG` does: copy the
-# template, replace the placeholders, write wit/policy.wit), build it with the one command its
+# Check the policy templates the way a tenant meets them: `cairn policy new NAME --lang LANG`
+# into a fresh folder outside this repository, build it with the one command its
 # README documents, run its unit tests, then `cairn policy check` and the `cairn simulate`
 # comparison of its simulate.sh.
 #
@@ -34,19 +33,11 @@ export CAIRN_CACHE_DIR=${CAIRN_CACHE_DIR:-$work/cairn-cache}
 
 name=my-policy  # a project name with a dash: {{name_snake}} must differ from {{name}}
 
-# Copy template $1 to $work/$1/$name as `cairn policy new` would, and print the folder.
+# Create project $name in $work/$1 with `cairn policy new`, and print the folder.
 instantiate() {
     local lang=$1 dest="$work/$1/$name"
     rm -rf "$dest"
-    mkdir -p "$dest"
-    # Everything but what a build in the template folder may have left there.
-    tar -C "$here/$lang" --exclude=node_modules --exclude=target --exclude=.venv \
-        --exclude='*.wasm' --exclude=__pycache__ --exclude=checkpoints --exclude=wit -cf - . |
-        tar -C "$dest" -xf -
-    mkdir -p "$dest/wit"
-    cp "$repo/wit/policy.wit" "$dest/wit/policy.wit"
-    find "$dest" -type f -exec sed -i \
-        -e "s/{{name}}/$name/g" -e "s/{{name_snake}}/${name//-/_}/g" {} +
+    "$CAIRN_BIN" policy new "$name" --lang "$lang" --dir "$dest" >&2
     if grep -rn '{{' "$dest" --exclude-dir=wit; then
         echo "check.sh: a placeholder was left in the $lang template (above)" >&2
         return 1

@@ -16,7 +16,7 @@ use cairn::policy::{
 };
 use cairn::{Schedule, Template};
 
-use crate::train::{Job, PlannedSave, Simulation, TrainerSpec};
+use crate::train::{Events, Job, PlannedSave, Simulation, TrainerSpec};
 
 /// Arguments of `cairn simulate`.
 #[derive(Debug, Args)]
@@ -60,6 +60,9 @@ pub struct SimulateArgs {
     /// One JSON object per save on stdout, and nothing else.
     #[arg(long)]
     json: bool,
+    /// Also draw the run's timeline with a mark at every save, as an SVG picture.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// One save in the `--json` contract.
@@ -106,6 +109,15 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         filename: &filename,
     };
     let saves = sim.run(&mut schedule)?;
+    if let Some(file) = &args.plot {
+        let total = Events::resume(sim.spec.clone(), sim.start)
+            .last()
+            .map_or(0, |t| t.timestamp.batch);
+        let title = format!("save_interval {}", schedule.describe());
+        let picture = crate::train::plot::svg(&saves, &sim.spec, total, &title);
+        std::fs::write(file, picture)
+            .with_context(|| format!("cannot write the plot {}", file.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &saves {
