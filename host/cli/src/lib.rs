@@ -45,11 +45,16 @@ enum Command {
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
+    // `FAILPOINTS` is read only by test builds (the `failpoints` feature); a release build
+    // carries no failpoint.
+    let _failpoints = cairn::failpoints::setup_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("cairn: {err:#}");
+            // The error and its causes, each cause only if its text is not already in the line
+            // (cairn's errors name their cause in their own sentence).
+            eprintln!("cairn: {}", cairn::remote::error_chain(err.as_ref()));
             if let Some(backtrace) = policy_backtrace(&err) {
                 if std::env::var_os("CAIRN_BACKTRACE").is_some_and(|v| v == "1") {
                     eprintln!("{backtrace}");

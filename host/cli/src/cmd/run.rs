@@ -11,8 +11,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use cairn::CheckpointSaver;
 use cairn::policy::{Event, PolicyHost, Ranks, TrainingState};
+use cairn::{CheckpointSaver, RunNameOrigin};
 
 use crate::train::{EMBEDDED_DEFAULT, Events, Job, SyntheticModel, TrainerSpec, synthetic_loss};
 
@@ -44,6 +44,8 @@ pub struct RunArgs {
 #[derive(Debug, Default, Serialize)]
 struct Summary {
     run_name: String,
+    /// This process's global rank: only rank 0 writes a (non-sharded) checkpoint.
+    rank: u32,
     resumed_from: Option<String>,
     batches: u64,
     saves: usize,
@@ -139,12 +141,18 @@ pub fn run(args: RunArgs) -> Result<()> {
             Ok(summary) => {
                 print_summary(&summary, args.json)?;
                 if let Err(e) = upload_outcome(&summary) {
-                    eprintln!("cairn: job {run_name}: {e:#}");
+                    eprintln!(
+                        "cairn: job {run_name}: {}",
+                        cairn::remote::error_chain(e.as_ref())
+                    );
                     failed.push(run_name.clone());
                 }
             }
             Err(e) => {
-                eprintln!("cairn: job {run_name}: {e:#}");
+                eprintln!(
+                    "cairn: job {run_name}: {}",
+                    cairn::remote::error_chain(e.as_ref())
+                );
                 failed.push(run_name.clone());
             }
         }
@@ -230,8 +238,8 @@ fn announce(job: &Job, saver: &CheckpointSaver, prefix: &str) {
         1 => "keeps the newest".to_owned(),
         n => format!("keeps the newest {n}"),
     };
-    let upload = match &c.remote_file_name {
-        Some(_) => format!(", uploaded to {}", c.remote_url),
+    let upload = match saver.upload_url() {
+        Some(url) => format!(", uploaded to {url}"),
         None => String::new(),
     };
     eprintln!(
@@ -274,8 +282,13 @@ fn apply_overrides(config: &mut Job, args: &RunArgs) -> Result<()> {
 }
 
 fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Result<Summary> {
-    let started = Instant::now();
-    let (config, t) = (&job.saver, &job.train);
+    let config = &job.saver;
+    // Composer's `Trainer` refuses `autoresume` without a run name for the same reason.
+    anyhow::ensure!(
+        !(resume && config.run_name_origin == RunNameOrigin::Generated),
+        "--resume needs the run's name: set run_name in the config or RUN_NAME in the environment (without one each run gets a new generated name, here {}, so there is nothing to resume)",
+        config.run_name
+    );
     let mut saver = CheckpointSaver::with_host(config, host)?;
     announce(
         job,
@@ -286,9 +299,41 @@ fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Resul
             "cairn: job "
         },
     );
+    match train_with(&mut saver, job, resume, interactive) {
+        Ok(summary) => Ok(summary),
+        Err(e) => {
+            close_after_error(&mut saver);
+            Err(e)
+        }
+    }
+}
+
+/// Training stopped with an error: finish the uploads in flight (Composer's `post_close`), so the
+/// store holds every checkpoint that was saved and the remote `latest` names the newest one
+/// confirmed, and say what became of them. The error itself is reported by the caller.
+fn close_after_error(saver: &mut CheckpointSaver) {
+    match saver.close() {
+        Ok(Some(report)) => eprintln!(
+            "cairn: training stopped; the uploads in flight were finished first ({} ok, {} failed)",
+            report.uploaded, report.failed
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!("cairn: training stopped, and closing the saver failed too: {e}"),
+    }
+}
+
+fn train_with(
+    saver: &mut CheckpointSaver,
+    job: &Job,
+    resume: bool,
+    interactive: bool,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let (config, t) = (&job.saver, &job.train);
     let mut model = SyntheticModel::new(t.model_mib, t.seed);
     let mut summary = Summary {
         run_name: config.run_name.clone(),
+        rank: Ranks::from_env().rank,
         folder: saver.folder().display().to_string(),
         ..Summary::default()
     };
@@ -378,7 +423,13 @@ fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Resul
             reinstantiations: st.reinstantiations,
         })
         .collect();
-    let report = saver.fit_end()?;
+    // Failed uploads still leave a run worth summarising (the local checkpoints are intact);
+    // `upload_outcome` turns them into the exit status.
+    match saver.fit_end() {
+        Ok(_) | Err(cairn::Error::UploadsFailed(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let report = saver.close()?;
     progress.finish();
     for w in saver.take_warnings() {
         summary.warnings.push(w);
@@ -503,6 +554,12 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
+    let rank = (s.rank != 0).then(|| {
+        (
+            "rank",
+            format!("{} (only rank 0 writes a checkpoint)", s.rank),
+        )
+    });
     let rows = [
         ("run", s.run_name.clone()),
         (
@@ -538,7 +595,7 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
             ),
         ),
     ];
-    for (k, v) in rows {
+    for (k, v) in rows.into_iter().chain(rank) {
         writeln!(out, "{k:<18} {v}")?;
     }
     for p in &s.policies {

@@ -2,6 +2,8 @@
 //! policy components built from source, a real S3 server, and SIGKILL at random moments.
 
 mod crash;
+mod data_safety;
+mod failpoints;
 mod formats;
 mod newcomer;
 mod policies;

@@ -35,7 +35,10 @@ fn ok(out: &Output) -> String {
 fn refused(out: &Output, needles: &[&str]) -> String {
     let err = stderr(out);
     assert!(!out.status.success(), "should fail: {err}");
-    assert!(!err.contains("thread 'main' panicked"), "cairn itself panicked: {err}");
+    assert!(
+        !err.contains("thread 'main' panicked"),
+        "cairn itself panicked: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "missing {n:?} in: {err}");
     }
@@ -386,7 +389,11 @@ fn a_guest_panic_is_said_once_and_its_backtrace_only_on_request() {
         .current_dir(d)
         .env("CAIRN_CACHE_DIR", d.join("cache"))
         .env("CAIRN_BACKTRACE", "1")
-        .args(["run", "--config", &write(d, "p2.toml", &job("p2", &cfg, ""))])
+        .args([
+            "run",
+            "--config",
+            &write(d, "p2.toml", &job("p2", &cfg, "")),
+        ])
         .output()
         .unwrap();
     let err = stderr(&out);

@@ -159,7 +159,10 @@ fn a_trap_discards_the_instance_and_the_next_call_gets_a_fresh_one() {
     let msg = err.to_string();
     assert_eq!(err.kind(), "trap");
     assert!(msg.contains("panics at batch 3"), "{msg}");
-    assert!(!msg.contains("wasm backtrace"), "the backtrace is apart: {msg}");
+    assert!(
+        !msg.contains("wasm backtrace"),
+        "the backtrace is apart: {msg}"
+    );
     let backtrace = err.backtrace().expect("a trap's wasm backtrace");
     assert!(backtrace.contains("hostile_save"), "{backtrace}");
     assert!(ask(&mut p, 4).unwrap(), "a fresh instance answers again");
