@@ -20,7 +20,9 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let templates = manifest.join("../../policies/templates");
     println!("cargo:rerun-if-changed={}", templates.display());
-    let mut code = String::from("/// (language, path inside the project, contents)\npub static TEMPLATE_FILES: &[(&str, &str, &[u8])] = &[\n");
+    let mut code = String::from(
+        "/// (language, path inside the project, contents)\npub static TEMPLATE_FILES: &[(&str, &str, &[u8])] = &[\n",
+    );
     for lang in ["rust", "python", "js"] {
         let root = templates.join(lang);
         let mut files = Vec::new();
@@ -28,7 +30,12 @@ fn main() {
         files.sort();
         for (relative, path) in files {
             println!("cargo:rerun-if-changed={}", path.display());
-            writeln!(code, "    ({lang:?}, {relative:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
+            writeln!(
+                code,
+                "    ({lang:?}, {relative:?}, include_bytes!({:?})),",
+                path.display().to_string()
+            )
+            .unwrap();
         }
     }
     code.push_str("];\n");
@@ -47,7 +54,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
         if entry.file_type().unwrap().is_dir() {
             walk(root, &path, out);
         } else {
-            let relative = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             out.push((relative, path));
         }
     }

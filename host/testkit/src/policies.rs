@@ -126,7 +126,11 @@ pub fn js_policy() -> Option<PathBuf> {
         let inputs = ["app.js", "package.json", "package-lock.json"]
             .map(|f| std::fs::read(src.join(f)).unwrap());
         let wit = std::fs::read(repo().join("wit/policy.wit")).unwrap();
-        let parts: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).chain([wit.as_slice()]).collect();
+        let parts: Vec<&[u8]> = inputs
+            .iter()
+            .map(Vec::as_slice)
+            .chain([wit.as_slice()])
+            .collect();
         let out_dir = policies_target().join("js");
         std::fs::create_dir_all(&out_dir).unwrap();
         let out = out_dir.join(format!("every_n_js-{:x}.wasm", fxhash(&parts)));
@@ -137,12 +141,17 @@ pub fn js_policy() -> Option<PathBuf> {
             eprintln!("\n*** SKIPPING the JavaScript policy (CAIRN_SKIP_JS=1) ***\n");
             return Ok(None);
         }
-        for args in [&["ci", "--no-audit", "--no-fund"][..], &["run", "build"][..]] {
+        for args in [
+            &["ci", "--no-audit", "--no-fund"][..],
+            &["run", "build"][..],
+        ] {
             let status = Command::new("npm")
                 .args(args)
                 .current_dir(&src)
                 .output()
-                .map_err(|e| format!("cannot run npm ({e}): install Node 20 and npm, or set CAIRN_SKIP_JS=1"))?;
+                .map_err(|e| {
+                    format!("cannot run npm ({e}): install Node 20 and npm, or set CAIRN_SKIP_JS=1")
+                })?;
             if !status.status.success() {
                 return Err(format!(
                     "npm {} failed in {}:\n{}",

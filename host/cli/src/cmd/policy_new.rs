@@ -68,7 +68,9 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Vec<PathBuf>
     let snake = name.replace('-', "_");
     let mut written = Vec::new();
     let files = TEMPLATE_FILES.iter().filter(|(l, _, _)| *l == lang.key());
-    for (_, relative, bytes) in files.chain([&(lang.key(), "wit/policy.wit", POLICY_WIT.as_bytes())]) {
+    for (_, relative, bytes) in
+        files.chain([&(lang.key(), "wit/policy.wit", POLICY_WIT.as_bytes())])
+    {
         let path = dir.join(relative);
         let text = String::from_utf8_lossy(bytes)
             .replace("{{name_snake}}", &snake)
@@ -99,7 +101,9 @@ pub fn run(name: &str, lang: Lang, dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!("next, in {}:", dir.display());
     println!("  {build}                # build the component");
     println!("  {}                # test the decision logic", lang.test());
-    println!("  ./simulate.sh                # cairn policy check + compare with the built-in \"3ba\"");
+    println!(
+        "  ./simulate.sh                # cairn policy check + compare with the built-in \"3ba\""
+    );
     println!("README.md says what each file is for.");
     Ok(())
 }
@@ -108,7 +112,8 @@ pub fn run(name: &str, lang: Lang, dir: Option<PathBuf>) -> anyhow::Result<()> {
 fn check_name(name: &str) -> anyhow::Result<()> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !first_ok || !rest_ok || name.len() > 64 {
         bail!(
             "policy name '{name}' must start with a lowercase letter and use only lowercase letters, digits, '-' and '_' (at most 64)"
@@ -136,9 +141,36 @@ mod tests {
     #[test]
     fn every_language_has_a_complete_template() {
         for (lang, must) in [
-            (Lang::Rust, ["Cargo.toml", "src/lib.rs", "simulate.sh", "job.toml", "README.md"]),
-            (Lang::Python, ["app.py", "policy.py", "simulate.sh", "job.toml", "README.md"]),
-            (Lang::Js, ["app.js", "package.json", "simulate.sh", "job.toml", "README.md"]),
+            (
+                Lang::Rust,
+                [
+                    "Cargo.toml",
+                    "src/lib.rs",
+                    "simulate.sh",
+                    "job.toml",
+                    "README.md",
+                ],
+            ),
+            (
+                Lang::Python,
+                [
+                    "app.py",
+                    "policy.py",
+                    "simulate.sh",
+                    "job.toml",
+                    "README.md",
+                ],
+            ),
+            (
+                Lang::Js,
+                [
+                    "app.js",
+                    "package.json",
+                    "simulate.sh",
+                    "job.toml",
+                    "README.md",
+                ],
+            ),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let project = dir.path().join("p");
@@ -149,7 +181,11 @@ mod tests {
             assert!(project.join("wit/policy.wit").is_file());
             for path in written {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
-                assert!(!text.contains("{{"), "placeholder left in {}", path.display());
+                assert!(
+                    !text.contains("{{"),
+                    "placeholder left in {}",
+                    path.display()
+                );
             }
         }
     }
@@ -158,10 +194,15 @@ mod tests {
     fn names_and_folders_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", "My", "1x", "a b", "a/b", "ü"] {
-            assert!(create(bad, Lang::Rust, &dir.path().join("x")).is_err(), "{bad:?}");
+            assert!(
+                create(bad, Lang::Rust, &dir.path().join("x")).is_err(),
+                "{bad:?}"
+            );
         }
         std::fs::write(dir.path().join("f"), b"").unwrap();
-        let e = create("ok", Lang::Rust, dir.path()).unwrap_err().to_string();
+        let e = create("ok", Lang::Rust, dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not empty"), "{e}");
     }
 }

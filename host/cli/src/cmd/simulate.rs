@@ -60,6 +60,9 @@ pub struct SimulateArgs {
     /// One JSON object per save on stdout, and nothing else.
     #[arg(long)]
     json: bool,
+    /// The tenant whose job `--config` is, under a platform file [default: $CAIRN_TENANT].
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
     /// Also draw the run's timeline with a mark at every save, as an SVG picture.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
@@ -97,8 +100,15 @@ impl<'a> From<&'a PlannedSave> for SaveJson<'a> {
 }
 
 /// Run `cairn simulate`.
-pub fn run(args: SimulateArgs) -> Result<()> {
-    let config = args.config.as_deref().map(Job::load).transpose()?;
+pub fn run(args: SimulateArgs, platform: Option<&std::path::Path>) -> Result<()> {
+    let platform = platform
+        .map(|p| cairn::Platform::load(p, args.tenant.as_deref().or(tenant_env().as_deref())))
+        .transpose()?;
+    let config = args
+        .config
+        .as_deref()
+        .map(|c| Job::load(c, platform.as_ref()))
+        .transpose()?;
     let (spec, schedule, filename, run_name) = resolve(&args, config.as_ref())?;
     let mut schedule = schedule;
     let sim = Simulation {
@@ -278,4 +288,9 @@ fn wasm_policy(
     Ok(Box::new(
         PolicyHost::default().save_policy(spec, sandbox, &run)?,
     ))
+}
+
+/// `CAIRN_TENANT`, the tenant id a platform's operator sets for a tenant's process.
+pub fn tenant_env() -> Option<String> {
+    std::env::var(cairn::platform::TENANT_ENV).ok()
 }

@@ -150,7 +150,10 @@ fn nice_step(total: u64) -> u64 {
 
 fn legend(s: &mut String) {
     let y = HEIGHT - 14.0;
-    for (i, event) in [Event::Batch, Event::Epoch, Event::Iteration].into_iter().enumerate() {
+    for (i, event) in [Event::Batch, Event::Epoch, Event::Iteration]
+        .into_iter()
+        .enumerate()
+    {
         let (colour, _) = style(event);
         let lx = LEFT + 190.0 * i as f64;
         let _ = writeln!(
