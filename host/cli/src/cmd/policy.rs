@@ -19,12 +19,27 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start a policy project: a save-interval policy ("save every n batches") with unit tests,
+    /// a job.toml and a check against the built-in interval, ready to build.
+    New {
+        /// The project's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: super::policy_new::Lang,
+        /// Where to create it [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Run a `cairn policy` subcommand.
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { file, json } => check_file(file, json),
+        PolicyCommand::New { name, lang, dir } => {
+            super::policy_new::run(&name, lang, dir).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
