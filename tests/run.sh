@@ -6,7 +6,8 @@
 #   3. the compressor tools Composer shells out to (for the Composer interop tests), and a
 #      virtualenv (.venv) with PyTorch, Composer and componentize-py;
 #   4. cargo test --workspace   (unit and end-to-end tests of the host, through the library and CLI);
-#   5. pytest tests/python      (files cairn writes, read by the real PyTorch and Composer).
+#   5. pytest tests/python      (files cairn writes, read by the real PyTorch and Composer);
+#   6. policies/templates/check.sh (`cairn policy new` for Rust, Python and JS, each built and checked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,8 +29,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --no-cache-dir -r tests/python/requirements.txt componentize-py==0.25.1
 export PATH="$root/.venv/bin:${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-
-
+# The JavaScript example and template build with Node's npm (componentize-js, pinned in their
+# package-lock.json files).
+command -v npm >/dev/null 2>&1 || { echo "tests/run.sh: npm (Node 20) is needed for the JavaScript policies" >&2; exit 1; }
 
 disk "dependencies installed"
 echo "== cargo test --workspace"
@@ -39,3 +41,6 @@ disk "cargo tests done"
 echo "== pytest tests/python"
 cargo build --bin cairn
 CAIRN_BIN="$root/target/debug/cairn" .venv/bin/python -m pytest tests/python -q
+
+echo "== policy templates (cairn policy new, each built, tested and checked)"
+CAIRN_BIN="$root/target/debug/cairn" bash policies/templates/check.sh

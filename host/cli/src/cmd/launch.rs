@@ -25,6 +25,8 @@ pub const MAX_WORLD_SIZE: u32 = 256;
 
 /// What the parent passes on to every child.
 pub struct ChildArgs {
+    /// The operator's platform file (`cairn --platform FILE run ...`), passed on.
+    pub platform: Option<std::path::PathBuf>,
     /// `cairn run`'s own arguments, without `--world-size`.
     pub args: Vec<String>,
     /// Print the aggregate as JSON.
@@ -46,6 +48,9 @@ pub fn launch(job: &Job, world_size: u32, child: ChildArgs) -> Result<()> {
     let mut children = Vec::new();
     for rank in 0..world_size {
         let mut cmd = Command::new(&exe);
+        if let Some(platform) = &child.platform {
+            cmd.arg("--platform").arg(platform);
+        }
         cmd.arg("run")
             .args(&child.args)
             .arg("--json")

@@ -5,6 +5,8 @@ pub mod filter;
 pub mod inspect;
 pub mod launch;
 pub mod policy;
+pub mod policy_new;
+pub mod read;
 pub mod run;
 pub mod simulate;
 pub mod verify;

@@ -3,10 +3,10 @@
 //! real saver.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Under a platform file: the tenant each `--config` belongs to, once per `--config` in the
+    /// same order (or once for all) [default: $CAIRN_TENANT].
+    #[arg(long, value_name = "ID")]
+    tenant: Vec<String>,
     /// Print the job's TOML (the embedded default without --config) and exit without running.
     #[arg(long)]
     print_config: bool,
@@ -115,21 +119,28 @@ struct UploadSummary {
 }
 
 /// Run `cairn run`.
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(args: RunArgs, platform: Option<&Path>) -> Result<()> {
     if args.print_config {
         return print_config(&args.config);
     }
     refuse_duplicates(&args.config)?;
     if let Some(n) = args.world_size {
-        return launch_ranks(&args, n);
+        return launch_ranks(&args, n, platform);
     }
     let mut configs = if args.config.is_empty() {
         eprintln!("cairn: running the embedded demo job (`cairn run --print-config` shows it)");
         vec![Job::embedded_default()]
     } else {
+        let tenants = tenants(&args)?;
         args.config
             .iter()
-            .map(|p| Job::load(p))
+            .zip(tenants)
+            .map(|(p, tenant)| {
+                let platform = platform
+                    .map(|f| cairn::Platform::load(f, tenant.as_deref()))
+                    .transpose()?;
+                Job::load(p, platform.as_ref())
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
     for config in &mut configs {
@@ -192,17 +203,26 @@ pub fn run(args: RunArgs) -> Result<()> {
 }
 
 /// `--world-size N`: one job, N rank processes.
-fn launch_ranks(args: &RunArgs, world_size: u32) -> Result<()> {
+fn launch_ranks(args: &RunArgs, world_size: u32, platform: Option<&Path>) -> Result<()> {
     anyhow::ensure!(
         args.config.len() <= 1,
         "--world-size runs one job as several ranks; give at most one --config"
     );
     let mut job = match args.config.first() {
-        Some(path) => Job::load(path)?,
+        Some(path) => {
+            let tenant = tenants(args)?.into_iter().next().flatten();
+            let platform = platform
+                .map(|f| cairn::Platform::load(f, tenant.as_deref()))
+                .transpose()?;
+            Job::load(path, platform.as_ref())?
+        }
         None => Job::embedded_default(),
     };
     apply_overrides(&mut job, args)?;
     let mut child = Vec::new();
+    for t in &args.tenant {
+        child.extend(["--tenant".to_owned(), t.clone()]);
+    }
     for c in &args.config {
         child.push("--config".to_owned());
         child.push(c.display().to_string());
@@ -220,10 +240,26 @@ fn launch_ranks(args: &RunArgs, world_size: u32) -> Result<()> {
         &job,
         world_size,
         crate::cmd::launch::ChildArgs {
+            platform: platform.map(Path::to_path_buf),
             args: child,
             json: args.json,
         },
     )
+}
+
+/// The tenant of each `--config`: `--tenant` once per config, once for all, or `$CAIRN_TENANT`.
+fn tenants(args: &RunArgs) -> Result<Vec<Option<String>>> {
+    let n = args.config.len();
+    Ok(match args.tenant.as_slice() {
+        [] => vec![super::simulate::tenant_env(); n],
+        [one] => vec![Some(one.clone()); n],
+        many if many.len() == n => many.iter().cloned().map(Some).collect(),
+        many => anyhow::bail!(
+            "--tenant is given {} times for {}: give it once, or once per --config in the same order",
+            many.len(),
+            crate::plural::count(n as u64, "config", "configs")
+        ),
+    })
 }
 
 /// `--print-config`: the text of each job file, or of the embedded default.
@@ -417,6 +453,14 @@ fn train_with(
         folder: saver.folder().display().to_string(),
         ..Summary::default()
     };
+    let spec = TrainerSpec {
+        max_duration: t.max_duration,
+        batches_per_epoch: t.batches_per_epoch,
+        samples_per_batch: t.samples_per_batch,
+        tokens_per_batch: t.tokens_per_batch,
+        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
+        epochs_per_iteration: t.epochs_per_iteration,
+    };
     let mut start = Default::default();
     if resume && let Some(point) = saver.resume()? {
         for (path, why) in &point.skipped {
@@ -432,9 +476,12 @@ fn train_with(
             point.timestamp.batch,
             point.reason
         );
-        model
-            .restore(&point.tree)
-            .with_context(|| format!("cannot resume from {}", point.path.display()))?;
+        model.restore(&point.path, &point.tree)?;
+        spec.check_resume(&point.timestamp)
+            .map_err(|reason| cairn::Error::Resume {
+                path: point.path.clone(),
+                reason,
+            })?;
         start = point.timestamp;
         summary.resumed_from = Some(point.path.display().to_string());
     }
@@ -443,14 +490,6 @@ fn train_with(
             .context("this folder holds an earlier run; to continue it, add --resume"),
         e => e.into(),
     })?;
-    let spec = TrainerSpec {
-        max_duration: t.max_duration,
-        batches_per_epoch: t.batches_per_epoch,
-        samples_per_batch: t.samples_per_batch,
-        tokens_per_batch: t.tokens_per_batch,
-        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
-        epochs_per_iteration: t.epochs_per_iteration,
-    };
     let progress = Progress::new(&spec, &start, interactive, &config.run_name);
     let mut metrics = vec![("loss".to_owned(), 0.0)];
     let loop_started = Instant::now();

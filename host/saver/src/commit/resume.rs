@@ -24,6 +24,7 @@ pub(crate) fn find(
     rank: u32,
     world_size: u32,
     folder: &Path,
+    limits: &cairn_format::ReadLimits,
 ) -> Result<Option<ResumePoint>> {
     let store = committer.store();
     let listed = committer.block_on(store.committed())?;
@@ -60,8 +61,8 @@ pub(crate) fn find(
         reason: format!("it lists no shard for rank {rank}"),
     })?;
     let path = own_shard(committer, shard, folder, &key)?;
-    let (tree, timestamp) = crate::resume::load(&path)?;
-    let history = crate::checkpoint::read_history(&tree);
+    let (tree, timestamp) = crate::resume::load(&path, limits)?;
+    let history = crate::checkpoint::read_history(&tree).unwrap_or_default();
     Ok(Some(ResumePoint {
         path,
         tree,
