@@ -201,6 +201,19 @@ def bigint(nbytes=1 << 20):
     return pt(dict_of((BINUNICODE("big"), LONG4(b"\x01" * nbytes))))
 
 
+def flatten_bomb(key_kib=64, depth=300, leaves=1_000):
+    """A chain of `depth` dicts, each keyed by the same memoized `key_kib` KiB string (dict keys
+    fetched by BINGET cost cairn's reader nothing), ending in a dict of `leaves` ints. Before a
+    filter component sees anything, cairn flattens the tree and gives every leaf its own copy
+    of its whole path: leaves * depth * key_kib KiB (19 GB by default) from a 70 KB file."""
+    key = BINUNICODE("K" * (key_kib << 10)) + BINPUT(0) + b"0"
+    chain = (EMPTY_DICT + BINGET(0)) * depth
+    bottom = EMPTY_DICT + MARK + b"".join(BINUNICODE(str(i)) + BININT(i) for i in range(leaves)) + SETITEMS
+    body = key + chain + bottom + SETITEM * depth
+    return pt(EMPTY_DICT + MARK + BINUNICODE("deep") + body
+              + b"".join(k + v for k, v in in_band("identity")) + SETITEMS)
+
+
 def long_key(n=70_000):
     """A key of `n` characters (a filter may write one: it is within max_filter_string_bytes):
     `cairn inspect` pads its table to the longest path, and Rust's `{:width$}` panics past
@@ -359,6 +372,7 @@ FILES = {
     "bigint-64k.pt": lambda: bigint(64 << 10),
     "ansi.pt": lambda: ansi_strings(),
     "long-key.pt": lambda: long_key(),
+    "flatten-bomb.pt": lambda: flatten_bomb(),
     "crc-overlap.pt": lambda: crc_overlap(region_mib=64, entries=1000),
     "crc-overlap.pt.bz2": lambda: compressed_crc_overlap(),
     # class 8
