@@ -355,6 +355,9 @@ FILES = {
     "laughs-dictkey-small.pt": lambda: dictkey_laughs(key_kib=256, refs=8_000),
     "alias-flood.pt": lambda: alias_input(mode="alias-flood", arg=5_000),
     "alias-flood-256.pt": lambda: alias_input(mode="alias-flood", arg=256),
+    "alias-flood-256.pt.zst": lambda: subprocess.run(
+        ["zstd", "-19", "-q", "-c"], input=alias_input(mode="alias-flood", arg=256),
+        capture_output=True, check=True).stdout,
     "alias-opaque.pt": lambda: alias_input(mode="alias-opaque", arg=200),
     # inputs carrying an in-band mode for `cairn filter --filter hostile_filter.wasm`
     "mode-deep-index.pt": lambda: mode_input("deep-index", 20_000),
