@@ -21,4 +21,4 @@ pub use error::{FormatError, NameError};
 pub use io::{VerifyReport, format_of, read_checkpoint, verify_checkpoint, write_checkpoint};
 pub use pt::{PtError, PtSummary, count_tensors};
 pub use safetensors_io::SafetensorsError;
-pub use state_dict::{DType, Dict, DictKind, Key, Object, Storage, Tensor, Value};
+pub use state_dict::{DType, Dict, DictKind, Key, MAX_DEPTH, Object, Storage, Tensor, Value};

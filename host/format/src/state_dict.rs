@@ -128,6 +128,16 @@ impl Dict {
     }
 }
 
+/// How many containers (dicts, lists, tuples, objects) may enclose a node: the reader refuses
+/// deeper pickles and the writers deeper trees, so a tree cairn writes is one it can read back,
+/// and every recursive walk of a tree stays far inside a thread's stack (a level of the pickle
+/// reader and writer takes ~5 KiB of stack in a debug build; 100 levels fit in a quarter of a
+/// 2 MiB thread stack). Real checkpoints nest about ten levels (a Composer checkpoint's
+/// `state/optimizers/Adam/state/0/exp_avg` is six). The same bound applies to what a
+/// state-dict filter component may answer (`cairn-policy`), so cairn never writes a tree it
+/// refuses to read back.
+pub const MAX_DEPTH: usize = 100;
+
 /// One node of a checkpoint tree.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
