@@ -261,12 +261,22 @@ pub enum PolicyError {
     },
 }
 
+/// Names the component chose, listed: the first few, escaped (see `wasm/text.rs`).
 fn list(items: &[String]) -> String {
+    const SHOWN: usize = 16;
     if items.is_empty() {
-        "nothing".to_owned()
-    } else {
-        items.join(", ")
+        return "nothing".to_owned();
     }
+    let mut out = items
+        .iter()
+        .take(SHOWN)
+        .map(|i| crate::wasm::text::one_line(i, crate::wasm::text::MAX_NAME_BYTES))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        out.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    out
 }
 
 fn mib_or_unlimited(mib: u64) -> String {
@@ -342,10 +352,16 @@ impl PolicyError {
     }
 }
 
-/// The chain of a wasmtime error as one line.
+/// Most bytes of a wasmtime error chain kept in a message.
+const MAX_CHAIN_BYTES: usize = 4096;
+
+/// The chain of a wasmtime error as one line. It may quote the component's own names (a core
+/// module's export, a function in a backtrace), so it goes through the guest-text sanitiser.
 pub(crate) fn chain(err: &wasmtime::Error) -> String {
-    err.chain()
+    let text = err
+        .chain()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
-        .join(": ")
+        .join(": ");
+    crate::wasm::text::one_line(&text, MAX_CHAIN_BYTES)
 }

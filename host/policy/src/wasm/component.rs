@@ -15,6 +15,7 @@ use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker};
 use super::bindings::{self, HOST_INTERFACE, PACKAGE_PREFIX, TRAINING_INTERFACE, TYPES_INTERFACE};
 use super::cache::{CompileCache, Origin};
 use super::state::HostState;
+use super::text;
 use crate::error::{Call, PolicyError, chain};
 
 /// The two worlds a policy can implement.
@@ -236,13 +237,13 @@ pub fn load(
     {
         return Err(PolicyError::WrongVersion {
             policy: owned(),
-            found: name.clone(),
+            found: text::one_line(name, text::MAX_NAME_BYTES),
         });
     }
     if let Some((name, _)) = imports.iter().find(|(_, v)| *v == ImportVerdict::Missing) {
         return Err(PolicyError::UnknownImport {
             policy: owned(),
-            import: name.clone(),
+            import: text::one_line(name, text::MAX_NAME_BYTES),
         });
     }
     let wrong = |reason: String| PolicyError::WrongWorld {

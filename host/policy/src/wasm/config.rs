@@ -106,8 +106,18 @@ pub struct SandboxConfig {
     pub max_table_elements: u64,
     /// Most core instances a component may create (componentize-py needs about 10).
     pub max_instances: u64,
-    /// Bytes of the component's stdout and stderr kept per call for the log.
+    /// Bytes of log lines cairn writes for one call's stdout and stderr (its `[policy NAME]`
+    /// prefix included, so many short lines cost what they show); the rest is cut, and one line
+    /// says how much.
     pub max_log_bytes: u64,
+    /// Bytes of the component's own text in one error message (its `err` answer, the tail of
+    /// what it wrote before a trap); longer text is cut, saying how much.
+    pub max_message_bytes: u64,
+    /// Bytes of the component's text cairn writes over the whole run (log lines and error
+    /// messages together), so a policy called at every batch cannot flood the job's log; once
+    /// spent, its output is dropped (said once) and its messages are replaced by a note.
+    /// 0 turns the budget off.
+    pub max_log_bytes_per_run: u64,
     /// What training does when the policy fails.
     pub on_error: OnError,
 }
@@ -127,6 +137,8 @@ impl Default for SandboxConfig {
             max_table_elements: 100_000,
             max_instances: 64,
             max_log_bytes: 16 << 10,
+            max_message_bytes: 2 << 10,
+            max_log_bytes_per_run: 1 << 20,
             on_error: OnError::Fail,
         }
     }

@@ -40,10 +40,15 @@ impl WasmKeyFilter {
             let entries: &[wit::Entry] = &entries;
             Ok(typed.call(store, (entries,))?.0)
         })?;
-        let out = answer.map_err(|message| PolicyError::FilterRefused {
-            policy: policy.clone(),
-            message,
-        })?;
+        let out = match answer {
+            Ok(out) => out,
+            Err(message) => {
+                return Err(PolicyError::FilterRefused {
+                    message: self.runner.guest_message(&message),
+                    policy,
+                });
+            }
+        };
         let s = self.runner.sandbox();
         let caps = OutputCaps {
             max_entries: s.max_filter_entries,

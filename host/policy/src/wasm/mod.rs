@@ -25,6 +25,7 @@ mod runner;
 mod save_policy;
 mod state;
 mod stats;
+pub(crate) mod text;
 mod wasi;
 
 use std::path::PathBuf;
