@@ -222,6 +222,34 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// A filter's answer nests deeper than cairn reads checkpoints back.
+    #[error(
+        "policy {policy}: filter returned a state dict nested {depth} containers deep at entry {entry} ({path}), deeper than the {limit} levels cairn reads back"
+    )]
+    TooDeep {
+        /// The policy file.
+        policy: String,
+        /// The entry's position in the answer.
+        entry: usize,
+        /// Its path, escaped and shortened.
+        path: String,
+        /// How deep the entry would nest (at least).
+        depth: usize,
+        /// The limit, `cairn_format::MAX_DEPTH`.
+        limit: usize,
+    },
+    /// Over one of the job's caps on what crosses the boundary.
+    #[error("policy {policy}: {call} is over its limit: {what} ([sandbox] {key})")]
+    TooLarge {
+        /// The policy file.
+        policy: String,
+        /// The call.
+        call: Call,
+        /// What is too large, and by how much.
+        what: String,
+        /// The `[sandbox]` key that sets the cap.
+        key: &'static str,
+    },
     /// What the component handed over (a result, a host call's arguments) could not be copied
     /// out of it: malformed, or larger than `max_transfer_mib` once copied.
     #[error(
@@ -317,6 +345,8 @@ impl PolicyError {
                 | PolicyError::StackOverflow { .. }
                 | PolicyError::Trap { .. }
                 | PolicyError::InvalidResult { .. }
+                | PolicyError::TooDeep { .. }
+                | PolicyError::TooLarge { .. }
                 | PolicyError::InvalidData { .. }
                 | PolicyError::Instantiate { .. }
                 | PolicyError::Host { .. }
@@ -345,6 +375,8 @@ impl PolicyError {
             PolicyError::StackOverflow { .. } => "stack-overflow",
             PolicyError::Trap { .. } => "trap",
             PolicyError::InvalidResult { .. } => "invalid-result",
+            PolicyError::TooDeep { .. } => "too-deep",
+            PolicyError::TooLarge { .. } => "too-large",
             PolicyError::InvalidData { .. } => "invalid-data",
             PolicyError::Instantiate { .. } => "instantiate",
             PolicyError::Host { .. } => "host",
