@@ -172,9 +172,9 @@ pub enum PolicyError {
         /// The deadline.
         timeout_ms: u64,
     },
-    /// Tried to grow a memory past `memory_limit_mib`.
+    /// Tried to grow its memories and tables past `memory_limit_mib` in all.
     #[error(
-        "policy {policy}: {call} exceeded the memory limit of {limit_mib} MiB (it asked for {requested} bytes; raise [sandbox] memory_limit_mib if the policy needs more)"
+        "policy {policy}: {call} exceeded the memory limit of {limit_mib} MiB (its memories and tables would have held {requested} bytes in all; raise [sandbox] memory_limit_mib if the policy needs more)"
     )]
     MemoryLimit {
         /// The policy file.
@@ -183,7 +183,7 @@ pub enum PolicyError {
         call: Call,
         /// The limit.
         limit_mib: u64,
-        /// The size the guest asked for.
+        /// The total the guest's memories and tables would have reached.
         requested: u64,
     },
     /// Recursed past `max_stack_kib`.

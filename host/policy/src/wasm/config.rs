@@ -80,7 +80,8 @@ pub enum OnError {
 pub struct SandboxConfig {
     /// Fuel (≈ wasm instructions) per call; refilled before every call. 0 turns fuel off.
     pub fuel_per_call: u64,
-    /// Cap of each linear memory, in MiB. Python components need ≥ 24, JS ≥ 96.
+    /// Cap of the component's memory, in MiB: every linear memory of every core instance and
+    /// every table (8 bytes an element) together. Python components need ≥ 24, JS ≥ 96.
     pub memory_limit_mib: u64,
     /// Wall-clock deadline of one call, in milliseconds. 0 turns the deadline off.
     pub timeout_ms: u64,
@@ -102,7 +103,7 @@ pub struct SandboxConfig {
     pub max_transfer_mib: u64,
     /// WebAssembly stack per call, in KiB (at most 1024, so it fits in any host thread).
     pub max_stack_kib: u64,
-    /// Most elements of a table.
+    /// Most table elements, all tables of the component together.
     pub max_table_elements: u64,
     /// Most core instances a component may create (componentize-py needs about 10).
     pub max_instances: u64,

@@ -21,7 +21,7 @@ pub struct PolicyStats {
     pub fuel: u64,
     /// Wall-clock time spent in calls.
     pub time: Duration,
-    /// Largest linear memory granted, bytes.
+    /// Most memory its instances held at once, bytes: all memories and tables together.
     pub peak_memory: u64,
     /// Fresh instances made after a failure.
     pub reinstantiations: u64,
@@ -74,7 +74,7 @@ pub struct CallCost {
     pub time: Duration,
     /// Fuel it consumed.
     pub fuel: u64,
-    /// The store's largest linear memory so far, bytes.
+    /// The store's memories and tables so far, bytes.
     pub peak_memory: u64,
 }
 
