@@ -59,6 +59,27 @@ pub enum PolicyError {
         /// The OS error.
         reason: String,
     },
+    /// The path names a directory, a device, a FIFO or a socket.
+    #[error("cannot read policy {path}: it is {what}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is ("a directory", "a character device", ...).
+        what: &'static str,
+    },
+    /// A file larger than a component may be.
+    #[error(
+        "policy {path} is {} bytes, more than the {} a component may be ([sandbox] max_component_mib)",
+        .size, crate::wasm::text::human_bytes(*.limit)
+    )]
+    FileTooLarge {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit, bytes.
+        limit: u64,
+    },
     /// A zero-byte file.
     #[error("policy {policy} is an empty file: expected a WebAssembly component")]
     Empty {
@@ -359,6 +380,8 @@ impl PolicyError {
             PolicyError::Interval(_) => "interval",
             PolicyError::Glob(_) => "glob",
             PolicyError::Read { .. } => "read",
+            PolicyError::NotAFile { .. } => "not-a-file",
+            PolicyError::FileTooLarge { .. } => "file-too-large",
             PolicyError::Empty { .. } => "empty",
             PolicyError::NotWasm { .. } => "not-wasm",
             PolicyError::CoreModule { .. } => "core-module",

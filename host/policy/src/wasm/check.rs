@@ -63,6 +63,8 @@ pub fn check(host: &PolicyHost, path: &Path) -> Result<CheckReport, PolicyError>
             // Problems with the file itself are the same for both worlds: report once.
             Err(
                 e @ (PolicyError::Read { .. }
+                | PolicyError::NotAFile { .. }
+                | PolicyError::FileTooLarge { .. }
                 | PolicyError::Empty { .. }
                 | PolicyError::NotWasm { .. }
                 | PolicyError::CoreModule { .. }

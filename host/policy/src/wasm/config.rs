@@ -119,6 +119,9 @@ pub struct SandboxConfig {
     /// spent, its output is dropped (said once) and its messages are replaced by a note.
     /// 0 turns the budget off.
     pub max_log_bytes_per_run: u64,
+    /// Largest component file accepted, in MiB (checked with `fstat` before anything is
+    /// read; a Python component is ~18 MiB, a JavaScript one ~12). 0 turns the check off.
+    pub max_component_mib: u64,
     /// What training does when the policy fails.
     pub on_error: OnError,
 }
@@ -140,6 +143,7 @@ impl Default for SandboxConfig {
             max_log_bytes: 16 << 10,
             max_message_bytes: 2 << 10,
             max_log_bytes_per_run: 1 << 20,
+            max_component_mib: 64,
             on_error: OnError::Fail,
         }
     }

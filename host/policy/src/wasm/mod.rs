@@ -110,7 +110,11 @@ impl PolicyHost {
         sandbox: &SandboxConfig,
     ) -> Result<component::Loaded, PolicyError> {
         let policy = file_name(path);
-        let wasm = component::WasmFile::open(path)?;
+        let max = match sandbox.max_component_mib {
+            0 => u64::MAX,
+            mib => mib.saturating_mul(1 << 20),
+        };
+        let wasm = component::WasmFile::open(path, max)?;
         let settings = settings(sandbox);
         let engine = self
             .engines
