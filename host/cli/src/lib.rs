@@ -41,6 +41,15 @@ enum Command {
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
+    // `cairn __compile-worker` (hidden): one compilation for the policy host, which runs it as
+    // a child so a compile deadline and memory limit can stop it. It answers its parent and
+    // nothing else: no argument parsing, no output.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == cmd::COMPILE_WORKER)
+    {
+        return ExitCode::from(u8::try_from(cairn::policy::serve_compile_worker()).unwrap_or(1));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

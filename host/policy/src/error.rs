@@ -108,6 +108,26 @@ pub enum PolicyError {
         /// wasmtime's reason.
         reason: String,
     },
+    /// Compiling the component took longer than `compile_timeout_ms`.
+    #[error(
+        "policy {policy}: compiling it took longer than the deadline of {timeout_ms} ms, so it was stopped (a component whose code is pathological for the compiler; raise [sandbox] compile_timeout_ms if it is legitimately large)"
+    )]
+    CompileTimeout {
+        /// The policy file.
+        policy: String,
+        /// The deadline.
+        timeout_ms: u64,
+    },
+    /// Compiling the component needed more memory than `compile_memory_mib`.
+    #[error(
+        "policy {policy}: compiling it needed more than the compiler's memory limit of {limit_mib} MiB, so it was stopped (a component whose code is pathological for the compiler; raise [sandbox] compile_memory_mib if it is legitimately large)"
+    )]
+    CompileMemory {
+        /// The policy file.
+        policy: String,
+        /// The limit.
+        limit_mib: u64,
+    },
     /// A component of another version of cairn's contract.
     #[error(
         "policy {policy} was built against {found}, which this cairn does not serve (it serves cairn:policy@0.1.0): rebuild it against cairn's wit/ folder"
@@ -386,6 +406,8 @@ impl PolicyError {
             PolicyError::NotWasm { .. } => "not-wasm",
             PolicyError::CoreModule { .. } => "core-module",
             PolicyError::Invalid { .. } => "invalid",
+            PolicyError::CompileTimeout { .. } => "compile-timeout",
+            PolicyError::CompileMemory { .. } => "compile-memory",
             PolicyError::WrongVersion { .. } => "wrong-version",
             PolicyError::WrongWorld { .. } => "wrong-world",
             PolicyError::MissingExport { .. } => "missing-export",

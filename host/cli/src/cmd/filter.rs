@@ -13,9 +13,7 @@ use anyhow::Context;
 
 use cairn::format::durable::{self, Replace};
 use cairn::format::{format_of, read_checkpoint, write_checkpoint};
-use cairn::policy::{
-    Filtered, IgnoreGlobs, KeyFilter, PolicyHost, PolicySpec, RunInfo, SandboxConfig,
-};
+use cairn::policy::{Filtered, IgnoreGlobs, KeyFilter, PolicySpec, RunInfo, SandboxConfig};
 use cairn::restore_state_key;
 
 /// Arguments of `cairn filter`.
@@ -38,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut filter: Box<dyn KeyFilter> = match &args.filter {
         Some(wasm) => {
             let spec = PolicySpec::new(wasm);
-            Box::new(PolicyHost::default().key_filter(
+            Box::new(super::policy_host().key_filter(
                 &spec,
                 &SandboxConfig::default(),
                 &RunInfo::default(),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use cairn::policy::{ImportVerdict, PolicyError, PolicyHost};
+use cairn::policy::{ImportVerdict, PolicyError, SandboxConfig};
 
 /// Subcommands of `cairn policy`.
 #[derive(Debug, Subcommand)]
@@ -18,19 +18,28 @@ pub enum PolicyCommand {
         /// Print one JSON object instead of sentences.
         #[arg(long)]
         json: bool,
+        /// Check under this job config's `[sandbox]` limits instead of the defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
 /// Run a `cairn policy` subcommand.
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::Check { file, json } => check_file(file, json),
+        PolicyCommand::Check { file, json, config } => {
+            let sandbox = match config {
+                Some(path) => crate::train::Job::load(&path)?.saver.sandbox,
+                None => SandboxConfig::default(),
+            };
+            check_file(file, json, &sandbox)
+        }
     }
 }
 
-fn check_file(file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
-    let host = PolicyHost::default().with_log(std::sync::Arc::new(|_: &str| {}));
-    let report = host.check(&file)?;
+fn check_file(file: PathBuf, json: bool, sandbox: &SandboxConfig) -> anyhow::Result<ExitCode> {
+    let host = super::policy_host().with_log(std::sync::Arc::new(|_: &str| {}));
+    let report = host.check_with(&file, sandbox)?;
     let name = file.display().to_string();
     let denied: Vec<&str> = report
         .imports

@@ -9,8 +9,7 @@ use serde::Serialize;
 
 use cairn::config::{SaveIntervalSpec, max_duration_from, parse_interval_time, parse_max_duration};
 use cairn::policy::{
-    IntervalScheduler, PolicyHost, PolicySpec, Ranks, RunInfo, SandboxConfig, SavePolicy, Time,
-    Timestamp,
+    IntervalScheduler, PolicySpec, Ranks, RunInfo, SandboxConfig, SavePolicy, Time, Timestamp,
 };
 use cairn::{Schedule, Template};
 
@@ -228,6 +227,6 @@ fn wasm_policy(
         ranks: Ranks::from_env(),
     };
     Ok(Box::new(
-        PolicyHost::default().save_policy(spec, sandbox, &run)?,
+        super::policy_host().save_policy(spec, sandbox, &run)?,
     ))
 }

@@ -122,9 +122,24 @@ pub struct SandboxConfig {
     /// Largest component file accepted, in MiB (checked with `fstat` before anything is
     /// read; a Python component is ~18 MiB, a JavaScript one ~12). 0 turns the check off.
     pub max_component_mib: u64,
+    /// Wall-clock deadline of compiling a component that is not in the compile cache, in
+    /// milliseconds; 0 turns it off. Enforced only where the embedding application provides a
+    /// compile worker (the `cairn` CLI does): Cranelift cannot be stopped in a thread. The
+    /// default is 60 s in a release build of cairn and 30 min in a debug build, whose compiler
+    /// is ~40x slower (an 18 MB Python component: ~5 s released, ~3 CPU-minutes in debug).
+    pub compile_timeout_ms: u64,
+    /// Memory the compile worker may use (its `RLIMIT_DATA`), in MiB; 0 turns it off.
+    pub compile_memory_mib: u64,
     /// What training does when the policy fails.
     pub on_error: OnError,
 }
+
+/// The default [`SandboxConfig::compile_timeout_ms`]: see there.
+pub const DEFAULT_COMPILE_TIMEOUT_MS: u64 = if cfg!(debug_assertions) {
+    30 * 60_000
+} else {
+    60_000
+};
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -144,6 +159,8 @@ impl Default for SandboxConfig {
             max_message_bytes: 2 << 10,
             max_log_bytes_per_run: 1 << 20,
             max_component_mib: 64,
+            compile_timeout_ms: DEFAULT_COMPILE_TIMEOUT_MS,
+            compile_memory_mib: 2048,
             on_error: OnError::Fail,
         }
     }
