@@ -552,14 +552,16 @@ fn to_seg(s: &wit::Segment) -> Seg {
     }
 }
 
-/// A path as an error shows it: keys escaped and shortened, and only both ends of a long path.
+/// A path as an error shows it: keys escaped and cut to 64 bytes, and only both ends of a
+/// long path (under 1 KiB in all).
 fn show_path(path: &[wit::Segment]) -> String {
-    const ENDS: usize = 6;
+    const ENDS: usize = 4;
+    const KEY: usize = 64;
     if path.is_empty() {
         return "the root".into();
     }
     let show = |s: &wit::Segment| match s {
-        wit::Segment::Key(k) => text::one_line(k, text::MAX_NAME_BYTES),
+        wit::Segment::Key(k) => text::one_line(k, KEY),
         wit::Segment::IntKey(i) => i.to_string(),
         wit::Segment::Index(i) => format!("[{i}]"),
     };

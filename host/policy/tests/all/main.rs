@@ -2,5 +2,6 @@
 //! the sandbox: hostile ones get their documented error within their limits, and the compile cache
 //! loads only what cairn wrote.
 
+mod bounds;
 mod cache;
 mod hostile;
