@@ -512,7 +512,9 @@ fn policy_spec(v: &toml::Value, base: &Path) -> Result<PolicySpec, String> {
     if spec.wasm.is_relative() {
         spec.wasm = base.join(&spec.wasm);
     }
-    if !spec.wasm.is_file() {
+    // Only existence: a path that names a directory, a device or a FIFO is refused when the
+    // component is loaded, with what it is (`cairn_policy::PolicyError::NotAFile`).
+    if !spec.wasm.exists() {
         return Err(format!(
             "policy component {} does not exist",
             spec.wasm.display()

@@ -1,8 +1,8 @@
 //! What a hostile input costs, measured where it cannot hide: in a child process, whose peak
 //! resident memory the kernel reports when it is reaped (`wait4`'s `ru_maxrss`), unaffected by
-//! the other tests of this process. Time is measured and printed, never asserted tightly.
+//! the other tests of this process (see [`SPAWNER_TEST`]). Time is measured and printed, never
+//! asserted tightly.
 
-use std::io::Read;
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,28 +44,144 @@ impl Measured {
     }
 }
 
-/// Run `cmd` (stdout and stderr captured), killing it after `limit`, and measure it.
+/// Why not simply `wait4` on the command: Linux starts a process's `ru_maxrss` at the peak RSS
+/// of the process it was spawned from (exec records the old address space's high-water mark),
+/// and a test binary running many tests at once may have peaked at hundreds of MiB. So the
+/// command is spawned by a *spawner*, this test binary started afresh (a few MiB), which
+/// `wait4`s it and reports. Each test binary that measures declares, at its root:
+///
+/// ```ignore
+/// #[test]
+/// fn measure_spawner() {
+///     cairn_testkit::measure::serve_spawner();
+/// }
+/// ```
+pub const SPAWNER_TEST: &str = "measure_spawner";
+
+/// The environment variable naming the spawner's request file.
+const SPAWN_ENV: &str = "CAIRN_TEST_SPAWN";
+
+/// Run `cmd` (stdin empty, stdout and stderr captured, its cwd and added environment kept),
+/// killing it after `limit`, and measure it (through the spawner, see [`SPAWNER_TEST`]).
+pub fn run_measured(cmd: &mut Command, limit: Duration) -> Measured {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let request = dir.path().join("request");
+    let mut text = Vec::new();
+    let mut field = |b: &[u8]| {
+        text.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        text.extend_from_slice(b);
+    };
+    use std::os::unix::ffi::OsStrExt;
+    field(cmd.get_program().as_bytes());
+    field(
+        cmd.get_current_dir()
+            .map_or(&b"."[..], |d| d.as_os_str().as_bytes()),
+    );
+    field(&(limit.as_millis() as u64).to_le_bytes());
+    let args: Vec<_> = cmd.get_args().collect();
+    field(&(args.len() as u64).to_le_bytes());
+    for a in args {
+        field(a.as_bytes());
+    }
+    let envs: Vec<_> = cmd.get_envs().collect();
+    field(&(envs.len() as u64).to_le_bytes());
+    for (k, v) in envs {
+        field(k.as_bytes());
+        field(v.map_or(&b"\0unset"[..], |v| v.as_bytes()));
+    }
+    std::fs::write(&request, &text).expect("write the spawn request");
+    let exe = std::env::current_exe().expect("the test binary");
+    let spawner = Command::new(exe)
+        .args([SPAWNER_TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(SPAWN_ENV, &request)
+        .stdin(Stdio::null())
+        .output()
+        .expect("start the spawner");
+    let result = std::fs::read_to_string(dir.path().join("result")).unwrap_or_else(|_| {
+        panic!(
+            "the spawner ({SPAWNER_TEST} in this test binary) reported nothing: {}\n{}",
+            String::from_utf8_lossy(&spawner.stdout),
+            String::from_utf8_lossy(&spawner.stderr)
+        )
+    });
+    let n: Vec<u64> = result
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let [status, max_rss, wall_ns, killed] = n[..] else {
+        panic!("bad spawner result {result:?}")
+    };
+    Measured {
+        output: Output {
+            status: <ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(status as i32),
+            stdout: std::fs::read(dir.path().join("stdout")).unwrap_or_default(),
+            stderr: std::fs::read(dir.path().join("stderr")).unwrap_or_default(),
+        },
+        max_rss,
+        wall: Duration::from_nanos(wall_ns),
+        killed: killed != 0,
+    }
+}
+
+/// The spawner's side of [`run_measured`]: in a process started as the spawner, run the
+/// request, write the result and exit; otherwise return at once.
+pub fn serve_spawner() {
+    let Some(request) = std::env::var_os(SPAWN_ENV) else {
+        return;
+    };
+    let request = std::path::PathBuf::from(request);
+    let dir = request.parent().expect("the request's folder").to_owned();
+    let bytes = std::fs::read(&request).expect("read the spawn request");
+    let mut at = 0usize;
+    let mut field = || {
+        let n = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        let f = bytes[at + 8..at + 8 + n].to_vec();
+        at += 8 + n;
+        f
+    };
+    let number = |f: Vec<u8>| u64::from_le_bytes(f.try_into().unwrap());
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let os = |f: Vec<u8>| OsString::from_vec(f);
+    let mut cmd = Command::new(os(field()));
+    cmd.current_dir(os(field())).env_remove(SPAWN_ENV);
+    let limit = Duration::from_millis(number(field()));
+    for _ in 0..number(field()) {
+        cmd.arg(os(field()));
+    }
+    for _ in 0..number(field()) {
+        let (k, v) = (os(field()), field());
+        if v == b"\0unset" {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, os(v));
+        }
+    }
+    let out = std::fs::File::create(dir.join("stdout")).unwrap();
+    let err = std::fs::File::create(dir.join("stderr")).unwrap();
+    cmd.stdout(out).stderr(err);
+    let (status, max_rss, wall, killed) = spawn_and_wait(&mut cmd, limit);
+    std::fs::write(
+        dir.join("result"),
+        format!(
+            "{status} {max_rss} {} {}",
+            wall.as_nanos(),
+            u8::from(killed)
+        ),
+    )
+    .unwrap();
+    std::process::exit(0);
+}
+
+/// Spawn `cmd` (stdin empty), kill it after `limit`, and reap it with `wait4`: its raw wait
+/// status, peak RSS in bytes, wall time, and whether it was killed.
 // The child is reaped by `wait4` (which std's `Child::wait` cannot replace: it drops the
 // resource usage), so clippy's check for a `wait` does not see it.
 #[allow(clippy::zombie_processes)]
-pub fn run_measured(cmd: &mut Command, limit: Duration) -> Measured {
+fn spawn_and_wait(cmd: &mut Command, limit: Duration) -> (i32, u64, Duration, bool) {
     let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the command");
+    let child = cmd.stdin(Stdio::null()).spawn().expect("spawn the command");
     let pid = child.id() as libc::pid_t;
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("piped")));
-    let err = drain(Box::new(child.stderr.take().expect("piped")));
     let done = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(AtomicBool::new(false));
     let watchdog = {
@@ -97,17 +213,12 @@ pub fn run_measured(cmd: &mut Command, limit: Duration) -> Measured {
     let _ = watchdog.join();
     // SAFETY: filled by the successful wait4.
     let usage = unsafe { usage.assume_init() };
-    let status = <ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw(status);
-    Measured {
-        output: Output {
-            status,
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-        },
-        max_rss: (usage.ru_maxrss as u64) << 10,
+    (
+        status,
+        (usage.ru_maxrss as u64) << 10,
         wall,
-        killed: killed.load(Ordering::Acquire),
-    }
+        killed.load(Ordering::Acquire),
+    )
 }
 
 /// The environment variable that tells a test binary it is the isolated child of a test.

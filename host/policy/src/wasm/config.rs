@@ -107,15 +107,16 @@ pub struct SandboxConfig {
     pub max_table_elements: u64,
     /// Most core instances a component may create (componentize-py needs about 10).
     pub max_instances: u64,
-    /// Bytes of log lines cairn writes for one call's stdout and stderr (its `[policy NAME]`
-    /// prefix included, so many short lines cost what they show); the rest is cut, and one line
-    /// says how much.
+    /// Bytes of log lines cairn writes for one call's stdout and stderr (each line counted
+    /// with its `[policy NAME]` prefix and 8 bytes for the log's own prefix and newline, so many
+    /// short lines cost what they show); the rest is cut, and one line says how much.
     pub max_log_bytes: u64,
     /// Bytes of the component's own text in one error message (its `err` answer, the tail of
     /// what it wrote before a trap); longer text is cut, saying how much.
     pub max_message_bytes: u64,
-    /// Bytes of the component's text cairn writes over the whole run (log lines and error
-    /// messages together), so a policy called at every batch cannot flood the job's log; once
+    /// Bytes of the component's text cairn writes over the whole run (log lines, counted as
+    /// for `max_log_bytes`, and error messages together), so a policy called at every batch
+    /// cannot flood the job's log; once
     /// spent, its output is dropped (said once) and its messages are replaced by a note.
     /// 0 turns the budget off.
     pub max_log_bytes_per_run: u64,

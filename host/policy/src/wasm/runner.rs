@@ -287,11 +287,12 @@ impl Runner {
         self.text.admit(line, message.len())
     }
 
-    /// Log one line on the policy's behalf, charged to the run's budget; false once the budget
-    /// is spent (the first refusal logs the one line saying so).
+    /// Log one line on the policy's behalf, charged to the run's budget (with
+    /// [`LINE_OVERHEAD`]); false once the budget is spent (the first refusal logs the one line
+    /// saying so).
     fn log_line(&mut self, line: &str) -> bool {
         let line = format!("[policy {}] {line}", self.loaded.policy);
-        if self.text.charge(line.len()) {
+        if self.text.charge(line.len() + LINE_OVERHEAD) {
             (self.log)(&line);
             return true;
         }
@@ -307,7 +308,7 @@ impl Runner {
     /// a traceback) as one line for the error, charged to the budget too.
     fn drain_output(&mut self, store: &Store<HostState>) -> String {
         let cap = usize::try_from(self.sandbox.max_log_bytes).unwrap_or(usize::MAX);
-        let prefix = self.loaded.policy.len() + "[policy ] ".len();
+        let prefix = self.loaded.policy.len() + "[policy ] ".len() + LINE_OVERHEAD;
         let mut written = 0usize;
         let mut stderr = String::new();
         let outputs = [
@@ -420,6 +421,10 @@ impl Runner {
         }
     }
 }
+
+/// What a log line costs beyond its text: the log's own prefix and newline (`cairn: ` and `\n`
+/// in the CLI), so that many short lines cost what they take on the terminal.
+const LINE_OVERHEAD: usize = 8;
 
 /// Most bytes of a backtrace kept in an error.
 const MAX_BACKTRACE_BYTES: usize = 4096;

@@ -5,3 +5,9 @@
 mod bounds;
 mod cache;
 mod hostile;
+
+/// Spawns the commands the tests measure (see `cairn_testkit::measure::SPAWNER_TEST`).
+#[test]
+fn measure_spawner() {
+    cairn_testkit::measure::serve_spawner();
+}
