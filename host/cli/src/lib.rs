@@ -5,6 +5,8 @@
 //! It is a library too, only so the benchmarks (`host/bench`) reuse the simulated trainer.
 
 mod cmd;
+mod plural;
+pub mod policy_config;
 pub mod rusage;
 pub mod train;
 
@@ -37,6 +39,8 @@ enum Command {
     },
     /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
     Verify(cmd::verify::Args),
+    /// Show the compile cache of policy components (`cairn cache clear` empties it).
+    Cache(cmd::cache::Args),
 }
 
 /// Run the command line; the process exit status.
@@ -50,14 +54,37 @@ pub fn main() -> ExitCode {
     {
         return ExitCode::from(u8::try_from(cairn::policy::serve_compile_worker()).unwrap_or(1));
     }
+    // `FAILPOINTS` is read only by test builds (the `failpoints` feature); a release build
+    // carries no failpoint.
+    let _failpoints = cairn::failpoints::setup_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("cairn: {err:#}");
+            // The error and its causes, each cause only if its text is not already in the line
+            // (cairn's errors name their cause in their own sentence).
+            eprintln!("cairn: {}", cairn::remote::error_chain(err.as_ref()));
+            if let Some(backtrace) = policy_backtrace(&err) {
+                if std::env::var_os("CAIRN_BACKTRACE").is_some_and(|v| v == "1") {
+                    eprintln!("{backtrace}");
+                } else {
+                    eprintln!("cairn: CAIRN_BACKTRACE=1 shows the policy's wasm backtrace");
+                }
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// The wasm backtrace of a policy's trap somewhere in `err`'s chain.
+fn policy_backtrace(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(|cause| {
+        let policy = match cause.downcast_ref::<cairn::Error>() {
+            Some(cairn::Error::Policy(p)) => Some(&**p),
+            _ => cause.downcast_ref::<cairn::policy::PolicyError>(),
+        };
+        policy.and_then(|p| p.backtrace()).map(str::to_owned)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -68,5 +95,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Filter(args) => cmd::filter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Policy { command } => cmd::policy::run(command),
+        Command::Cache(args) => cmd::cache::run(args),
     }
 }

@@ -9,6 +9,7 @@
 mod container;
 pub mod durable;
 mod error;
+pub mod failpoints;
 mod io;
 mod pt;
 mod safetensors_io;

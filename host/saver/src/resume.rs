@@ -97,8 +97,9 @@ pub(crate) struct Search<'a> {
     pub folder: &'a Path,
     /// The checkpoint filename template.
     pub filename: &'a Template,
-    /// The local `latest` pointer, if the config has one.
-    pub latest: Option<PathBuf>,
+    /// The local `latest` pointer, or why there is none to follow (`Ok(None)`: the config has
+    /// no local pointer).
+    pub latest: Result<Option<PathBuf>, String>,
     /// Dist variables for the names.
     pub vars: Vars<'a>,
 }
@@ -153,8 +154,10 @@ impl Search<'_> {
 
     /// What `latest` names, or why there is nothing to follow.
     fn latest_target(&self) -> (Option<PathBuf>, Option<String>) {
-        let Some(link) = &self.latest else {
-            return (None, None);
+        let link = match &self.latest {
+            Ok(Some(link)) => link,
+            Ok(None) => return (None, None),
+            Err(why) => return (None, Some(why.clone())),
         };
         match latest::resolve(link) {
             Ok(Some(target)) => (Some(target), Some(format!("{} is damaged", link.display()))),
@@ -168,19 +171,14 @@ impl Search<'_> {
 
     /// The folder's checkpoints, most recently written first.
     fn newest_written_first(&self) -> Result<Vec<(PathBuf, Option<SystemTime>)>> {
-        let found = scan::checkpoints(self.folder, self.filename, &self.vars)
+        let mut found = scan::checkpoints(self.folder, self.filename, &self.vars)
             .map_err(Error::io("list", self.folder))?;
-        let mut written: Vec<_> = found
+        scan::by_write_order(&mut found);
+        Ok(found
             .into_iter()
             .rev()
-            .map(|f| {
-                let modified = latest_mtime(&f.path);
-                (f.path, modified)
-            })
-            .collect();
-        // Stable: equal times keep the names' training order (newest first).
-        written.sort_by_key(|w| std::cmp::Reverse(w.1));
-        Ok(written)
+            .map(|f| (f.path, f.modified))
+            .collect())
     }
 }
 

@@ -132,7 +132,10 @@ fn bigint_decimal(le: &[u8]) -> String {
 }
 
 fn print_table(format: &str, entries: &[Json]) {
-    println!("format: {format}, {} entries", entries.len());
+    println!(
+        "format: {format}, {}",
+        crate::plural::count(entries.len() as u64, "entry", "entries")
+    );
     let rows: Vec<[String; 4]> = entries
         .iter()
         .map(|e| {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod cache;
 pub mod filter;
 pub mod inspect;
 pub mod policy;

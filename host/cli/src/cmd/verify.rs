@@ -3,13 +3,17 @@
 //! For a folder every checkpoint file in it (and its sub-folders) is fully verified, and every
 //! `latest*` entry must resolve to a complete checkpoint. A `latest` entry is either a symlink
 //! or — where the filesystem has no symlinks — a small pointer file holding the relative name
-//! of the checkpoint. Sound files print one `ok` line on stdout; each problem prints one line on
+//! of the checkpoint. A remote pointer (`*.symlink`, in a `file://` store or a bucket mirrored
+//! on disk) holds the checkpoint's key relative to the store's root instead, and is resolved as
+//! the store resolves it. Sound files print one `ok` line on stdout; each problem prints one line on
 //! stderr, and any problem makes the exit status non-zero.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cairn::format::{CheckpointFormat, verify_checkpoint};
+use cairn::remote::SYMLINK_SUFFIX;
+use cairn::remote::store::object_name;
 
 /// Arguments of `cairn verify`.
 #[derive(Debug, clap::Args)]
@@ -45,13 +49,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn verify_file(path: &Path, problems: &mut Vec<String>) -> bool {
     match verify_checkpoint(path) {
         Ok(r) => {
+            let count = crate::plural::count;
             println!(
-                "ok {} ({}, {} bytes, {} tensors, {} storages)",
+                "ok {} ({}, {}, {}, {})",
                 path.display(),
                 r.format,
-                r.file_bytes,
-                r.summary.tensors,
-                r.summary.storages
+                count(r.file_bytes, "byte", "bytes"),
+                count(r.summary.tensors as u64, "tensor", "tensors"),
+                count(r.summary.storages as u64, "storage", "storages")
             );
             true
         }
@@ -94,7 +99,10 @@ fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) -> usize 
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        if name.starts_with("latest") {
+        if name.ends_with(SYMLINK_SUFFIX) && meta.is_file() {
+            found += 1;
+            check_remote_pointer(dir, &path, problems);
+        } else if name.starts_with("latest") {
             found += 1;
             check_latest(dir, &path, &meta, problems);
         } else if meta.is_dir() && depth < MAX_DEPTH {
@@ -148,6 +156,54 @@ fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, problems: &mu
         ));
     } else {
         println!("ok {} -> {}", path.display(), target.display());
+    }
+}
+
+/// A remote `latest` pointer holds the checkpoint's key relative to the store's root (Composer's
+/// `.symlink` objects), and the root is some folder above the pointer: the pointer itself lives at
+/// `<root>/<latest_remote_file_name>.symlink`. Resolve the key as the store does, from the nearest
+/// enclosing folder under which it exists.
+fn check_remote_pointer(dir: &Path, path: &Path, problems: &mut Vec<String>) {
+    let text = match std::fs::metadata(path) {
+        Ok(m) if m.len() <= MAX_POINTER_BYTES => std::fs::read_to_string(path),
+        Ok(m) => {
+            return problems.push(format!(
+                "{} is {} bytes, too large for a remote latest pointer",
+                path.display(),
+                m.len()
+            ));
+        }
+        Err(e) => Err(e),
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => return problems.push(format!("{} cannot be read: {e}", path.display())),
+    };
+    // cairn writes no newline; other writers (an editor, `echo`) may.
+    let key = text.trim();
+    if let Err(reason) = object_name(key) {
+        return problems.push(format!(
+            "{} does not hold an object key ({key:?}: {reason})",
+            path.display()
+        ));
+    }
+    let Some(target) = dir
+        .ancestors()
+        .map(|root| root.join(key))
+        .find(|t| t.is_file())
+    else {
+        return problems.push(format!(
+            "{} names '{key}', which is under no folder above it (the store's root)",
+            path.display()
+        ));
+    };
+    match verify_checkpoint(&target) {
+        Ok(_) => println!("ok {} -> {}", path.display(), target.display()),
+        Err(e) => problems.push(format!(
+            "{} names {}, which fails verification: {e}",
+            path.display(),
+            target.display()
+        )),
     }
 }
 

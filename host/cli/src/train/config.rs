@@ -6,8 +6,10 @@
 
 use std::path::Path;
 
-use cairn::config::{ConfigDocument, ConfigError, max_duration_from, parse_max_duration};
-use cairn::policy::{MaxDuration, Time};
+use cairn::config::{
+    ConfigDocument, ConfigError, SaveIntervalSpec, max_duration_from, parse_max_duration,
+};
+use cairn::policy::{CountUnit, MaxDuration, Time};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -99,10 +101,13 @@ impl Job {
         let mut doc = ConfigDocument::parse(text, file, base)?;
         let section: TrainSection = doc.take_section("train")?;
         let train = check(&doc, &section)?;
-        Ok(Job {
-            saver: doc.check()?,
-            train,
-        })
+        let saver = doc.check()?;
+        iterations_configured(&saver.save_interval, &train).map_err(|message| ConfigError {
+            file: file.to_owned(),
+            location: String::new(),
+            message,
+        })?;
+        Ok(Job { saver, train })
     }
 
     /// The embedded default of `cairn run`.
@@ -110,6 +115,30 @@ impl Job {
         Job::parse(EMBEDDED_DEFAULT, "<embedded default>", Path::new("."))
             .expect("the embedded default config is valid")
     }
+}
+
+/// An interval or a duration in iterations needs to know how many epochs an iteration is;
+/// without it no iteration event ever fires, so nothing would be saved (or training never ends).
+pub fn iterations_configured(
+    interval: &SaveIntervalSpec,
+    train: &TrainConfig,
+) -> Result<(), String> {
+    if train.epochs_per_iteration.is_some() {
+        return Ok(());
+    }
+    let hint = "set [train] epochs_per_iteration (or --epochs-per-iteration for simulate)";
+    if let SaveIntervalSpec::Time(t @ Time::Count(_, CountUnit::Iteration)) = interval {
+        return Err(format!(
+            "checkpoint.save_interval '{t}' counts iterations, but no iteration length is configured: {hint}"
+        ));
+    }
+    if train.max_duration.unit == CountUnit::Iteration {
+        return Err(format!(
+            "train.max_duration '{}' counts iterations, but no iteration length is configured: {hint}",
+            train.max_duration
+        ));
+    }
+    Ok(())
 }
 
 fn check(doc: &ConfigDocument<'_>, t: &TrainSection) -> Result<TrainConfig, ConfigError> {
@@ -212,6 +241,16 @@ mod tests {
                 "train.model_mib",
             ),
             ("[train]\nmodel_mb = 1\n", "job.toml:2:1", "model_mb"),
+            (
+                "[checkpoint]\nsave_interval = \"1iter\"\n",
+                "job.toml:",
+                "epochs_per_iteration",
+            ),
+            (
+                "[train]\nmax_duration = \"2iter\"\n",
+                "job.toml:",
+                "epochs_per_iteration",
+            ),
         ];
         for (text, location, needle) in cases {
             let e = match Job::parse(text, "job.toml", Path::new(".")) {

@@ -3,7 +3,10 @@
 
 mod bounds;
 mod crash;
+mod data_safety;
+mod failpoints;
 mod formats;
+mod newcomer;
 mod policies;
 mod policy_check;
 mod run;

@@ -28,7 +28,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::compile::CompileError;
-use super::component::WasmFile;
+use super::file::WasmFile;
 
 /// Load an artifact compiled just now for `engine` (in this process or by its compile worker).
 fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, CompileError> {
@@ -102,6 +102,7 @@ impl CompileCache {
                 .map_err(|e| CompileError::Other(format!("cannot read it: {e}")))
         };
         let Some(dir) = &self.dir else {
+            compiling(wasm, log, None);
             let artifact = compile(read(wasm)?)?;
             return Ok((deserialize(engine, &artifact)?, Origin::Compiled));
         };
@@ -112,6 +113,7 @@ impl CompileCache {
                     "compile cache {} unusable ({e}); compiling",
                     dir.display()
                 ));
+                compiling(wasm, log, None);
                 let artifact = compile(read(wasm)?)?;
                 return Ok((deserialize(engine, &artifact)?, Origin::Compiled));
             }
@@ -146,6 +148,7 @@ impl CompileCache {
             origin = Origin::Recompiled;
         }
         // Key the entry by the bytes compiled, in case the file changed since it was hashed.
+        compiling(wasm, log, Some(dir));
         let bytes = read(wasm)?;
         let entry = Entry::new(dir, cache_key(engine, blake3::hash(&bytes).as_bytes()));
         let artifact = compile(bytes)?;
@@ -175,6 +178,82 @@ impl CompileCache {
         let bytes = fs::read(&path)?;
         <[u8; 32]>::try_from(bytes.as_slice())
             .map_err(|_| std::io::Error::other("key file has the wrong size"))
+    }
+}
+
+/// Say what is about to take a while: compiling a large component (a Python one is ~18 MB) takes
+/// seconds, once; a silent pause looks like a hang.
+fn compiling(wasm: &WasmFile, log: &dyn Fn(&str), cache: Option<&Path>) {
+    let mb = wasm.len() as f64 / 1e6;
+    let later = match cache {
+        Some(dir) => format!("kept in {} for later runs", dir.display()),
+        None => "the compile cache is off".to_owned(),
+    };
+    log(&format!(
+        "compiling {} ({mb:.1} MB) for this machine; {later}",
+        wasm.name()
+    ));
+}
+
+/// How much the cache holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Compiled components.
+    pub entries: u64,
+    /// Bytes on disk, tags and key included.
+    pub bytes: u64,
+}
+
+impl CompileCache {
+    /// What the cache holds now (nothing when caching is off or the folder does not exist).
+    pub fn usage(&self) -> std::io::Result<CacheUsage> {
+        self.walk(|_| Ok(()))
+    }
+
+    /// Remove every compiled component and the key (a new key is made at the next compile);
+    /// returns what was removed. Files cairn did not write are left alone.
+    pub fn clear(&self) -> std::io::Result<CacheUsage> {
+        let removed = self.walk(|path| fs::remove_file(path))?;
+        if let Some(dir) = &self.dir {
+            match fs::remove_file(dir.join("key")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Visit every file of the cache's own (`*.cwasm`, `*.tag`, `key`), counting them.
+    fn walk(
+        &self,
+        mut visit: impl FnMut(&Path) -> std::io::Result<()>,
+    ) -> std::io::Result<CacheUsage> {
+        let mut usage = CacheUsage::default();
+        let Some(dir) = &self.dir else {
+            return Ok(usage);
+        };
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(usage),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let ext = path.extension().and_then(|e| e.to_str());
+            let ours = matches!(ext, Some("cwasm") | Some("tag")) || entry.file_name() == "key";
+            if !ours || !entry.file_type()?.is_file() {
+                continue;
+            }
+            usage.bytes += entry.metadata()?.len();
+            if ext == Some("cwasm") {
+                usage.entries += 1;
+            }
+            if entry.file_name() != "key" {
+                visit(&path)?;
+            }
+        }
+        Ok(usage)
     }
 }
 

@@ -4,8 +4,6 @@
 //! Linking happens once per component (`InstancePre`); each live instance then costs a store
 //! and an instantiation (microseconds for Rust, about a millisecond for Python).
 
-use std::io::BufRead;
-use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::Engine;
@@ -16,6 +14,7 @@ use super::bindings::{self, HOST_INTERFACE, PACKAGE_PREFIX, TRAINING_INTERFACE, 
 use super::cache::{CompileCache, Origin};
 use super::compile::{self, CompileError, CompileLimits, CompileWorker};
 use super::engine::EngineSettings;
+use super::file::WasmFile;
 use super::state::HostState;
 use super::text;
 use crate::error::{Call, PolicyError, chain};
@@ -155,134 +154,6 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Ok(linker)
 }
 
-/// A policy file as cairn first meets it: its BLAKE3 digest and first bytes, taken in one
-/// streaming pass so that a warm start (the compile cache has it) never holds the whole file —
-/// 18 MB for a Python component.
-///
-/// A path names whatever a tenant's config says, so opening it must not be an attack either:
-/// it is opened non-blocking (a FIFO without a writer would block `open` forever), then only a
-/// regular file is accepted (`/dev/zero` reads forever, a directory not at all), and only up to
-/// a size read from `fstat` before anything is read. The open file is kept, so the bytes
-/// compiled later are the same file's, not whatever the path names by then.
-pub struct WasmFile {
-    file: std::fs::File,
-    size: u64,
-    digest: [u8; 32],
-    head: Vec<u8>,
-}
-
-impl WasmFile {
-    /// Open and hash the file at `path`, if it is a regular file of at most `max_bytes`.
-    pub fn open(path: &Path, max_bytes: u64) -> Result<WasmFile, PolicyError> {
-        let fail = |e: std::io::Error| PolicyError::Read {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        };
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-        let file = match options.open(path) {
-            Ok(f) => f,
-            // A socket cannot be opened at all: say what it is rather than "no such device".
-            Err(e) => {
-                return Err(match std::fs::metadata(path) {
-                    Ok(m) if !m.is_file() => not_a_file(path, &m),
-                    _ => fail(e),
-                });
-            }
-        };
-        let meta = file.metadata().map_err(fail)?;
-        if !meta.is_file() {
-            return Err(not_a_file(path, &meta));
-        }
-        let size = meta.len();
-        if size > max_bytes {
-            return Err(PolicyError::FileTooLarge {
-                path: path.to_owned(),
-                size,
-                limit: max_bytes,
-            });
-        }
-        let mut hasher = blake3::Hasher::new();
-        let mut reader =
-            std::io::BufReader::with_capacity(1 << 20, std::io::Read::take(&file, size));
-        let mut head = Vec::with_capacity(8);
-        loop {
-            let chunk = reader.fill_buf().map_err(fail)?;
-            if chunk.is_empty() {
-                break;
-            }
-            let want = 8usize.saturating_sub(head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..want]);
-            hasher.update(chunk);
-            let n = chunk.len();
-            reader.consume(n);
-        }
-        drop(reader);
-        Ok(WasmFile {
-            file,
-            size,
-            digest: *hasher.finalize().as_bytes(),
-            head,
-        })
-    }
-
-    /// The BLAKE3 hash of the bytes read by [`WasmFile::open`].
-    pub fn digest(&self) -> &[u8; 32] {
-        &self.digest
-    }
-
-    /// The whole file (the size `open` found), for compiling.
-    pub fn read(&self) -> std::io::Result<Vec<u8>> {
-        let mut bytes = vec![0u8; usize::try_from(self.size).map_err(std::io::Error::other)?];
-        read_at(&self.file, &mut bytes)?;
-        Ok(bytes)
-    }
-}
-
-#[cfg(unix)]
-fn read_at(file: &std::fs::File, buf: &mut [u8]) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, 0)
-}
-
-#[cfg(not(unix))]
-fn read_at(mut file: &std::fs::File, buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::{Read, Seek};
-    file.seek(std::io::SeekFrom::Start(0))?;
-    file.read_exact(buf)
-}
-
-/// The error for a path that names something other than a regular file.
-fn not_a_file(path: &Path, meta: &std::fs::Metadata) -> PolicyError {
-    let t = meta.file_type();
-    #[cfg(unix)]
-    let special = {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            Some("a FIFO (named pipe)")
-        } else if t.is_char_device() {
-            Some("a character device")
-        } else if t.is_block_device() {
-            Some("a block device")
-        } else if t.is_socket() {
-            Some("a socket")
-        } else {
-            None
-        }
-    };
-    #[cfg(not(unix))]
-    let special = None;
-    PolicyError::NotAFile {
-        path: path.to_owned(),
-        what: if t.is_dir() {
-            "a directory"
-        } else {
-            special.unwrap_or("not a regular file")
-        },
-    }
-}
-
 /// Where a compiled component comes from: the cache, else a compilation.
 pub struct Compiler<'a> {
     /// The compile cache.
@@ -310,7 +181,7 @@ pub fn load(
         compile::compile(engine, compiler.settings, bytes, compiler.worker, limits)
     };
     let owned = || policy.to_owned();
-    if sniff(policy, &wasm.head)? == BinaryKind::CoreModule {
+    if sniff(policy, wasm.head())? == BinaryKind::CoreModule {
         return Err(PolicyError::CoreModule { policy: owned() });
     }
     let (component, origin) =

@@ -19,6 +19,7 @@ mod compile;
 mod component;
 mod config;
 mod engine;
+mod file;
 mod filter;
 mod flat;
 mod limits;
@@ -33,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::error::{Call, PolicyError};
-pub use cache::{CompileCache, Origin};
+pub use cache::{CacheUsage, CompileCache, Origin};
 pub use check::CheckReport;
 pub use compile::{CompileWorker, serve_compile_worker};
 pub use component::{ImportVerdict, World};
@@ -127,7 +128,7 @@ impl PolicyHost {
             0 => u64::MAX,
             mib => mib.saturating_mul(1 << 20),
         };
-        let wasm = component::WasmFile::open(path, max)?;
+        let wasm = file::WasmFile::open(path, max)?;
         let settings = settings(sandbox);
         let engine = self
             .engines

@@ -137,7 +137,7 @@ impl Runner {
         let instance = match result {
             Ok(i) => i,
             Err(e) => {
-                let stderr = self.drain_output(&store);
+                let stderr = self.drain_output(&store, true);
                 return Err(self.failure(&store, e, Call::Instantiate, fuel, ms, &stderr));
             }
         };
@@ -153,7 +153,7 @@ impl Runner {
                     reason: format!("its 'init' has the wrong signature: {}", chain(&e)),
                 })?;
             let outcome = init.call(&mut store, (&self.init_config,));
-            let stderr = self.drain_output(&store);
+            let stderr = self.drain_output(&store, !matches!(outcome, Ok((Ok(()),))));
             match outcome {
                 Ok((Ok(()),)) => {}
                 Ok((Err(message),)) => {
@@ -238,7 +238,7 @@ impl Runner {
         let started = Instant::now();
         let result = f(&mut live.store, live.main);
         let elapsed = started.elapsed();
-        let stderr = self.drain_output(&live.store);
+        let stderr = self.drain_output(&live.store, result.is_err());
         let used = if self.fuel_on && fuel > 0 {
             fuel.saturating_sub(live.store.get_fuel().unwrap_or(fuel))
         } else {
@@ -252,14 +252,21 @@ impl Runner {
             }
             Err(e) => {
                 let err = self.failure(&live.store, e, call, fuel, ms, &stderr);
+                // The error itself is reported once, by whoever handles it (`on_error`).
                 (self.log)(&format!(
-                    "[policy {}] {err}; discarding the instance",
-                    self.loaded.policy
+                    "[policy {}] {call} failed ({}); discarding the instance",
+                    self.loaded.policy,
+                    err.kind()
                 ));
                 Err(err)
             }
         };
         self.count(result, elapsed, used, peak)
+    }
+
+    /// Write a line to the host's log, as this policy.
+    pub fn log(&self, line: &str) {
+        (self.log)(&format!("[policy {}] {line}", self.loaded.policy));
     }
 
     /// Add one call to the accounting.
@@ -305,8 +312,9 @@ impl Runner {
     /// Send what the component printed to the log, one escaped line each, prefixed with its
     /// name, at most `max_log_bytes` per call (then one line saying how much was cut) and
     /// within the run's budget; returns the tail of what it wrote to stderr (a panic message,
-    /// a traceback) as one line for the error, charged to the budget too.
-    fn drain_output(&mut self, store: &Store<HostState>) -> String {
+    /// a traceback) as one line for the error, charged to the budget too. When the call
+    /// `failed`, stderr is not logged: the error carries it, and it is said once.
+    fn drain_output(&mut self, store: &Store<HostState>, failed: bool) -> String {
         let cap = usize::try_from(self.sandbox.max_log_bytes).unwrap_or(usize::MAX);
         let prefix = self.loaded.policy.len() + "[policy ] ".len() + LINE_OVERHEAD;
         let mut written = 0usize;
@@ -316,9 +324,13 @@ impl Runner {
             ("stderr", store.data().stderr.drain()),
         ];
         for (stream, (text, dropped)) in outputs {
-            let mut cut = dropped;
+            let carried_by_error = failed && stream == "stderr";
+            let mut cut = if carried_by_error { 0 } else { dropped };
             let mut at = 0usize;
             for raw in text.split_inclusive('\n') {
+                if carried_by_error {
+                    break;
+                }
                 let start = at;
                 at += raw.len();
                 if raw.trim().is_empty() {
@@ -341,7 +353,7 @@ impl Runner {
                     self.sandbox.max_log_bytes
                 ));
             }
-            if stream == "stderr" && !text.trim().is_empty() {
+            if carried_by_error && !text.trim().is_empty() {
                 let max = usize::try_from(self.sandbox.max_message_bytes).unwrap_or(usize::MAX);
                 let tail = text::tail_line(&text, max);
                 stderr = self.text.admit(tail, text.len());
