@@ -19,7 +19,7 @@ use thiserror::Error;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use cairn_format::CheckpointFormat;
+use cairn_format::{CheckpointFormat, ReadLimits};
 use cairn_policy::{MaxDuration, PolicySpec, SandboxConfig, Time};
 
 use crate::names;
@@ -66,6 +66,91 @@ pub struct ConfigFile {
     /// Limits for every policy component of this job.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Bounds on reading checkpoint files (resume, local or remote).
+    #[serde(default)]
+    pub read: ReadSection,
+}
+
+/// `[read]`: how much work reading one checkpoint may cost, whoever wrote it (see
+/// `cairn_format::ReadLimits`). Not under `[checkpoint]`, whose keys are exactly Composer's
+/// `CheckpointSaver` arguments: these bound every file the job reads, like `[sandbox]` bounds
+/// every component it runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadSection {
+    /// A compressed checkpoint may expand at most this many times its size.
+    #[serde(default = "read_defaults::ratio")]
+    pub max_expansion_ratio: Spanned<i64>,
+    /// ... and to at most this many MiB in all.
+    #[serde(default = "read_defaults::expanded")]
+    pub max_expanded_mib: Spanned<i64>,
+    /// Expansion allowed whatever the ratio, in MiB.
+    #[serde(default = "read_defaults::floor")]
+    pub expansion_floor_mib: Spanned<i64>,
+    /// The largest pickle (`data.pkl`) read, in MiB.
+    #[serde(default = "read_defaults::pickle")]
+    pub max_pickle_mib: Spanned<i64>,
+}
+
+mod read_defaults {
+    use cairn_format::ReadLimits;
+    use toml::Spanned;
+
+    fn spanned(n: u64) -> Spanned<i64> {
+        Spanned::new(0..0, n as i64)
+    }
+    pub fn ratio() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_expansion_ratio)
+    }
+    pub fn expanded() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_expanded_bytes >> 20)
+    }
+    pub fn floor() -> Spanned<i64> {
+        spanned(ReadLimits::default().ratio_floor_bytes >> 20)
+    }
+    pub fn pickle() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_pickle_bytes >> 20)
+    }
+}
+
+impl Default for ReadSection {
+    fn default() -> Self {
+        ReadSection {
+            max_expansion_ratio: read_defaults::ratio(),
+            max_expanded_mib: read_defaults::expanded(),
+            expansion_floor_mib: read_defaults::floor(),
+            max_pickle_mib: read_defaults::pickle(),
+        }
+    }
+}
+
+impl ReadSection {
+    fn limits(&self, at: &Locator<'_>) -> Result<ReadLimits, ConfigError> {
+        let positive = |key: &str, v: &Spanned<i64>, max: i64| {
+            let n = *v.get_ref();
+            if (1..=max).contains(&n) {
+                Ok(n as u64)
+            } else {
+                Err(at.at(
+                    v,
+                    format!("read.{key} must be between 1 and {max}, not {n}"),
+                ))
+            }
+        };
+        // MiB values up to 2^40 (an exbibyte) keep the byte counts far from overflow.
+        Ok(ReadLimits {
+            max_expansion_ratio: positive(
+                "max_expansion_ratio",
+                &self.max_expansion_ratio,
+                1 << 40,
+            )?,
+            max_expanded_bytes: positive("max_expanded_mib", &self.max_expanded_mib, 1 << 40)?
+                << 20,
+            ratio_floor_bytes: positive("expansion_floor_mib", &self.expansion_floor_mib, 1 << 40)?
+                << 20,
+            max_pickle_bytes: positive("max_pickle_mib", &self.max_pickle_mib, 1 << 40)? << 20,
+        })
+    }
 }
 
 /// A string that may be disabled with `false` (Composer's `None`).
@@ -277,6 +362,8 @@ pub struct Config {
     pub on_upload_failure: OnUploadFailure,
     /// Policy limits.
     pub sandbox: SandboxConfig,
+    /// Bounds on reading checkpoint files.
+    pub read: ReadLimits,
 }
 
 impl Config {
@@ -598,6 +685,7 @@ impl ConfigFile {
             remote_url: url.get_ref().clone(),
             on_upload_failure: self.remote.on_failure,
             sandbox: self.sandbox,
+            read: self.read.limits(at)?,
             folder,
             filename,
         })
@@ -737,6 +825,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "cairn.toml", Path::new("."))
+    }
+
+    #[test]
+    fn read_limits_have_defaults_and_are_checked() {
+        assert_eq!(parse("").unwrap().read, ReadLimits::default());
+        let c =
+            parse("[read]\nmax_expansion_ratio = 8\nmax_expanded_mib = 100\nmax_pickle_mib = 1\n")
+                .unwrap();
+        assert_eq!(c.read.max_expansion_ratio, 8);
+        assert_eq!(c.read.max_expanded_bytes, 100 << 20);
+        assert_eq!(c.read.max_pickle_bytes, 1 << 20);
+        let e = parse("[read]\nmax_expansion_ratio = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cairn.toml:2:23") && e.contains("read.max_expansion_ratio"),
+            "{e}"
+        );
+        let e = parse("[read]\nmax_ratio = 3\n").unwrap_err().to_string();
+        assert!(e.contains("max_ratio"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub use cairn_format::failpoints;
 pub use cairn_policy as policy;
 
 pub use checkpoint::{
-    Snapshot, build as build_checkpoint, read_history, read_timestamp, restore_state_key, timedelta,
+    BadValue, MAX_COUNTER, MAX_WALL_CLOCK_SECS, Snapshot, build as build_checkpoint, read_history,
+    read_timestamp, restore_state_key, timedelta,
 };
 pub use config::{Config, ConfigDocument, ConfigError, OnUploadFailure, RunNameOrigin};
 pub use error::{Error, Result, SnapshotError};

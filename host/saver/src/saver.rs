@@ -44,8 +44,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cairn_format::CheckpointFormat;
 use cairn_format::durable::{self, Replace};
+use cairn_format::{CheckpointFormat, ReadLimits};
 use cairn_policy::{
     Event, Filtered, IgnoreGlobs, IntervalScheduler, KeyFilter, PolicyHost, PolicyStats, Ranks,
     RunInfo, SavePolicy, StatsHandle, Timestamp, TrainingState,
@@ -103,6 +103,8 @@ pub struct CheckpointSaver {
     policy_stats: Vec<(String, StatsHandle)>,
     /// Local files whose upload failed: with `num_checkpoints_to_keep = 0` they are the only copy.
     failed_uploads: HashSet<PathBuf>,
+    /// Bounds on reading a checkpoint to resume from.
+    read_limits: ReadLimits,
     /// Uploads that failed since the current `fit_start`: `fit_end` returns them as an error.
     fit_failures: Vec<UploadFailure>,
     on_upload_failure: OnUploadFailure,
@@ -203,6 +205,7 @@ impl CheckpointSaver {
             history: Vec::new(),
             saved: Vec::new(),
             warnings: Vec::new(),
+            read_limits: config.read,
         })
     }
 
@@ -465,13 +468,23 @@ impl CheckpointSaver {
             filename: &self.filename,
             latest,
             vars: writer,
+            limits: self.read_limits,
         };
-        let mut found = search.find()?;
+        let mut passed_over = Vec::new();
+        let mut found = search.find(&mut passed_over)?;
+        // Nothing usable locally: say what was passed over, whatever happens next.
+        for (path, why) in passed_over {
+            self.warnings.push(format!(
+                "skipped damaged checkpoint {}: {why}",
+                path.display()
+            ));
+        }
         if found.is_none()
             && let Some((pointer, path)) = self.download_remote_latest()?
         {
-            let (tree, timestamp) = resume::load(&path)?;
-            let history = crate::checkpoint::read_history(&tree);
+            let (tree, timestamp) = resume::load(&path, &self.read_limits)?;
+            // `load` checked the history; a damaged one was an error there.
+            let history = crate::checkpoint::read_history(&tree).unwrap_or_default();
             found = Some(ResumePoint {
                 path,
                 tree,

@@ -38,6 +38,8 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn check_file(file: PathBuf, json: bool, sandbox: &SandboxConfig) -> anyhow::Result<ExitCode> {
+    // A closed stdout drops the report; the exit status still says whether the check passed.
+    let mut out = crate::out::Lines::stdout();
     let host = super::policy_host().with_log(std::sync::Arc::new(|_: &str| {}));
     let report = host.check_with(&file, sandbox)?;
     let name = file.display().to_string();
@@ -68,7 +70,7 @@ fn check_file(file: PathBuf, json: bool, sandbox: &SandboxConfig) -> anyhow::Res
             "imports": imports,
             "problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         });
-        println!("{value}");
+        out.line(format_args!("{value}"));
         return Ok(if report.world.is_some() {
             ExitCode::SUCCESS
         } else {
@@ -95,7 +97,7 @@ fn check_file(file: PathBuf, json: bool, sandbox: &SandboxConfig) -> anyhow::Res
         }
         return Ok(ExitCode::FAILURE);
     };
-    println!(
+    out.line(format_args!(
         "{name} implements cairn:policy/{}@0.1.0 (exports: {}{}).",
         world.name(),
         report.exports.join(", "),
@@ -104,14 +106,14 @@ fn check_file(file: PathBuf, json: bool, sandbox: &SandboxConfig) -> anyhow::Res
         } else {
             "; no init, so its config is ignored"
         }
-    );
+    ));
     if denied.is_empty() {
-        println!("It imports no WASI interface.");
+        out.line(format_args!("It imports no WASI interface."));
     } else {
-        println!(
+        out.line(format_args!(
             "cairn will deny every capability of its WASI imports (no files, environment, sockets; fixed clocks and randomness): {}.",
             denied.join(", ")
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -337,6 +337,14 @@ fn train_with(
         folder: saver.folder().display().to_string(),
         ..Summary::default()
     };
+    let spec = TrainerSpec {
+        max_duration: t.max_duration,
+        batches_per_epoch: t.batches_per_epoch,
+        samples_per_batch: t.samples_per_batch,
+        tokens_per_batch: t.tokens_per_batch,
+        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
+        epochs_per_iteration: t.epochs_per_iteration,
+    };
     let mut start = Default::default();
     if resume && let Some(point) = saver.resume()? {
         for (path, why) in &point.skipped {
@@ -352,9 +360,12 @@ fn train_with(
             point.timestamp.batch,
             point.reason
         );
-        model
-            .restore(&point.tree)
-            .with_context(|| format!("cannot resume from {}", point.path.display()))?;
+        model.restore(&point.path, &point.tree)?;
+        spec.check_resume(&point.timestamp)
+            .map_err(|reason| cairn::Error::Resume {
+                path: point.path.clone(),
+                reason,
+            })?;
         start = point.timestamp;
         summary.resumed_from = Some(point.path.display().to_string());
     }
@@ -363,14 +374,6 @@ fn train_with(
             .context("this folder holds an earlier run; to continue it, add --resume"),
         e => e.into(),
     })?;
-    let spec = TrainerSpec {
-        max_duration: t.max_duration,
-        batches_per_epoch: t.batches_per_epoch,
-        samples_per_batch: t.samples_per_batch,
-        tokens_per_batch: t.tokens_per_batch,
-        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
-        epochs_per_iteration: t.epochs_per_iteration,
-    };
     let progress = Progress::new(&spec, &start, interactive, &config.run_name);
     let mut metrics = vec![("loss".to_owned(), 0.0)];
     let loop_started = Instant::now();

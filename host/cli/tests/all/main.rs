@@ -9,6 +9,7 @@ mod formats;
 mod newcomer;
 mod policies;
 mod policy_check;
+mod reading;
 mod run;
 mod run_policies;
 mod run_remote;

@@ -8,9 +8,9 @@
 //!   path length is checked before anything else is done with it, and both walks here use a
 //!   heap stack, never recursion.
 //! - **Size.** Entries and bytes are capped (`max_filter_entries`, `max_filter_string_bytes`),
-//!   and an `alias` counts the bytes of the value it names, since it places that value once
-//!   more in the checkpoint; the flattened form offered to the component is capped by the host
-//!   memory it takes (`max_transfer_mib`: every entry carries its whole path).
+//!   and an `alias` counts the bytes of the value it names against them; the flattened form
+//!   offered to the component is capped by the host memory it takes (`max_transfer_mib`: every
+//!   entry carries its whole path).
 //! - **Work.** Each entry costs the length of its path: the Python type of a dict the filter
 //!   keeps is found through a trie of the input's containers, one segment at a time, never by
 //!   hashing the path so far at every level.
@@ -254,6 +254,13 @@ fn leaf(v: &Value, values: &mut Vec<Value>) -> wit::Leaf {
             description: format!("{}.{}", o.module, o.name),
             handle: issue(v),
         }),
+        // A subtree referenced from several places stays one opaque value (its handle keeps it
+        // shared), so a filter never sees it expanded once per place.
+        Value::Shared(s) => wit::Leaf::Opaque(wit::OpaqueMeta {
+            kind: "shared".into(),
+            description: format!("shared {}", s.get().kind()),
+            handle: issue(v),
+        }),
         Value::Dict(_) | Value::List(_) => unreachable!("containers are walked, not leaves"),
     }
 }
@@ -408,54 +415,40 @@ fn lookup(values: &[Value], h: u64) -> Result<&Value, String> {
         .ok_or_else(|| format!("handle {h} was not issued by cairn in this call"))
 }
 
-/// How many containers deep `v` nests (0 for a leaf or an empty container, as
-/// [`MAX_DEPTH`] counts) and how many bytes it holds (strings, bytes, tensor data, and 8 per
-/// node), without recursion.
+/// How many containers deep `v` nests (as [`MAX_DEPTH`] counts: [`Value::depth`]) and how many
+/// bytes it holds (strings, keys, bytes, tensor data, and 8 per node; a shared subtree once),
+/// without recursion.
 fn measure(v: &Value) -> (usize, u64) {
-    let mut deepest = 0usize;
     let mut bytes = 0u64;
-    let mut stack: Vec<(&Value, usize)> = vec![(v, 0)];
-    while let Some((v, d)) = stack.pop() {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<&Value> = vec![v];
+    while let Some(v) = stack.pop() {
         bytes += 8;
-        let before = stack.len();
         match v {
-            Value::Dict(dict) => {
-                for (k, x) in &dict.entries {
-                    if let Key::Str(s) = k {
-                        bytes += s.len() as u64;
-                    }
-                    stack.push((x, d + 1));
+            Value::Shared(s) => {
+                if seen.insert(s.id()) {
+                    stack.push(s.get());
                 }
-                if let Some(s) = &dict.state {
-                    stack.push((s, d + 1));
-                }
+                continue;
             }
-            Value::List(items) | Value::Tuple(items) => {
-                stack.extend(items.iter().map(|x| (x, d + 1)));
-            }
-            Value::Object(o) => {
-                if let cairn_format::state_dict::Construct::Reduce(a)
-                | cairn_format::state_dict::Construct::NewObj(a) = &o.construct
-                {
-                    stack.extend(a.iter().map(|x| (x, d + 1)));
-                }
-                stack.extend(o.state.iter().map(|x| (x, d + 1)));
-                stack.extend(o.list_items.iter().map(|x| (x, d + 1)));
-                for (k, x) in &o.dict_items {
-                    stack.push((k, d + 1));
-                    stack.push((x, d + 1));
-                }
+            Value::Dict(d) => {
+                bytes += d
+                    .entries
+                    .keys()
+                    .map(|k| match k {
+                        Key::Str(s) => s.len() as u64,
+                        Key::Int(_) => 0,
+                    })
+                    .sum::<u64>();
             }
             Value::Tensor(t) => bytes += t.nbytes(),
             Value::Str(s) => bytes += s.len() as u64,
             Value::Bytes(b) | Value::BigInt(b) => bytes += b.len() as u64,
-            Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::None => {}
+            _ => {}
         }
-        if stack.len() > before {
-            deepest = deepest.max(d + 1);
-        }
+        stack.extend(v.children());
     }
-    (deepest, bytes)
+    (v.depth(), bytes)
 }
 
 fn leaf_value(
@@ -466,7 +459,8 @@ fn leaf_value(
 ) -> Result<Value, String> {
     Ok(match leaf {
         wit::Leaf::Tensor(meta) => {
-            let v = lookup(&issued.values, meta.handle)?;
+            // Resolved: a handle placed before may already be the shared subtree (`place`).
+            let v = lookup(&issued.values, meta.handle)?.resolved();
             let Value::Tensor(t) = v else {
                 return Err(format!(
                     "handle {} names a {}, not a tensor",
@@ -488,7 +482,7 @@ fn leaf_value(
             place(issued, handles, meta.handle)
         }
         wit::Leaf::Opaque(meta) => {
-            let v = lookup(&issued.values, meta.handle)?;
+            let v = lookup(&issued.values, meta.handle)?.resolved();
             if matches!(v, Value::Tensor(_)) {
                 return Err(format!(
                     "handle {} names a tensor, not an opaque value",

@@ -165,29 +165,7 @@ impl TextBudget {
 }
 
 /// `n` bytes the way a person writes them (`17 bytes`, `1.5 KiB`, `10 MiB`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
-    for (unit, size) in UNITS {
-        if n >= size {
-            let x = n as f64 / size as f64;
-            return if x.fract() == 0.0 {
-                format!("{x:.0} {unit}")
-            } else {
-                format!("{x:.1} {unit}")
-            };
-        }
-    }
-    if n == 1 {
-        "1 byte".into()
-    } else {
-        format!("{n} bytes")
-    }
-}
+pub use cairn_format::human_bytes;
 
 #[cfg(test)]
 mod tests {

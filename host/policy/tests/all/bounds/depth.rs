@@ -66,12 +66,18 @@ fn an_answer_at_the_limit_is_kept_and_reads_back() {
             .unwrap()
     });
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("deep.pt");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let format = cairn_format::format_of(&path).unwrap();
-    cairn_format::write_checkpoint(&path, format, &tree, &mut file).unwrap();
-    drop(file);
-    assert_eq!(cairn_format::read_checkpoint(&path).unwrap(), tree);
+    for name in ["deep.pt", "deep.safetensors"] {
+        let path = dir.path().join(name);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let format = cairn_format::format_of(&path).unwrap();
+        cairn_format::write_checkpoint(&path, format, &tree, &mut file).unwrap();
+        drop(file);
+        assert_eq!(
+            cairn_format::read_checkpoint(&path).unwrap(),
+            tree,
+            "{name}"
+        );
+    }
     let err = filter("deep-index", n + 1, &SandboxConfig::default())
         .apply(&small_tree())
         .unwrap_err();
