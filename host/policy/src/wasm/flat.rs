@@ -11,6 +11,10 @@
 //!   and an `alias` counts the bytes of the value it names against them; the flattened form
 //!   offered to the component is capped by the host memory it takes (`max_transfer_mib`: every
 //!   entry carries its whole path).
+//! - **Sharing.** A value several entries name (a `tensor`/`opaque` and its `alias`es) becomes
+//!   one [`Shared`] subtree that every place refers to: nothing is copied, and the writers emit
+//!   it once and refer to it (as `torch.save` does an object it has already written), so an
+//!   alias is a reference from the answer all the way to the file.
 //! - **Work.** Each entry costs the length of its path: the Python type of a dict the filter
 //!   keeps is found through a trie of the input's containers, one segment at a time, never by
 //!   hashing the path so far at every level.
@@ -25,7 +29,7 @@ use indexmap::IndexMap;
 use super::bindings::types as wit;
 use super::text;
 use cairn_format::MAX_DEPTH;
-use cairn_format::state_dict::{DType, Dict, DictKind, Key, Value};
+use cairn_format::state_dict::{DType, Dict, DictKind, Key, Shared, Value};
 
 /// One path segment, hashable (the generated WIT type is not).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -525,17 +529,24 @@ fn returned_once(handles: &mut Handles, h: u64) -> Result<(), String> {
 }
 
 /// The value behind a (checked) handle for one of the places that name it: moved out when it
-/// is the only one, else a copy (a tensor's copy shares its storage; other values were counted
-/// against `max_filter_string_bytes` for every alias).
+/// is the only one; else one [`Shared`] subtree that every place refers to, so an `alias`
+/// stays a reference all the way to the file (`torch.save` writes a shared object once, then
+/// refers to it; the safetensors writer keeps it once too).
 fn place(issued: &mut Issued, handles: &mut Handles, h: u64) -> Value {
     let i = (h - 1) as usize;
-    let left = handles.places.get_mut(&h).expect("counted in Handles::new");
-    *left -= 1;
-    if *left == 0 {
-        std::mem::replace(&mut issued.values[i], Value::None)
-    } else {
-        issued.values[i].clone()
+    let places = handles
+        .places
+        .get(&h)
+        .copied()
+        .expect("counted in Handles::new");
+    if places == 1 {
+        return std::mem::take(&mut issued.values[i]);
     }
+    let slot = &mut issued.values[i];
+    if !matches!(slot, Value::Shared(_)) {
+        *slot = Value::Shared(Shared::new(std::mem::take(slot)));
+    }
+    slot.clone()
 }
 
 fn to_seg(s: &wit::Segment) -> Seg {

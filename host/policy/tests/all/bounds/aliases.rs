@@ -50,17 +50,17 @@ fn aliases_of_a_big_tensor_are_refused_at_the_byte_cap() {
                     "{msg}"
                 );
             }
-            // Seven fit in the default 64 MiB: shared, not copied (one storage).
+            // Seven fit in the default 64 MiB: one shared tensor, referred to eight times.
             let out = filter("alias-flood", 7, &SandboxConfig::default())
                 .apply(&tree)
                 .unwrap();
-            let Some(Value::Tensor(first)) = out.get_path(&["alias", "0"]) else {
+            let Some(Value::Shared(first)) = out.get_path(&["alias", "0"]) else {
                 panic!("{out:?}")
             };
-            let Some(Value::Tensor(big)) = out.get_path(&["big"]) else {
+            let Some(Value::Shared(big)) = out.get_path(&["big"]) else {
                 panic!()
             };
-            assert!(first.storage.same(&big.storage));
+            assert!(first.same(big));
         },
     ) else {
         return;
@@ -134,4 +134,54 @@ fn a_state_dict_that_flattens_to_gigabytes_is_refused_before_the_call() {
         return;
     };
     assert!(cost.max_rss < 400 * MIB, "{} bytes", cost.max_rss);
+}
+
+#[test]
+fn aliases_stay_references_all_the_way_to_the_file() {
+    let Some(cost) = common::measure::isolated(
+        "bounds::aliases::aliases_stay_references_all_the_way_to_the_file",
+        || {
+            // Seven aliases of an 8 MiB tensor and five of an 8 MiB tuple (in separate answers):
+            // each file holds the value once, and reads back with one shared node.
+            let dir = tempfile::tempdir().unwrap();
+            let write = |tree: &Value, name: &str| {
+                let path = dir.path().join(name);
+                let mut file = std::fs::File::create(&path).unwrap();
+                let format = cairn_format::format_of(&path).unwrap();
+                let bytes = cairn_format::write_checkpoint(&path, format, tree, &mut file);
+                (path, bytes.unwrap())
+            };
+            for (mode, aliases) in [("alias-flood", 7), ("alias-opaque", 5)] {
+                let out = filter(mode, aliases, &SandboxConfig::default())
+                    .apply(&heavy_tree(8))
+                    .unwrap();
+                for name in ["out.pt", "out.safetensors"] {
+                    // The same file as without the aliases, give or take their entries.
+                    let (_, alone) = write(&heavy_tree(8), &format!("alone-{name}"));
+                    let (path, bytes) = write(&out, name);
+                    assert!(
+                        bytes < alone + 64 * 1024,
+                        "{mode} {name}: {bytes} bytes, {alone} without aliases"
+                    );
+                    // Read back, every place names one value: a shared subtree, or (a tensor
+                    // read from a torch archive) tensors over one storage.
+                    let back = cairn_format::read_checkpoint(&path).unwrap();
+                    let last = (aliases - 1).to_string();
+                    let (a, b) = (
+                        back.get_path(&["alias", "0"]).unwrap(),
+                        back.get_path(&["alias", &last]).unwrap(),
+                    );
+                    let same = match (a, b) {
+                        (Value::Shared(a), Value::Shared(b)) => a.same(b),
+                        (Value::Tensor(a), Value::Tensor(b)) => a.storage.same(&b.storage),
+                        _ => false,
+                    };
+                    assert!(same, "{mode} {name}: {} and {}", a.kind(), b.kind());
+                }
+            }
+        },
+    ) else {
+        return;
+    };
+    assert!(cost.max_rss < 300 * MIB, "{} bytes", cost.max_rss);
 }
