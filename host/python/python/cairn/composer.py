@@ -249,7 +249,7 @@ class CheckpointSaver(_ComposerCheckpointSaver):
 
         # --- Composer's constructor (callbacks/checkpoint_saver.py:271-325), with cairn's values ---
         folder = str(resolved["folder"])
-        backend, _, local_folder = parse_uri(folder)
+        backend, bucket, local_folder = parse_uri(folder)
         if local_folder == "":
             local_folder = "."
         self._remote_url: Optional[str] = self._config.remote_url
@@ -260,9 +260,12 @@ class CheckpointSaver(_ComposerCheckpointSaver):
                     f"There is no implementation for the cloud backend {backend} via URI. Please use one of the "
                     f"supported object stores ({', '.join(sorted(_SCHEMES))})."
                 )
-            # Composer stages a URI folder's files in mkdtemp() (line 277) and uploads under the bucket.
+            # Composer stages a URI folder's files in mkdtemp() (line 277) and names objects by the formatted
+            # remote_file_name from the bucket's root: the folder's path is not a prefix (the Trainer adds it
+            # to remote_file_name itself when it builds the saver, trainer.py:1410). file:// has no bucket:
+            # its whole URL is the store.
             local_folder = os.path.join(tempfile.mkdtemp(), local_folder)
-            self._remote_url = folder
+            self._remote_url = folder if backend == "file" else f"{backend}://{bucket}"
         filename = str(resolved["filename"])
         remote_file_name = resolved["remote_file_name"]
         latest_filename = resolved["latest_filename"]
