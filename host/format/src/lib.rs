@@ -10,6 +10,7 @@ mod container;
 pub mod durable;
 mod error;
 mod io;
+mod prebuilt;
 mod pt;
 mod safetensors_io;
 pub mod state_dict;
@@ -18,7 +19,10 @@ mod tests;
 
 pub use container::{CheckpointFormat, Compression};
 pub use error::{FormatError, NameError};
-pub use io::{VerifyReport, format_of, read_checkpoint, verify_checkpoint, write_checkpoint};
+pub use io::{
+    VerifyReport, format_of, read_checkpoint, verify_checkpoint, write_checkpoint, write_prebuilt,
+};
+pub use prebuilt::{Prebuilt, PrebuiltError};
 pub use pt::{PtError, PtSummary, count_tensors};
 pub use safetensors_io::SafetensorsError;
 pub use state_dict::{DType, Dict, DictKind, Key, Object, Storage, Tensor, Value};
