@@ -36,5 +36,5 @@ pub use error::{Error, Result, SnapshotError};
 pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
 pub use resume::{ResumePoint, ResumeReason};
-pub use saver::{CheckpointSaver, SavedCheckpoint};
+pub use saver::{CheckpointSaver, PrebuiltOptions, SavedCheckpoint};
 pub use template::{Template, TemplateError, Var, Vars};
