@@ -1,12 +1,11 @@
 """Shared setup for tests/python.
 
-The ``cairn`` package is imported from the installed wheel if there is one, else from the source tree
-(host/python/python), whose ``cairn._native`` is then missing: tests that need the real extension
-skip (``needs_native``), and ``fake_native`` swaps in tests/python/cairn_fake_native.py, which
-implements the same interface in Python, so the pure-Python layer is tested today.
+The ``cairn`` package is imported from the installed wheel (tests/run.sh runs ``pip install
+./host/python`` into the suite's venv first and checks that ``cairn._native`` imports). Without it
+(a source checkout where the extension was never built), ``cairn`` is imported from the source tree,
+and the tests that need the extension skip (``needs_native``).
 """
 
-import importlib
 import os
 import sys
 
@@ -39,13 +38,3 @@ needs_native = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def fake_native(monkeypatch):
-    """cairn with the pure-Python stand-in for its native module."""
-    import cairn
-
-    fake = importlib.import_module("cairn_fake_native")
-    fake.CALLS.clear()
-    monkeypatch.setattr(cairn, "_native", fake)
-    monkeypatch.setattr(cairn, "PolicyError", fake.PolicyError)
-    return fake

@@ -23,7 +23,8 @@ def train_step(m, opt):
     return float(loss)
 
 
-def test_save_and_load_round_trip(fake_native, tmp_path, monkeypatch):
+@needs_native
+def test_save_and_load_round_trip(tmp_path, monkeypatch):
     import cairn
 
     monkeypatch.chdir(tmp_path)

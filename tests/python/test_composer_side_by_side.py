@@ -5,9 +5,8 @@ at the same events and steps, write checkpoints with the same keys and tensors (
 aside), and point ``latest`` at the same file; resuming through ``Trainer(load_path=...)`` and
 ``autoresume=True`` must give the losses of the uninterrupted run.
 
-Backends: ``composer`` (runs today and pins the expectations), ``cairn-fake`` (cairn's Python layer over
-tests/python/cairn_fake_native.py: runs today), ``cairn`` (the real extension: skipped until
-``cairn._native`` is built).
+Backends: ``composer`` (Composer's own saver: pins the expectations) and ``cairn`` (cairn's saver:
+``cairn.composer.CheckpointSaver`` over the native extension).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ pytest.importorskip("composer")
 from composer.callbacks import CheckpointSaver as ComposerSaver  # noqa: E402
 
 import composer_harness as h  # noqa: E402
-from conftest import native_available  # noqa: E402
+from conftest import native_available, needs_native  # noqa: E402
 
 # (save_interval, max_duration, samples, batch_size, expected saves as (event, epoch, batch)).
 # Expectations from composer-checkpointing.md §4.4, checked here against the real Composer.
@@ -50,14 +49,6 @@ def cairn_factory(**kw):
     return CheckpointSaver(**kw)
 
 
-@pytest.fixture(params=["cairn-fake", pytest.param("cairn", marks=pytest.mark.skipif(
-    not native_available(), reason="cairn._native is not built yet"))])
-def cairn_backend(request, monkeypatch):
-    if request.param == "cairn-fake":
-        request.getfixturevalue("fake_native")
-    return request.param
-
-
 def in_dir(monkeypatch, path):
     os.makedirs(path, exist_ok=True)
     monkeypatch.chdir(path)
@@ -76,7 +67,8 @@ def test_composer_saves_what_the_reference_says(tmp_path, monkeypatch, interval,
 
 
 @pytest.mark.parametrize("interval,max_duration,samples,batch_size,expected", TABLE, ids=IDS)
-def test_cairn_saves_what_composer_saves(tmp_path, monkeypatch, cairn_backend, interval, max_duration,
+@needs_native
+def test_cairn_saves_what_composer_saves(tmp_path, monkeypatch, interval, max_duration,
                                          samples, batch_size, expected):
     kw = dict(save_interval=interval, max_duration=max_duration, samples=samples, batch_size=batch_size)
     in_dir(monkeypatch, tmp_path / "composer")
@@ -98,7 +90,7 @@ def test_cairn_saves_what_composer_saves(tmp_path, monkeypatch, cairn_backend, i
         assert h.comparable(b) == h.comparable(a)
 
 
-@pytest.mark.parametrize("backend", ["composer", "cairn-fake", "cairn"])
+@pytest.mark.parametrize("backend", ["composer", "cairn"])
 def test_resume_with_load_path_gives_the_same_losses(tmp_path, monkeypatch, request, backend):
     factory = _backend(request, backend)
     kw = dict(save_interval="2ba", samples=16, batch_size=4)
@@ -114,7 +106,7 @@ def test_resume_with_load_path_gives_the_same_losses(tmp_path, monkeypatch, requ
         assert history[:start // 2] == [f"ck/ep0-ba{b}-rank0.pt" for b in range(2, start + 1, 2)]
 
 
-@pytest.mark.parametrize("backend", ["composer", "cairn-fake", "cairn"])
+@pytest.mark.parametrize("backend", ["composer", "cairn"])
 def test_autoresume_gives_the_same_losses(tmp_path, monkeypatch, request, backend):
     factory = _backend(request, backend)
     kw = dict(save_interval="2ba", samples=16, batch_size=4, run_name="auto")
@@ -128,7 +120,7 @@ def test_autoresume_gives_the_same_losses(tmp_path, monkeypatch, request, backen
     assert second.latest == full.latest
 
 
-@pytest.mark.parametrize("backend", ["composer", "cairn-fake", "cairn"])
+@pytest.mark.parametrize("backend", ["composer", "cairn"])
 def test_checkpoints_are_interchangeable(tmp_path, monkeypatch, request, backend):
     """A checkpoint written by one saver resumes under the other, history included."""
     factory = _backend(request, backend)
@@ -142,7 +134,7 @@ def test_checkpoints_are_interchangeable(tmp_path, monkeypatch, request, backend
     assert list(resumed.saver.all_saved_checkpoints_to_timestamp)[:2] == ["ck/ep0-ba2-rank0.pt", "ck/ep0-ba4-rank0.pt"]
 
 
-@pytest.mark.parametrize("backend", ["composer", "cairn-fake", "cairn"])
+@pytest.mark.parametrize("backend", ["composer", "cairn"])
 def test_future_checkpoint_in_folder_raises_file_exists(tmp_path, monkeypatch, request, backend):
     factory = _backend(request, backend)
     in_dir(monkeypatch, tmp_path)
@@ -155,9 +147,6 @@ def test_future_checkpoint_in_folder_raises_file_exists(tmp_path, monkeypatch, r
 def _backend(request, backend):
     if backend == "composer":
         return composer_factory
-    if backend == "cairn-fake":
-        request.getfixturevalue("fake_native")
-        return cairn_factory
     if not native_available():
         pytest.skip("cairn._native is not built yet")
     return cairn_factory

@@ -17,7 +17,8 @@ Every method that writes, uploads, waits or runs a WebAssembly policy releases t
 
 Errors: ``ValueError`` for a bad config or argument (the message names the key, and the TOML line for a
 file); ``FileExistsError`` for a checkpoint that may conflict or exists; ``OSError`` (with errno and
-filename) for I/O; ``PolicyError`` for a failed WebAssembly policy; ``RuntimeError`` for failed uploads.
+filename) for I/O; ``PolicyError`` for a WebAssembly policy that cannot load or fails; ``RuntimeError``
+for failed uploads; ``InternalError`` for a bug (a Rust panic never crosses into Python as anything else).
 """
 
 from typing import Any, Literal, Optional, Sequence, Union
@@ -33,8 +34,13 @@ class PolicyError(RuntimeError):
 
     #: The component's file name (``every_n.wasm``).
     policy: str
-    #: ``"trap"``, ``"fuel"``, ``"timeout"``, ``"memory"``, ``"invalid-output"`` or ``"init"``.
+    #: The cause: ``"trap"``, ``"out-of-fuel"``, ``"deadline-exceeded"``, ``"memory-limit"``,
+    #: ``"invalid-result"``, ``"init-refused"``, ``"not-wasm"``, ... (cairn_policy's ``PolicyError::kind``).
     kind: str
+
+class InternalError(RuntimeError):
+    """A bug in cairn (a Rust panic), turned into an exception at the boundary. The saver that hit
+    it refuses further calls; the previous checkpoint is intact."""
 
 class Config:
     """A checked cairn config: a TOML file (or none), with explicit ``[checkpoint]`` keys on top.
@@ -42,20 +48,17 @@ class Config:
     ``checkpoint`` holds the keys the caller set explicitly, as Python values: names as ``str`` or
     ``None`` (disabled, TOML's ``false``), ``save_interval`` as a time string, an int (epochs) or
     ``{"wasm": path, "config": {...}}``, ``ignore_keys`` as a list of globs, ``None`` or
-    ``{"wasm": path, "config": {...}}``. They override the file's ``[checkpoint]`` keys and are checked
-    exactly like them. Relative ``.wasm`` paths resolve against ``base_dir`` (default: the TOML's
-    folder, else the working directory). Raises ``ValueError`` naming the key (and line).
+    ``{"wasm": path, "config": {...}}``. They are rendered as TOML into the file's ``[checkpoint]``
+    table and checked exactly like file keys; each is first checked alone, so a ``ValueError``
+    names the keyword at fault (a mistake in the file names its line). A relative ``.wasm`` path
+    is relative to the working directory for a keyword, to the file's folder in the file. A
+    ``[train]`` table (``cairn run``'s simulated trainer) is accepted and ignored.
     """
 
-    def __init__(
-        self,
-        path: Optional[str] = None,
-        *,
-        checkpoint: dict[str, Any] = ...,
-        base_dir: Optional[str] = None,
-    ) -> None: ...
+    def __init__(self, path: Optional[str] = None, *, checkpoint: Optional[dict[str, Any]] = None) -> None: ...
     def checkpoint(self) -> dict[str, Any]:
-        """Every ``[checkpoint]`` key, resolved (explicit > file > Composer's default), as above."""
+        """Every ``[checkpoint]`` key, resolved (explicit > file > Composer's default), as above;
+        ``save_interval`` as written, a ``.wasm`` path as resolved."""
     @property
     def run_name(self) -> Optional[str]:
         """The file's top-level ``run_name``, if it sets one."""
@@ -67,10 +70,13 @@ class Saver:
     """cairn's saver for one run. Python decides *when* (Composer's scheduling, or ``should_save``);
     this object names, filters, writes durably, points ``latest``, uploads and rotates.
 
-    ``folder`` and the four name templates override the config's (Composer's ``init`` may have filled
-    MLflow placeholders in them). ``local_folder`` is where files go when ``folder`` is a store URL
-    (Composer's ``mkdtemp()/<path>``). ``remote_url``: the store checkpoints are uploaded to; ``None``
-    uploads nothing (the Python side may then hand files to Composer's loggers, as Composer does).
+    ``local_folder`` replaces the config's folder (Composer's ``init`` may have filled MLflow
+    placeholders; a store URL folder is staged in Composer's ``mkdtemp()/<path>``). ``names``
+    replaces name templates: ``{"filename": str, "latest_filename": str | None,
+    "remote_file_name": str | None, "latest_remote_file_name": str | None}`` (absent keys keep the
+    config's). ``remote_url``: the store checkpoints are uploaded to; ``None`` uploads nothing
+    (the Python side may then hand files to Composer's loggers, as Composer does), unless the
+    config's folder is itself a store URL.
     """
 
     def __init__(
@@ -78,12 +84,8 @@ class Saver:
         config: Config,
         *,
         run_name: str,
-        folder: Optional[str] = None,
         local_folder: Optional[str] = None,
-        filename: Optional[str] = None,
-        latest_filename: Optional[str] = ...,
-        remote_file_name: Optional[str] = ...,
-        latest_remote_file_name: Optional[str] = ...,
+        names: Optional[dict[str, Optional[str]]] = None,
         remote_url: Optional[str] = None,
     ) -> None: ...
     @property
@@ -97,10 +99,11 @@ class Saver:
         which: Literal["filename", "latest_filename", "remote_file_name", "latest_remote_file_name"],
         timestamp: Timestamp,
     ) -> Optional[str]:
-        """A name as cairn renders it (``filename`` joined to the folder); ``None`` when disabled."""
-    def fit_start(self, timestamp: Timestamp, *, scan: bool = True) -> None:
-        """Create the folder, remove a crashed save's temporary files, check remote access, and (with
-        ``scan``) raise ``FileExistsError`` for a file that may conflict with a future checkpoint."""
+        """A name as cairn renders it (local names joined to the folder); ``None`` when disabled."""
+    def fit_start(self, timestamp: Timestamp) -> None:
+        """Create the folder, remove a crashed save's temporary files, check remote access, and
+        (unless ``overwrite``) raise ``FileExistsError`` for a file that may conflict with a future
+        checkpoint."""
     def should_save(self, state: dict[str, Any], event: Event) -> bool:
         """The configured ``save_interval`` (time string or WebAssembly), for ``cairn.Saver`` and for a
         ``{"wasm": ...}`` interval under Composer. ``state``: ``timestamp``, ``previous_timestamp``
@@ -119,7 +122,8 @@ class Saver:
         rotate: bool = True,
     ) -> "SaveResult":
         """Write the checkpoint whose ``data.pkl`` is ``pickle`` and whose ``data/<key>`` records are
-        ``storages`` to ``path``, in the format its extension selects. With ``filter`` and an
+        ``storages`` to ``path`` (which must be the name ``filename`` renders at ``timestamp``:
+        ``ValueError`` otherwise), in the format its extension selects. With ``filter`` and an
         ``ignore_keys`` in the config (globs or WebAssembly) the pickle is read into cairn's tree,
         filtered and re-pickled; otherwise it is written verbatim (byte-identical to ``torch.save``).
         Then: fsync file and folder, swap ``latest``, enqueue the upload (the remote ``.symlink`` follows
@@ -131,15 +135,16 @@ class Saver:
         """Apply ``num_checkpoints_to_keep`` now; returns the deleted paths."""
     def poll(self) -> list[tuple[str, str]]:
         """``(kind, message)`` for what happened since the last call: ``("warning", ...)`` (a glob that
-        matched nothing), ``("upload-failed", ...)``, ``("upload-exists", ...)``."""
+        matched nothing) and ``("upload-failed", ...)`` (an upload failed after its retries: the
+        Python layer raises it at the next ``batch_end``, as Composer does)."""
     def saved_checkpoints(self) -> list[str]:
         """This run's checkpoints still on local disk, oldest first, as the paths given to ``save``."""
     def finish(self) -> Optional[dict[str, Any]]:
         """``FIT_END``: wait for every upload and the remote ``latest``; apply the retention that waited
-        for them. Returns the upload totals (``None`` without a store); raises ``RuntimeError`` listing
-        failed uploads (``FileExistsError`` if the only failures are existing objects)."""
-    def close(self) -> None:
-        """Idempotent; like ``finish`` but never raises (Composer's ``post_close``)."""
+        for them. Returns the upload totals (``None`` without a store); raises ``RuntimeError`` when an
+        upload failed."""
+    def close(self) -> Optional[str]:
+        """Like ``finish`` but never raises (Composer's ``post_close``): returns the problem, if any."""
     def download_remote_latest(self) -> Optional[str]:
         """Download the checkpoint the remote ``latest`` pointer names into the local folder."""
 

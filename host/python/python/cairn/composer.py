@@ -338,13 +338,14 @@ class CheckpointSaver(_ComposerCheckpointSaver):
         self._native_saver = native.Saver(
             self._config,
             run_name=state.run_name,
-            folder=self.folder,
             local_folder=self.folder,
-            filename=self.filename.filename,
-            latest_filename=None if self.latest_filename is None else self.latest_filename.filename,
-            remote_file_name=None if self.remote_file_name is None else self.remote_file_name.filename,
-            latest_remote_file_name=None
-            if self.latest_remote_file_name is None else self.latest_remote_file_name.filename,
+            names={
+                "filename": self.filename.filename,
+                "latest_filename": None if self.latest_filename is None else self.latest_filename.filename,
+                "remote_file_name": None if self.remote_file_name is None else self.remote_file_name.filename,
+                "latest_remote_file_name":
+                    None if self.latest_remote_file_name is None else self.latest_remote_file_name.filename,
+            },
             remote_url=self._remote_url,
         )
 
@@ -354,7 +355,7 @@ class CheckpointSaver(_ComposerCheckpointSaver):
         # Composer: conflict scan on every rank unless overwrite (checkpoint_saver.py:361-365), then a
         # barrier (367). cairn's scan raises the same FileExistsError, escapes the name, and also removes
         # a crashed save's temporary files and checks remote credentials.
-        self._started().fit_start(_timestamp(state.timestamp), scan=not self.overwrite)
+        self._started().fit_start(_timestamp(state.timestamp))
         dist.barrier()
         self.start_batch = state.timestamp.batch
 
@@ -383,10 +384,9 @@ class CheckpointSaver(_ComposerCheckpointSaver):
     def post_close(self) -> None:
         # Composer waits and shuts its uploader down, logging errors (lines 644-650).
         if self._native_saver is not None:
-            try:
-                self._native_saver.close()
-            except Exception as e:  # noqa: BLE001 - post_close must not raise
-                log.error(f"cairn could not finish its uploads: {e}")
+            problem = self._native_saver.close()
+            if problem:
+                log.error(f"cairn could not finish its uploads: {problem}")
 
     # ----------------------------------------------------------------------------------------------
     # The save.

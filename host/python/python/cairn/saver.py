@@ -268,7 +268,7 @@ class Saver:
 
     def _fit_start(self) -> None:
         if not self._started:
-            self._native.fit_start(self.clock.as_tuple(), scan=not self._config.checkpoint()["overwrite"])
+            self._native.fit_start(self.clock.as_tuple())
             self._started = True
 
     def _event(self, event: str, state: StateLike, metrics: Optional[Mapping[str, float]]) -> Optional[str]:
