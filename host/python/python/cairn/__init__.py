@@ -4,6 +4,7 @@
   (``from cairn.composer import CheckpointSaver``; needs Composer, imported only then).
 - ``cairn.Saver``: the same saver for plain PyTorch loops (needs torch, imported only when used).
 - ``cairn.PolicyError``: a WebAssembly ``save_interval`` or ``ignore_keys`` policy failed.
+- ``cairn.InternalError``: a bug in cairn (a Rust panic, stopped at the boundary).
 
 ``import cairn`` needs nothing but this package: torch and Composer are imported lazily.
 """
@@ -23,6 +24,7 @@ else:
 if _native is not None:
     __version__: str = _native.__version__
     PolicyError = _native.PolicyError
+    InternalError = _native.InternalError
 else:
     try:
         from importlib.metadata import version as _version
@@ -37,11 +39,14 @@ else:
         policy: str = ""
         kind: str = ""
 
+    class InternalError(RuntimeError):
+        """A bug in cairn (a Rust panic, stopped at the boundary)."""
+
 
 if TYPE_CHECKING:
     from .saver import Saver
 
-__all__ = ["PolicyError", "Saver", "__version__"]
+__all__ = ["InternalError", "PolicyError", "Saver", "__version__"]
 
 
 def _require_native() -> Any:
