@@ -204,7 +204,7 @@ impl Saver {
         path: PathBuf,
         timestamp: &Bound<'_, PyAny>,
         event: Option<&str>,
-        pickle: Vec<u8>,
+        pickle: &[u8],
         storages: &Bound<'_, PyAny>,
         archive_name: &str,
         filter: bool,
@@ -214,8 +214,8 @@ impl Saver {
         let ts = state::timestamp(timestamp)?;
         let event = state::event(event)?;
         let records = memory::records(storages)?;
-        let checkpoint =
-            Prebuilt::new(pickle, records).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let checkpoint = Prebuilt::new(pickle.to_vec(), records)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let options = PrebuiltOptions {
             archive: Some(archive_name),
             filter,
