@@ -37,7 +37,7 @@ pub enum BenchCommand {
         breakdown: bool,
         /// A `KEY=VALUE` of the components' `config` table (repeatable); replaces the default
         /// `n=1000`, for components that take other keys.
-        #[arg(long = "policy-config", alias = "config", value_name = "KEY=VALUE", value_parser = parse_config_pair)]
+        #[arg(long = "policy-config", alias = "config", value_name = "KEY=VALUE", value_parser = cairn_cli::policy_config::parse_pair)]
         config: Vec<(String, String)>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -221,13 +221,6 @@ struct Options {
 }
 
 /// `KEY=VALUE` of `--config`.
-fn parse_config_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("'{s}' is not KEY=VALUE")),
-    }
-}
-
 fn bench_policy(files: &[PathBuf], options: &Options, json: bool) -> anyhow::Result<ExitCode> {
     let Options {
         calls,

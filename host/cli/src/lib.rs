@@ -5,9 +5,13 @@
 //! It is a library too, only so the benchmarks (`host/bench`) reuse the simulated trainer.
 
 mod cmd;
+mod out;
+mod plural;
+pub mod policy_config;
 pub mod rusage;
 pub mod train;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +22,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The operator's platform file: ceilings, defaults and confinement every job's config must
+    /// respect (read before any job's config).
+    #[arg(long, global = true, value_name = "FILE", env = "CAIRN_PLATFORM")]
+    platform: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,27 +45,65 @@ enum Command {
     },
     /// Check a checkpoint file, or every checkpoint in a folder and what `latest` names.
     Verify(cmd::verify::Args),
+    /// Show the compile cache of policy components (`cairn cache clear` empties it).
+    Cache(cmd::cache::Args),
 }
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
+    // `FAILPOINTS` is read only by test builds (the `failpoints` feature); a release build
+    // carries no failpoint.
+    let _failpoints = cairn::failpoints::setup_from_env();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of stdout went away (`cairn inspect FILE | head`): nothing is wrong.
+        Err(err) if out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cairn: {err:#}");
+            // The error and its causes, each cause only if its text is not already in the line
+            // (cairn's errors name their cause in their own sentence). Messages may quote text a
+            // checkpoint or a guest chose: print it inert.
+            let mut stderr = std::io::stderr();
+            let line = cairn::remote::error_chain(err.as_ref());
+            let _ = writeln!(stderr, "cairn: {}", out::printable(&line));
+            if let Some(backtrace) = policy_backtrace(&err) {
+                if std::env::var_os("CAIRN_BACKTRACE").is_some_and(|v| v == "1") {
+                    let _ = writeln!(stderr, "{backtrace}");
+                } else {
+                    let _ = writeln!(
+                        stderr,
+                        "cairn: CAIRN_BACKTRACE=1 shows the policy's wasm backtrace"
+                    );
+                }
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// The wasm backtrace of a policy's trap somewhere in `err`'s chain.
+fn policy_backtrace(err: &anyhow::Error) -> Option<String> {
+    err.chain().find_map(|cause| {
+        let policy = match cause.downcast_ref::<cairn::Error>() {
+            Some(cairn::Error::Policy(p)) => Some(&**p),
+            _ => cause.downcast_ref::<cairn::policy::PolicyError>(),
+        };
+        policy.and_then(|p| p.backtrace()).map(str::to_owned)
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => cmd::run::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Simulate(args) => cmd::simulate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => {
+            cmd::run::run(args, cli.platform.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            cmd::simulate::run(args, cli.platform.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Filter(args) => cmd::filter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Policy { command } => cmd::policy::run(command),
+        Command::Cache(args) => cmd::cache::run(args),
     }
 }

@@ -73,9 +73,12 @@ pub fn write_durably_mode<T>(
         let _ = mode;
         let mut file = options.open(&temp)?;
         let value = write(&mut file)?;
+        crate::failpoint!("durable::after-write");
         file.sync_all()?;
         drop(file);
+        crate::failpoint!("durable::after-fsync");
         rename(&temp, target, replace)?;
+        crate::failpoint!("durable::after-rename");
         sync_dir(dir)?;
         Ok(value)
     })();

@@ -148,9 +148,10 @@ pub enum PolicyError {
         /// The component's message.
         message: String,
     },
-    /// Used up `fuel_per_call`.
+    /// Used up `fuel_per_call` (or `init_fuel` while starting).
     #[error(
-        "policy {policy}: {call} ran out of fuel (budget {fuel} per call; raise [sandbox] fuel_per_call if the policy is legitimately expensive)"
+        "policy {policy}: {call} ran out of fuel (budget {fuel}; raise [sandbox] {} if the policy is legitimately expensive)",
+        call.fuel_knob()
     )]
     OutOfFuel {
         /// The policy file.
@@ -160,9 +161,10 @@ pub enum PolicyError {
         /// The budget.
         fuel: u64,
     },
-    /// Ran past `timeout_ms`.
+    /// Ran past `timeout_ms` (or `init_timeout_ms` while starting).
     #[error(
-        "policy {policy}: {call} exceeded its deadline of {timeout_ms} ms (raise [sandbox] timeout_ms if the policy is legitimately slow)"
+        "policy {policy}: {call} exceeded its deadline of {timeout_ms} ms (raise [sandbox] {} if the policy is legitimately slow)",
+        call.deadline_knob()
     )]
     DeadlineExceeded {
         /// The policy file.
@@ -198,8 +200,10 @@ pub enum PolicyError {
         /// The stack size.
         stack_kib: u64,
     },
-    /// Any other trap: a panic, an uncaught exception, `unreachable`, a bad memory access.
-    #[error("policy {policy}: {call} trapped: {trap}{}{}", guest_message(.message), show_backtrace(.backtrace))]
+    /// Any other trap: a panic, an uncaught exception, `unreachable`, a bad memory access. The
+    /// wasm backtrace is kept apart ([`PolicyError::backtrace`]): it is for the policy's author,
+    /// and the CLI prints it only with `CAIRN_BACKTRACE=1`.
+    #[error("policy {policy}: {call} trapped: {trap}{}", guest_message(.message))]
     Trap {
         /// The policy file.
         policy: String,
@@ -286,15 +290,32 @@ fn guest_message(message: &str) -> String {
     }
 }
 
-fn show_backtrace(bt: &str) -> String {
-    if bt.trim().is_empty() {
-        String::new()
-    } else {
-        format!("\n{}", bt.trim_end())
+impl Call {
+    /// The `[sandbox]` key that bounds this call's fuel.
+    fn fuel_knob(self) -> &'static str {
+        match self {
+            Call::Load | Call::Instantiate | Call::Init => "init_fuel",
+            Call::ShouldSave | Call::Filter => "fuel_per_call",
+        }
+    }
+
+    /// The `[sandbox]` key that bounds this call's wall-clock time.
+    fn deadline_knob(self) -> &'static str {
+        match self {
+            Call::Load | Call::Instantiate | Call::Init => "init_timeout_ms",
+            Call::ShouldSave | Call::Filter => "timeout_ms",
+        }
     }
 }
 
 impl PolicyError {
+    /// The component's wasm backtrace, for a trap that has one.
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            PolicyError::Trap { backtrace, .. } if !backtrace.trim().is_empty() => Some(backtrace),
+            _ => None,
+        }
+    }
     /// True for failures of a call at run time (the ones `on_error` may forgive), false for a
     /// component that cannot be loaded or configured (always fatal: fix the config).
     pub fn is_call_failure(&self) -> bool {

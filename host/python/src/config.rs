@@ -31,6 +31,7 @@ pub struct Config {
     checkpoint: Table,
     run_name: Option<String>,
     remote_url: Option<String>,
+    python_callables: bool,
 }
 
 #[pymethods]
@@ -43,8 +44,12 @@ impl Config {
             None => (String::new(), "<no config file>".to_owned()),
         };
         let base = path.as_deref().map_or(Path::new("."), base_of);
+        // The operator's platform file (CAIRN_PLATFORM, for the tenant CAIRN_TENANT) bounds this
+        // job as it bounds `cairn run`.
+        let platform = cairn::Platform::from_env(None).map_err(value_error)?;
+        let check = |text: &str| check(text, &file, base, platform.as_ref());
         // The file alone first: its own mistakes are reported at its own lines.
-        check(&text, &file, base).map_err(value_error)?;
+        check(&text).map_err(value_error)?;
         let mut table: Table = toml::from_str(&text)
             .map_err(|e| PyValueError::new_err(format!("{file}: {}", e.message().trim_end())))?;
         table.remove("train");
@@ -69,7 +74,7 @@ impl Config {
             let mut one = section.clone();
             set(&mut one, key, value.clone());
             let text = render(&table, one);
-            check(&text, &file, base).map_err(|e| {
+            check(&text).map_err(|e| {
                 let message = e.message;
                 if message.starts_with(&format!("checkpoint.{key}")) {
                     PyValueError::new_err(format!("{message} (keyword argument {key}={shown})"))
@@ -83,12 +88,15 @@ impl Config {
         for (key, value, _) in overrides {
             set(&mut section, &key, value);
         }
-        let inner = check(&render(&table, section.clone()), &file, base).map_err(value_error)?;
+        let inner = check(&render(&table, section.clone())).map_err(value_error)?;
         Ok(Config {
             inner,
             checkpoint: section,
             run_name,
             remote_url,
+            python_callables: platform
+                .as_ref()
+                .is_none_or(|p| p.allows_python_callables()),
         })
     }
 
@@ -138,6 +146,13 @@ impl Config {
         self.run_name.clone()
     }
 
+    /// May this job run Python callables (unsandboxed, in-process)? `False` only when the
+    /// operator's platform file says `python_callables = false`.
+    #[getter]
+    fn python_callables_allowed(&self) -> bool {
+        self.python_callables
+    }
+
     /// The file's `[remote] url`, if it sets one (`None`: no store configured).
     #[getter]
     fn remote_url(&self) -> Option<String> {
@@ -151,10 +166,15 @@ fn value_error(e: ConfigError) -> PyErr {
 
 /// Check a whole config text as a file would be checked (`[train]` belongs to `cairn run`'s
 /// simulated trainer: accepted and ignored here).
-fn check(text: &str, file: &str, base: &Path) -> Result<cairn::Config, ConfigError> {
+fn check(
+    text: &str,
+    file: &str,
+    base: &Path,
+    platform: Option<&cairn::Platform>,
+) -> Result<cairn::Config, ConfigError> {
     let mut doc = ConfigDocument::parse(text, file, base)?;
     doc.take_section::<Table>("train")?;
-    doc.check()
+    doc.check_with(platform)
 }
 
 fn render(table: &Table, checkpoint: Table) -> String {

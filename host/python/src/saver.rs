@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::config::Config;
-use crate::failure::{self, Failure, detached};
+use crate::failure::{Failure, detached};
 use crate::memory;
 use crate::state;
 
@@ -257,23 +257,23 @@ impl Saver {
     }
 
     /// `(kind, message)` for what happened since the last call: `("warning", ...)`,
-    /// `("upload-failed", ...)`.
+    /// `("upload-failed", ...)`. With `[remote] on_failure = "fail"` (Composer's default) a failed
+    /// upload is an `upload-failed` the Python layer raises at the next `batch_end`, as Composer
+    /// does; with `"warn"` it is a warning.
     fn poll(&self, py: Python<'_>) -> PyResult<Vec<(String, String)>> {
         detached(py, || {
             let mut saver = self.lock()?;
+            let failed = match saver.check_uploads() {
+                Ok(()) => None,
+                Err(e @ cairn::Error::UploadsFailed(_)) => Some(e.to_string()),
+                Err(e) => return Err(e.into()),
+            };
             let mut out: Vec<(String, String)> = saver
                 .take_warnings()
                 .into_iter()
                 .map(|w| ("warning".to_owned(), w))
                 .collect();
-            // Composer re-raises a failed upload at the next batch_end (its default; cairn's
-            // `[remote] on_failure = "fail"`): the Python layer raises these.
-            out.extend(
-                saver
-                    .take_upload_failures()
-                    .into_iter()
-                    .map(|f| ("upload-failed".to_owned(), format!("upload failed: {f}"))),
-            );
+            out.extend(failed.map(|f| ("upload-failed".to_owned(), f)));
             Ok(out)
         })
     }
@@ -290,10 +290,6 @@ impl Saver {
         let Some(report) = report else {
             return Ok(None);
         };
-        if !report.failures.is_empty() {
-            return Err(cairn::Error::UploadsFailed(report.failures))
-                .map_err(|e| failure::cairn_error(py, e));
-        }
         let d = PyDict::new(py);
         d.set_item("uploaded", report.uploaded)?;
         d.set_item("bytes", report.bytes)?;
@@ -301,10 +297,11 @@ impl Saver {
         Ok(Some(d))
     }
 
-    /// Like `finish`, but never raises (Composer's `post_close`): the first problem is returned
-    /// as a message for the caller to log.
+    /// Composer's `post_close`: give uploads in flight until `upload_timeout_in_seconds` to
+    /// finish, write the newest confirmed remote `latest`, remove a URL folder's staging copy.
+    /// Never raises: the first problem is returned as a message for the caller to log.
     fn close(&self, py: Python<'_>) -> Option<String> {
-        let result = detached(py, || Ok(self.lock()?.fit_end()?));
+        let result = detached(py, || Ok(self.lock()?.close()?));
         match result {
             Ok(Some(report)) if !report.failures.is_empty() => {
                 Some(cairn::Error::UploadsFailed(report.failures).to_string())

@@ -19,9 +19,24 @@ use thiserror::Error;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use cairn_format::{CheckpointFormat, ReadLimits};
 use cairn_policy::{MaxDuration, PolicySpec, SandboxConfig, Time};
 
-use crate::template::{Template, Var};
+use crate::names;
+use crate::platform::Platform;
+use crate::remote::store::{self, url_scheme};
+pub use crate::run_name::RunNameOrigin;
+use crate::template::{Template, Var, Vars};
+
+/// Longest `upload_timeout_in_seconds`: a year. A bound beyond that is no bound, and values
+/// near 1e19 used to overflow the clock inside the upload task.
+pub const MAX_UPLOAD_TIMEOUT_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Largest `[sandbox] memory_limit_mib`: 1 TiB (past 2^44 MiB the byte count wraps).
+pub const MAX_MEMORY_LIMIT_MIB: u64 = 1 << 20;
+
+/// Most uploads in flight at once (each holds a file open and a network connection).
+pub const MAX_CONCURRENT_UPLOADS: i64 = 256;
 
 /// A configuration problem: where it is and what is wrong, in one sentence.
 #[derive(Debug, Error)]
@@ -39,9 +54,10 @@ pub struct ConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// The run's name (`{run_name}`).
-    #[serde(default = "default_run_name")]
-    pub run_name: Spanned<String>,
+    /// The run's name (`{run_name}`); without it, chosen as Composer does (`RUN_NAME`, else a
+    /// generated unique name).
+    #[serde(default)]
+    pub run_name: Option<Spanned<String>>,
     /// Composer's `CheckpointSaver` arguments.
     #[serde(default)]
     pub checkpoint: CheckpointSection,
@@ -51,10 +67,91 @@ pub struct ConfigFile {
     /// Limits for every policy component of this job.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Bounds on reading checkpoint files (resume, local or remote).
+    #[serde(default)]
+    pub read: ReadSection,
 }
 
-fn default_run_name() -> Spanned<String> {
-    Spanned::new(0..0, "cairn-run".to_owned())
+/// `[read]`: how much work reading one checkpoint may cost, whoever wrote it (see
+/// `cairn_format::ReadLimits`). Not under `[checkpoint]`, whose keys are exactly Composer's
+/// `CheckpointSaver` arguments: these bound every file the job reads, like `[sandbox]` bounds
+/// every component it runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadSection {
+    /// A compressed checkpoint may expand at most this many times its size.
+    #[serde(default = "read_defaults::ratio")]
+    pub max_expansion_ratio: Spanned<i64>,
+    /// ... and to at most this many MiB in all.
+    #[serde(default = "read_defaults::expanded")]
+    pub max_expanded_mib: Spanned<i64>,
+    /// Expansion allowed whatever the ratio, in MiB.
+    #[serde(default = "read_defaults::floor")]
+    pub expansion_floor_mib: Spanned<i64>,
+    /// The largest pickle (`data.pkl`) read, in MiB.
+    #[serde(default = "read_defaults::pickle")]
+    pub max_pickle_mib: Spanned<i64>,
+}
+
+mod read_defaults {
+    use cairn_format::ReadLimits;
+    use toml::Spanned;
+
+    fn spanned(n: u64) -> Spanned<i64> {
+        Spanned::new(0..0, n as i64)
+    }
+    pub fn ratio() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_expansion_ratio)
+    }
+    pub fn expanded() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_expanded_bytes >> 20)
+    }
+    pub fn floor() -> Spanned<i64> {
+        spanned(ReadLimits::default().ratio_floor_bytes >> 20)
+    }
+    pub fn pickle() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_pickle_bytes >> 20)
+    }
+}
+
+impl Default for ReadSection {
+    fn default() -> Self {
+        ReadSection {
+            max_expansion_ratio: read_defaults::ratio(),
+            max_expanded_mib: read_defaults::expanded(),
+            expansion_floor_mib: read_defaults::floor(),
+            max_pickle_mib: read_defaults::pickle(),
+        }
+    }
+}
+
+impl ReadSection {
+    fn limits(&self, at: &Locator<'_>) -> Result<ReadLimits, ConfigError> {
+        let positive = |key: &str, v: &Spanned<i64>, max: i64| {
+            let n = *v.get_ref();
+            if (1..=max).contains(&n) {
+                Ok(n as u64)
+            } else {
+                Err(at.at(
+                    v,
+                    format!("read.{key} must be between 1 and {max}, not {n}"),
+                ))
+            }
+        };
+        // MiB values up to 2^40 (an exbibyte) keep the byte counts far from overflow.
+        Ok(ReadLimits {
+            max_expansion_ratio: positive(
+                "max_expansion_ratio",
+                &self.max_expansion_ratio,
+                1 << 40,
+            )?,
+            max_expanded_bytes: positive("max_expanded_mib", &self.max_expanded_mib, 1 << 40)?
+                << 20,
+            ratio_floor_bytes: positive("expansion_floor_mib", &self.expansion_floor_mib, 1 << 40)?
+                << 20,
+            max_pickle_bytes: positive("max_pickle_mib", &self.max_pickle_mib, 1 << 40)? << 20,
+        })
+    }
 }
 
 /// A string that may be disabled with `false` (Composer's `None`).
@@ -94,15 +191,17 @@ pub struct CheckpointSection {
     /// Checkpoint file name template; its extension selects the format.
     #[serde(default = "defaults::filename")]
     pub filename: Spanned<String>,
-    /// Object name template for uploads, or `false`.
-    #[serde(default = "defaults::remote_file_name")]
-    pub remote_file_name: Spanned<MaybeName>,
+    /// Object name template for uploads, or `false`. Unset: Composer's default, or for a
+    /// `folder` given as a URL, `filename` under the URL's path (as Composer's `Trainer` names it).
+    #[serde(default)]
+    pub remote_file_name: Option<Spanned<MaybeName>>,
     /// Local `latest` pointer name, or `false`.
     #[serde(default = "defaults::latest_filename")]
     pub latest_filename: Spanned<MaybeName>,
-    /// Remote `latest` pointer name (`.symlink` is appended), or `false`.
-    #[serde(default = "defaults::latest_remote_file_name")]
-    pub latest_remote_file_name: Spanned<MaybeName>,
+    /// Remote `latest` pointer name (`.symlink` is appended), or `false`. Unset: as for
+    /// `remote_file_name`, with `latest_filename`.
+    #[serde(default)]
+    pub latest_remote_file_name: Option<Spanned<MaybeName>>,
     /// Time string, integer epochs, or `{ wasm = "...", config = {...} }`.
     #[serde(default = "defaults::save_interval")]
     pub save_interval: Spanned<toml::Value>,
@@ -147,8 +246,9 @@ mod defaults {
         s("ep{epoch}-ba{batch}-rank{rank}.pt")
     }
     pub fn remote_file_name() -> Spanned<MaybeName> {
-        n("{run_name}/checkpoints/ep{epoch}-ba{batch}-rank{rank}.pt")
+        n(REMOTE_FILE_NAME)
     }
+    pub const REMOTE_FILE_NAME: &str = "{run_name}/checkpoints/ep{epoch}-ba{batch}-rank{rank}.pt";
     pub fn latest_filename() -> Spanned<MaybeName> {
         n("latest-rank{rank}.pt")
     }
@@ -176,14 +276,30 @@ pub struct RemoteSection {
     /// Store URL: `file://`, `memory://`, `s3://`, `gs://`, `az://`.
     #[serde(default = "default_remote_url")]
     pub url: Spanned<String>,
+    /// What a failed upload does to training.
+    #[serde(default)]
+    pub on_failure: OnUploadFailure,
 }
 
 impl Default for RemoteSection {
     fn default() -> Self {
         RemoteSection {
             url: default_remote_url(),
+            on_failure: OnUploadFailure::default(),
         }
     }
+}
+
+/// `[remote] on_failure`: what an upload that failed after its retries does to training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUploadFailure {
+    /// The next checkpoint event returns the upload's error, and so does `fit_end` (Composer's
+    /// `RemoteUploader`, which re-raises at the next `BATCH_END`).
+    #[default]
+    Fail,
+    /// Training goes on with a warning at the next event; `fit_end` still returns the error.
+    Warn,
 }
 
 fn default_remote_url() -> Spanned<String> {
@@ -215,6 +331,8 @@ pub enum IgnoreKeysSpec {
 pub struct Config {
     /// The run's name.
     pub run_name: String,
+    /// Where the run's name came from.
+    pub run_name_origin: RunNameOrigin,
     /// Local folder template.
     pub folder: Template,
     /// Checkpoint file name template.
@@ -239,10 +357,14 @@ pub struct Config {
     pub num_concurrent_uploads: usize,
     /// Bound on one upload, in seconds.
     pub upload_timeout_in_seconds: f64,
-    /// Remote store URL.
+    /// Remote store URL (`[remote] url`; a `folder` given as a URL takes its place).
     pub remote_url: String,
+    /// What a failed upload does to training.
+    pub on_upload_failure: OnUploadFailure,
     /// Policy limits.
     pub sandbox: SandboxConfig,
+    /// Bounds on reading checkpoint files.
+    pub read: ReadLimits,
 }
 
 impl Config {
@@ -313,10 +435,124 @@ impl<'a> ConfigDocument<'a> {
 
     /// Check the saver's keys; any table left that the saver does not know is an error.
     pub fn check(self) -> Result<Config, ConfigError> {
-        let raw = ConfigFile::deserialize(toml::de::Deserializer::from(self.table))
-            .map_err(|e| self.at.error(e.span(), e.message()))?;
-        raw.validate(&self.at, self.base)
+        self.check_with(None)
     }
+
+    /// [`ConfigDocument::check`], then the operator's platform file: its `[sandbox]` defaults
+    /// fill the keys this file leaves out, and anything the platform does not allow is refused
+    /// with the key's place in this file.
+    pub fn check_with(self, platform: Option<&Platform>) -> Result<Config, ConfigError> {
+        let mut keys = Vec::new();
+        key_spans(self.table.get_ref(), "", &mut keys);
+        let raw =
+            ConfigFile::deserialize(toml::de::Deserializer::from(self.table)).map_err(|e| {
+                let message = match e.span().and_then(|s| key_at(&keys, &s)) {
+                    Some(key) if !e.message().contains(key) => format!("{key}: {}", e.message()),
+                    _ => e.message().to_owned(),
+                };
+                self.at.error(e.span(), message)
+            })?;
+        let mut config = raw.validate(&self.at, self.base)?;
+        if let Some(platform) = platform {
+            let at = |key: &str, message: String| {
+                let span = keys.iter().find(|(_, k)| k == key).map(|(s, _)| s.clone());
+                self.at.error(span, message)
+            };
+            let set = |k: &str| keys.iter().any(|(_, key)| *key == format!("sandbox.{k}"));
+            platform.apply(&mut config, &set, &at)?;
+            confine(platform, &config, &at)?;
+        }
+        Ok(config)
+    }
+}
+
+/// Refuse what a platform does not let this config reach: its folder, its store, its components.
+fn confine(
+    platform: &Platform,
+    config: &Config,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let vars = crate::template::Vars {
+        run_name: &config.run_name,
+        ranks: cairn_policy::Ranks::from_env(),
+        timestamp: None,
+    };
+    let folder = config.folder.render(&vars);
+    platform
+        .check_folder(&folder)
+        .map_err(|m| at("checkpoint.folder", m))?;
+    if config.remote_file_name.is_some() && !crate::remote::is_remote_url(&folder) {
+        platform
+            .check_remote(&config.remote_url)
+            .map_err(|m| at("remote.url", m))?;
+    }
+    for name in [&config.filename]
+        .into_iter()
+        .chain(config.latest_filename.as_ref())
+    {
+        if name.source().split('/').any(|s| s == "..") {
+            let key = if std::ptr::eq(name, &config.filename) {
+                "checkpoint.filename"
+            } else {
+                "checkpoint.latest_filename"
+            };
+            return Err(at(
+                key,
+                format!(
+                    "{key} '{name}' climbs out of the checkpoint folder with '..', which the platform does not allow"
+                ),
+            ));
+        }
+    }
+    let components = [
+        (
+            "checkpoint.save_interval",
+            match &config.save_interval {
+                SaveIntervalSpec::Wasm(spec) => Some(spec),
+                SaveIntervalSpec::Time(_) => None,
+            },
+        ),
+        (
+            "checkpoint.ignore_keys",
+            match &config.ignore_keys {
+                IgnoreKeysSpec::Wasm(spec) => Some(spec),
+                _ => None,
+            },
+        ),
+    ];
+    for (key, spec) in components {
+        if let Some(spec) = spec {
+            let (digest, len) = cairn_policy::identify_component(&spec.wasm)
+                .map_err(|e| at(key, format!("{key}: {e}")))?;
+            platform
+                .check_component(&spec.wasm, &digest, len)
+                .map_err(|m| at(key, format!("{key}: {m}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every key of `table` (dotted from the top: `checkpoint.num_concurrent_uploads`) with the span of
+/// its value, so a type error serde reports by position can name its key.
+fn key_spans(table: &DeTable<'_>, prefix: &str, out: &mut Vec<(std::ops::Range<usize>, String)>) {
+    for (key, value) in table {
+        let name = format!("{prefix}{}", key.get_ref());
+        if let DeValue::Table(inner) = value.get_ref() {
+            key_spans(inner, &format!("{name}."), out);
+        }
+        out.push((value.span(), name));
+    }
+}
+
+/// The innermost key whose value contains `span`.
+fn key_at<'k>(
+    keys: &'k [(std::ops::Range<usize>, String)],
+    span: &std::ops::Range<usize>,
+) -> Option<&'k str> {
+    keys.iter()
+        .filter(|(s, _)| s.start <= span.start && span.end <= s.end)
+        .min_by_key(|(s, _)| s.end - s.start)
+        .map(|(_, k)| k.as_str())
 }
 
 /// Turns byte spans into `file:line:column` for error messages.
@@ -355,6 +591,16 @@ impl Locator<'_> {
 impl ConfigFile {
     fn validate(self, at: &Locator<'_>, base: &Path) -> Result<Config, ConfigError> {
         let c = &self.checkpoint;
+        let (run_name, run_name_origin) = match &self.run_name {
+            Some(name) if name.get_ref().is_empty() => {
+                return Err(at.at(name, "run_name is empty"));
+            }
+            Some(name) if name.get_ref().contains('\0') => {
+                return Err(at.at(name, "run_name contains a NUL character"));
+            }
+            Some(name) => (name.get_ref().clone(), RunNameOrigin::Config),
+            None => crate::run_name::default_run_name(),
+        };
         let template = |key: &str, s: &Spanned<String>| {
             Template::parse(s.get_ref()).map_err(|e| at.at(s, format!("checkpoint.{key}: {e}")))
         };
@@ -376,31 +622,143 @@ impl ConfigFile {
                 ),
             ));
         }
-        let filename = template("filename", &c.filename)?;
-        if filename.source().trim_start_matches('/').is_empty() {
-            return Err(at.at(&c.filename, "checkpoint.filename is empty"));
+        let rendered_folder = folder.render(&Vars {
+            run_name: &run_name,
+            ranks: Default::default(),
+            timestamp: None,
+        });
+        let folder_is_url = url_scheme(&rendered_folder).is_some();
+        if folder_is_url {
+            store::check_url(&rendered_folder)
+                .map_err(|e| at.at(&c.folder, format!("checkpoint.folder: {e}")))?;
         }
+        let checked = |key: &str, span: std::ops::Range<usize>, result: Result<(), String>| {
+            result.map_err(|e| at.error(Some(span), format!("checkpoint.{key} {e}")))
+        };
+        let filename = template("filename", &c.filename)?;
+        checked(
+            "filename",
+            c.filename.span(),
+            names::check_file_name(&filename, &run_name),
+        )?;
+        CheckpointFormat::from_name(filename.source())
+            .map_err(|e| at.at(&c.filename, format!("checkpoint.filename: {e}")))?;
+        checked(
+            "filename",
+            c.filename.span(),
+            names::check_changes_in_time(&filename, c.overwrite),
+        )?;
+        let latest_filename = maybe("latest_filename", &c.latest_filename)?;
+        if let Some(latest) = &latest_filename {
+            let s = c.latest_filename.span();
+            checked(
+                "latest_filename",
+                s.clone(),
+                names::check_file_name(latest, &run_name),
+            )?;
+            checked(
+                "latest_filename",
+                s.clone(),
+                names::check_compression(latest),
+            )?;
+            checked(
+                "latest_filename",
+                s,
+                names::check_latest_apart(latest, &filename, &run_name),
+            )?;
+        }
+        // A `folder` given as a URL names its objects `<url path>/<filename>`, as Composer's
+        // `Trainer` does (`composer/trainer/trainer.py`, the `save_folder` branch), unless the
+        // names are set explicitly; the URL's path is the store's prefix.
+        let (remote_file_name, latest_remote_file_name) =
+            match (&c.remote_file_name, &c.latest_remote_file_name) {
+                (remote, latest) if folder_is_url => (
+                    match remote {
+                        Some(r) => maybe("remote_file_name", r)?,
+                        None => Some(filename.clone()),
+                    },
+                    match latest {
+                        Some(l) => maybe("latest_remote_file_name", l)?,
+                        None => latest_filename.clone(),
+                    },
+                ),
+                (remote, latest) => (
+                    maybe(
+                        "remote_file_name",
+                        remote.as_ref().unwrap_or(&defaults::remote_file_name()),
+                    )?,
+                    maybe(
+                        "latest_remote_file_name",
+                        latest
+                            .as_ref()
+                            .unwrap_or(&defaults::latest_remote_file_name()),
+                    )?,
+                ),
+            };
+        let span_of = |s: &Option<Spanned<MaybeName>>| s.as_ref().map_or(0..0, |s| s.span());
+        if let Some(name) = &remote_file_name {
+            let s = span_of(&c.remote_file_name);
+            checked(
+                "remote_file_name",
+                s.clone(),
+                names::check_object_name(name, &run_name, ""),
+            )?;
+            checked(
+                "remote_file_name",
+                s.clone(),
+                names::check_compression(name),
+            )?;
+            checked(
+                "remote_file_name",
+                s,
+                names::check_changes_in_time(name, c.overwrite),
+            )?;
+        }
+        if let Some(name) = &latest_remote_file_name {
+            let s = span_of(&c.latest_remote_file_name);
+            let suffix = crate::remote::SYMLINK_SUFFIX;
+            checked(
+                "latest_remote_file_name",
+                s.clone(),
+                names::check_object_name(name, &run_name, suffix),
+            )?;
+            checked("latest_remote_file_name", s, names::check_compression(name))?;
+        }
+        let url = &self.remote.url;
+        store::check_url(url.get_ref()).map_err(|e| at.at(url, format!("remote.url: {e}")))?;
         let uploads = *c.num_concurrent_uploads.get_ref();
-        if uploads < 1 {
+        if !(1..=MAX_CONCURRENT_UPLOADS).contains(&uploads) {
             return Err(at.at(
                 &c.num_concurrent_uploads,
-                format!("checkpoint.num_concurrent_uploads must be at least 1, not {uploads}"),
+                format!(
+                    "checkpoint.num_concurrent_uploads must be between 1 and {MAX_CONCURRENT_UPLOADS}, not {uploads}"
+                ),
             ));
         }
         let timeout = *c.upload_timeout_in_seconds.get_ref();
-        if !(timeout > 0.0 && timeout.is_finite()) {
+        if !(timeout > 0.0 && timeout <= MAX_UPLOAD_TIMEOUT_SECONDS) {
             return Err(at.at(
                 &c.upload_timeout_in_seconds,
                 format!(
-                    "checkpoint.upload_timeout_in_seconds must be a positive number, not {timeout}"
+                    "checkpoint.upload_timeout_in_seconds must be above 0 and at most {MAX_UPLOAD_TIMEOUT_SECONDS} (a year), not {timeout}"
+                ),
+            ));
+        }
+        if self.sandbox.memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
+            return Err(at.error(
+                None,
+                format!(
+                    "sandbox.memory_limit_mib must be at most {MAX_MEMORY_LIMIT_MIB} (1 TiB; 0 means no limit), not {}",
+                    self.sandbox.memory_limit_mib
                 ),
             ));
         }
         Ok(Config {
-            run_name: self.run_name.get_ref().clone(),
-            remote_file_name: maybe("remote_file_name", &c.remote_file_name)?,
-            latest_filename: maybe("latest_filename", &c.latest_filename)?,
-            latest_remote_file_name: maybe("latest_remote_file_name", &c.latest_remote_file_name)?,
+            run_name,
+            run_name_origin,
+            remote_file_name,
+            latest_filename,
+            latest_remote_file_name,
             save_interval: save_interval(at, &c.save_interval, base)?,
             ignore_keys: ignore_keys(at, c.ignore_keys.as_ref(), base)?,
             overwrite: c.overwrite,
@@ -408,8 +766,10 @@ impl ConfigFile {
             weights_only: c.weights_only,
             num_concurrent_uploads: uploads as usize,
             upload_timeout_in_seconds: timeout,
-            remote_url: self.remote.url.get_ref().clone(),
+            remote_url: url.get_ref().clone(),
+            on_upload_failure: self.remote.on_failure,
             sandbox: self.sandbox,
+            read: self.read.limits(at)?,
             folder,
             filename,
         })
@@ -422,12 +782,26 @@ pub fn parse_interval_time(value: &str) -> Result<Time, String> {
     let time: Time = value
         .parse()
         .map_err(|e: cairn_policy::TimeError| e.to_string())?;
-    if time == Time::Fraction(0.0) {
-        return Err(format!(
-            "'{value}' is zero: a fraction of the run must be non-zero"
-        ));
+    positive_interval(time, value)
+}
+
+/// A `save_interval` of `n` epochs (a TOML integer, or a bare integer on the command line).
+pub fn interval_epochs(n: i64) -> Result<Time, String> {
+    positive_interval(Time::epochs(n), &n.to_string())
+}
+
+/// Composer accepts a zero or negative interval and then never saves, and divides by zero on
+/// `0dur`: both can only be mistakes, so both are refused.
+fn positive_interval(time: Time, text: &str) -> Result<Time, String> {
+    match time {
+        Time::Fraction(f) if f <= 0.0 => Err(format!(
+            "'{text}' is not positive: a fraction of the run must be above zero"
+        )),
+        Time::Count(n, _) if n <= 0 => Err(format!(
+            "'{text}' is not positive, so nothing would ever be saved (\"1dur\" saves only at the end of training)"
+        )),
+        t => Ok(t),
     }
-    Ok(time)
 }
 
 /// A `max_duration` from a time string: positive, not in `dur`.
@@ -458,7 +832,7 @@ fn save_interval(
         toml::Value::String(s) => parse_interval_time(s)
             .map(SaveIntervalSpec::Time)
             .map_err(err),
-        toml::Value::Integer(n) => Ok(SaveIntervalSpec::Time(Time::epochs(*n))),
+        toml::Value::Integer(n) => interval_epochs(*n).map(SaveIntervalSpec::Time).map_err(err),
         toml::Value::Table(_) => policy_spec(v.get_ref(), base)
             .map(SaveIntervalSpec::Wasm)
             .map_err(err),
@@ -533,6 +907,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "cairn.toml", Path::new("."))
+    }
+
+    #[test]
+    fn read_limits_have_defaults_and_are_checked() {
+        assert_eq!(parse("").unwrap().read, ReadLimits::default());
+        let c =
+            parse("[read]\nmax_expansion_ratio = 8\nmax_expanded_mib = 100\nmax_pickle_mib = 1\n")
+                .unwrap();
+        assert_eq!(c.read.max_expansion_ratio, 8);
+        assert_eq!(c.read.max_expanded_bytes, 100 << 20);
+        assert_eq!(c.read.max_pickle_bytes, 1 << 20);
+        let e = parse("[read]\nmax_expansion_ratio = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cairn.toml:2:23") && e.contains("read.max_expansion_ratio"),
+            "{e}"
+        );
+        let e = parse("[read]\nmax_ratio = 3\n").unwrap_err().to_string();
+        assert!(e.contains("max_ratio"), "{e}");
     }
 
     #[test]
@@ -628,9 +1022,19 @@ on_error = "skip"
                 "0dur",
             ),
             (
+                "[checkpoint]\nsave_interval = \"0ba\"\n",
+                "cairn.toml:2:17",
+                "'0ba' is not positive",
+            ),
+            (
+                "[checkpoint]\nsave_interval = -2\n",
+                "cairn.toml:2:17",
+                "'-2' is not positive",
+            ),
+            (
                 "[checkpoint]\nnum_concurrent_uploads = 0\n",
                 "cairn.toml:2:26",
-                "at least 1",
+                "between 1 and 256",
             ),
             (
                 "[checkpoint]\nignore_keys = { wasm = \"nope.wasm\" }\n",
@@ -643,6 +1047,16 @@ on_error = "skip"
                 "explode",
             ),
             ("run_name = 3\n", "cairn.toml:1:12", "string"),
+            (
+                "[checkpoint]\nnum_concurrent_uploads = \"3\"\n",
+                "cairn.toml:2:26",
+                "checkpoint.num_concurrent_uploads: invalid type",
+            ),
+            (
+                "[sandbox]\nfuel_per_call = -1\n",
+                "cairn.toml:2:17",
+                "sandbox.fuel_per_call",
+            ),
         ];
         for (text, location, needle) in cases {
             let e = match parse(text) {
@@ -652,6 +1066,161 @@ on_error = "skip"
             assert!(e.starts_with(location), "{text:?}: {e}");
             assert!(e.contains(needle), "{text:?}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("{text:?} should fail"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!e.contains('\n'), "one line: {e}");
+                e
+            }
+        }
+    }
+
+    /// Issue 11, item 3: a scheme cairn does not serve is refused at load, for the folder and the
+    /// remote URL, naming what cairn serves (Composer raises `NotImplementedError` at
+    /// construction); `gcs://` is pointed to `gs://`.
+    #[test]
+    fn unknown_url_schemes_are_refused_at_load() {
+        for folder in [
+            "gcs://bucket/ckpts",
+            "oci://b/ckpts",
+            "dbfs:/Volumes/ckpts",
+            "wandb://project/ckpts",
+            "sftp://host/ckpts",
+        ] {
+            let e = error(&format!("[checkpoint]\nfolder = \"{folder}\"\n"));
+            assert!(e.starts_with("cairn.toml:2:10: checkpoint.folder"), "{e}");
+            assert!(e.contains("s3://") && e.contains("gs://"), "{e}");
+        }
+        let e = error("[checkpoint]\nfolder = \"gcs://bucket/ckpts\"\n");
+        assert!(e.contains("gs://bucket/ckpts"), "{e}");
+        for url in [
+            "gcs://b/p",
+            "ftp://x",
+            "dbfs:/x",
+            "remote",
+            "s3://",
+            "file://",
+        ] {
+            let e = error(&format!("[remote]\nurl = \"{url}\"\n"));
+            assert!(e.starts_with("cairn.toml:2:7: remote.url"), "{e}");
+        }
+        let c = parse("[checkpoint]\nfolder = \"s3://bucket/runs\"\n").unwrap();
+        assert_eq!(c.folder.source(), "s3://bucket/runs");
+    }
+
+    /// Issue 11, item 5: every key's whole range is checked at load, including the values that
+    /// used to panic or fail after a checkpoint was written.
+    #[test]
+    fn out_of_range_values_are_refused_at_load() {
+        for (text, needle) in [
+            (
+                "[checkpoint]\nupload_timeout_in_seconds = 1e20\n",
+                "at most",
+            ),
+            (
+                "[checkpoint]\nupload_timeout_in_seconds = 9.2e18\n",
+                "at most",
+            ),
+            ("[checkpoint]\nupload_timeout_in_seconds = nan\n", "NaN"),
+            ("[checkpoint]\nupload_timeout_in_seconds = -1\n", "above 0"),
+            (
+                "[checkpoint]\nnum_concurrent_uploads = 9223372036854775807\n",
+                "256",
+            ),
+            (
+                "[checkpoint]\nremote_file_name = \"./ckpts/ep{epoch}.pt\"\n",
+                "'./ckpts/ep0.pt', which is not a valid object name",
+            ),
+            (
+                "[checkpoint]\nremote_file_name = \"a//b.pt\"\n",
+                "not a valid object name",
+            ),
+            (
+                "[checkpoint]\nlatest_remote_file_name = \"../latest\"\n",
+                "not a valid object name",
+            ),
+            ("[checkpoint]\nfilename = \"x.pt.lzo\"\n", "lzop"),
+            ("[checkpoint]\nfilename = \"ckpts/\"\n", "names a folder"),
+            ("[checkpoint]\nlatest_filename = \"/\"\n", "names no file"),
+            (
+                "[checkpoint]\nlatest_filename = \"latest.pt.rar\"\n",
+                "unknown compressor",
+            ),
+            (
+                "[checkpoint]\nremote_file_name = \"r/ep{epoch}.pt.lzo\"\n",
+                "lzop",
+            ),
+            (
+                "[checkpoint]\nfilename = \"ck.pt\"\noverwrite = true\nlatest_filename = \"ck.pt\"\n",
+                "would replace that checkpoint",
+            ),
+            ("[checkpoint]\nfilename = \"ck.pt\"\n", "no time variable"),
+            (
+                "[checkpoint]\nremote_file_name = \"{run_name}/m.pt\"\n",
+                "no time variable",
+            ),
+            ("run_name = \"\"\n", "run_name is empty"),
+            (
+                "[sandbox]\nmemory_limit_mib = 17592186044416\n",
+                "at most 1048576",
+            ),
+        ] {
+            let e = error(text);
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        let c = parse("[checkpoint]\nupload_timeout_in_seconds = 31536000\n").unwrap();
+        assert_eq!(c.upload_timeout_in_seconds, MAX_UPLOAD_TIMEOUT_SECONDS);
+    }
+
+    /// Issue 17, item 2: a `folder` given as a URL names its objects `<url path>/<filename>`
+    /// (the store's prefix is the URL's path), as Composer's `Trainer` does, unless the names are
+    /// set; without a local `latest`, there is no remote one either (the `Trainer`'s rule).
+    #[test]
+    fn a_url_folder_names_objects_after_filename() {
+        let c = parse("[checkpoint]\nfolder = \"s3://b/{run_name}/ck\"\n").unwrap();
+        assert_eq!(c.remote_file_name.unwrap().source(), c.filename.source());
+        assert_eq!(
+            c.latest_remote_file_name.unwrap().source(),
+            "latest-rank{rank}.pt"
+        );
+        let c = parse(
+            "[checkpoint]\nfolder = \"s3://b/ck\"\nlatest_filename = false\nremote_file_name = \"x/ep{epoch}.pt\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.remote_file_name.unwrap().source(), "x/ep{epoch}.pt");
+        assert!(c.latest_remote_file_name.is_none());
+        let c = parse("[checkpoint]\nfolder = \"ck\"\n").unwrap();
+        assert_eq!(
+            c.remote_file_name.unwrap().source(),
+            defaults::REMOTE_FILE_NAME
+        );
+    }
+
+    /// Issue 11, item 11: without `run_name`, Composer's choice: `COMPOSER_RUN_NAME`, else
+    /// `RUN_NAME`, else a generated unique name.
+    #[test]
+    fn the_default_run_name_follows_composer() {
+        let c = parse("run_name = \"mine\"").unwrap();
+        assert_eq!(
+            (c.run_name.as_str(), c.run_name_origin),
+            ("mine", RunNameOrigin::Config)
+        );
+        // The environment is the process's: only read here, never set (tests run in parallel).
+        let c = parse("").unwrap();
+        let env = ["COMPOSER_RUN_NAME", "RUN_NAME"]
+            .into_iter()
+            .find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()));
+        match env {
+            Some(name) => assert_eq!(c.run_name, name),
+            None => {
+                assert_eq!(c.run_name_origin, RunNameOrigin::Generated);
+                assert!(c.run_name.split('-').next().unwrap().parse::<u64>().is_ok());
+            }
         }
     }
 }

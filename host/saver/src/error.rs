@@ -35,7 +35,7 @@ pub enum Error {
     /// The folder holds a checkpoint from this run's future (Composer's `FileExistsError` at
     /// `fit_start`): saving on would overwrite it or be confused with it.
     #[error(
-        "{} may conflict with a future checkpoint of the current run; delete that file, use a new folder, resume with --resume, or set overwrite = true",
+        "{} may conflict with a future checkpoint of the current run; delete that file, use a new folder, resume from it, or set overwrite = true",
         path.display()
     )]
     FutureCheckpoint {
@@ -73,6 +73,18 @@ pub enum Error {
     /// The training loop's snapshot closure failed.
     #[error("the training loop could not provide its state: {0}")]
     Snapshot(#[source] SnapshotError),
+    /// Several ranks and no `run_name`: each process would generate a different name.
+    #[error(
+        "no run_name is set and WORLD_SIZE is {world_size}: each rank would generate a different name (Composer broadcasts rank 0's; cairn's processes cannot), so set run_name in the config or RUN_NAME in every rank's environment"
+    )]
+    UnnamedDistributedRun {
+        /// `WORLD_SIZE`.
+        world_size: u32,
+    },
+    /// The saver was closed ([`CheckpointSaver::close`](crate::CheckpointSaver::close)); a new
+    /// one is needed to save again.
+    #[error("the checkpoint saver was closed; create a new one to save again")]
+    Closed,
     /// A checkpoint to resume from holds something cairn cannot continue from.
     #[error("cannot resume from {}: {reason}", path.display())]
     Resume {

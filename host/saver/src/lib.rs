@@ -20,21 +20,28 @@ pub mod config;
 mod error;
 mod gate;
 mod local;
+mod names;
+pub mod platform;
 pub mod remote;
 mod resume;
+mod role;
+mod run_name;
 mod saver;
 mod template;
 
 pub use cairn_format as format;
+pub use cairn_format::failpoints;
 pub use cairn_policy as policy;
 
 pub use checkpoint::{
-    Snapshot, build as build_checkpoint, read_history, read_timestamp, restore_state_key, timedelta,
+    BadValue, MAX_COUNTER, MAX_WALL_CLOCK_SECS, Snapshot, build as build_checkpoint, read_history,
+    read_timestamp, restore_state_key, timedelta,
 };
-pub use config::{Config, ConfigDocument, ConfigError};
+pub use config::{Config, ConfigDocument, ConfigError, OnUploadFailure, RunNameOrigin};
 pub use error::{Error, Result, SnapshotError};
 pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
+pub use platform::Platform;
 pub use resume::{ResumePoint, ResumeReason};
 pub use saver::{CheckpointSaver, PrebuiltOptions, SavedCheckpoint};
 pub use template::{Template, TemplateError, Var, Vars};

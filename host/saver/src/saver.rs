@@ -4,8 +4,10 @@
 //! (`composer/callbacks/checkpoint_saver.py`), with the fixes listed in the README's differences:
 //! every checkpoint is durable (fsync of file and folder) before anything names it, the
 //! `latest` pointer is swapped atomically, retention counts the checkpoints of earlier runs in
-//! the same folder and never deletes the one `latest` names, and a failed save leaves the
-//! previous checkpoint and its pointer as they were.
+//! the same folder by when they were written and never deletes the one `latest` names, and a
+//! failed save leaves the previous checkpoint and its pointer as they were. Only global rank 0
+//! writes (see [`Role`]). [`CheckpointSaver::close`] is Composer's `post_close`: call it when
+//! training stops, however it stops, so that uploads in flight finish.
 //!
 //! ```no_run
 //! use cairn::format::{Dict, Tensor};
@@ -31,6 +33,7 @@
 //!     })?;
 //! }
 //! saver.fit_end()?;
+//! saver.close()?;
 //! assert_eq!(saver.saved_checkpoints().len(), 2);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -42,21 +45,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_format::durable::{self, Replace};
-use cairn_format::{CheckpointFormat, FormatError, Prebuilt, PtError, Value};
+use cairn_format::{CheckpointFormat, FormatError, Prebuilt, PtError, ReadLimits, Value};
 use cairn_policy::{
     Event, Filtered, IgnoreGlobs, IntervalScheduler, KeyFilter, PolicyHost, PolicyStats, Ranks,
     RunInfo, SavePolicy, StatsHandle, Timestamp, TrainingState,
 };
 
 use crate::checkpoint::{self, Snapshot, restore_state_key};
-use crate::config::{Config, ConfigError, IgnoreKeysSpec, SaveIntervalSpec};
+use crate::config::{
+    Config, ConfigError, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec,
+};
 use crate::error::{Error, Result, SnapshotError};
 use crate::gate::Schedule;
+use crate::local::staging::Staging;
 use crate::local::{latest, scan};
 use crate::remote::{
     RemoteStore, UploadFailure, UploadJob, UploadOptions, UploadReport, UploadStatus, Uploader,
 };
 use crate::resume::{self, ResumePoint, ResumeReason};
+use crate::role::Role;
 use crate::template::{Template, Vars};
 
 /// A checkpoint this saver wrote.
@@ -78,7 +85,10 @@ pub struct SavedCheckpoint {
 pub struct CheckpointSaver {
     run_name: String,
     ranks: Ranks,
+    role: Role,
     folder: PathBuf,
+    /// The local staging folder of a `folder` given as a URL; removed when the saver closes.
+    staging: Option<Staging>,
     filename: Template,
     format: CheckpointFormat,
     latest_filename: Option<Template>,
@@ -95,6 +105,14 @@ pub struct CheckpointSaver {
     policy_stats: Vec<(String, StatsHandle)>,
     /// Local files whose upload failed: with `num_checkpoints_to_keep = 0` they are the only copy.
     failed_uploads: HashSet<PathBuf>,
+    /// Bounds on reading a checkpoint to resume from.
+    read_limits: ReadLimits,
+    /// Uploads that failed since the current `fit_start`: `fit_end` returns them as an error.
+    fit_failures: Vec<UploadFailure>,
+    on_upload_failure: OnUploadFailure,
+    /// How long `close` gives uploads still in flight.
+    upload_timeout: Duration,
+    closed: bool,
 }
 
 /// How [`CheckpointSaver::save_prebuilt`] writes and commits a checkpoint.
@@ -148,12 +166,18 @@ impl CheckpointSaver {
     /// (one engine, one epoch ticker, one compile cache; stores and limits stay per job).
     pub fn with_host(config: &Config, host: &PolicyHost) -> Result<CheckpointSaver> {
         let ranks = Ranks::from_env();
+        if config.run_name_origin == RunNameOrigin::Generated && ranks.world_size > 1 {
+            return Err(Error::UnnamedDistributedRun {
+                world_size: ranks.world_size,
+            });
+        }
+        let role = Role::non_sharded(ranks);
         let vars = Vars {
             run_name: &config.run_name,
             ranks,
             timestamp: None,
         };
-        let (folder, remote_url) = locations(&config.folder.render(&vars), &config.remote_url)?;
+        let place = Place::of(&config.folder.render(&vars), &config.remote_url, role)?;
         let format = CheckpointFormat::from_name(config.filename.source())?;
         let run = RunInfo {
             run_name: config.run_name.clone(),
@@ -162,13 +186,14 @@ impl CheckpointSaver {
         let mut policy_stats = Vec::new();
         let policy = save_policy(config, host, &run, &mut policy_stats)?;
         let filter = key_filter(config, host, &run, &mut policy_stats)?;
+        let upload_timeout = Duration::from_secs_f64(config.upload_timeout_in_seconds);
         let remote = match &config.remote_file_name {
-            None => None,
-            Some(name) => {
-                let store = RemoteStore::from_url(&remote_url)?;
+            // Only the writer uploads; the others have nothing to send.
+            Some(name) if role == Role::Writer => {
+                let store = RemoteStore::from_url(&place.remote_url)?;
                 let options = UploadOptions {
                     num_concurrent_uploads: config.num_concurrent_uploads,
-                    timeout: Duration::from_secs_f64(config.upload_timeout_in_seconds),
+                    timeout: upload_timeout,
                     overwrite: config.overwrite,
                     ..UploadOptions::default()
                 };
@@ -179,14 +204,21 @@ impl CheckpointSaver {
                     sequence: 0,
                 })
             }
+            _ => None,
         };
         Ok(CheckpointSaver {
             policy_stats,
             remote,
             failed_uploads: HashSet::new(),
+            fit_failures: Vec::new(),
+            on_upload_failure: config.on_upload_failure,
+            upload_timeout,
+            closed: false,
             run_name: config.run_name.clone(),
             ranks,
-            folder,
+            role,
+            folder: place.folder,
+            staging: place.staging,
             filename: config.filename.clone(),
             format,
             latest_filename: config.latest_filename.clone(),
@@ -198,6 +230,7 @@ impl CheckpointSaver {
             history: Vec::new(),
             saved: Vec::new(),
             warnings: Vec::new(),
+            read_limits: config.read,
         })
     }
 
@@ -242,10 +275,22 @@ impl CheckpointSaver {
         self.schedule.describe()
     }
 
-    /// Where the local `latest` pointer lives, if there is one.
+    /// Where the local `latest` pointer of the newest save lives, if there is one. A
+    /// `latest_filename` with time variables names a new link at each save, as in Composer.
     pub fn latest_path(&self) -> Option<PathBuf> {
+        let newest = self.saved.last().map(|s| &s.timestamp);
+        self.latest_link(&self.vars(newest))
+    }
+
+    /// The `latest` link a save at `vars`' timestamp moves (the leading `/` stripped, as Composer
+    /// does). `None` without a `latest_filename`, or when it has time variables and `vars` no
+    /// timestamp.
+    fn latest_link(&self, vars: &Vars<'_>) -> Option<PathBuf> {
         let t = self.latest_filename.as_ref()?;
-        Some(self.folder.join(t.render(&self.vars(None))))
+        if vars.timestamp.is_none() && !t.is_constant_in_time() {
+            return None;
+        }
+        Some(self.folder.join(t.render(vars).trim_start_matches('/')))
     }
 
     /// The checkpoints the folder holds under this saver's filename template, oldest first.
@@ -262,12 +307,24 @@ impl CheckpointSaver {
         }
     }
 
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
     /// `FIT_START`: create the folder, remove a crashed run's temporary files, and (unless
-    /// `overwrite`) refuse a folder holding checkpoints from this run's future (§12).
+    /// `overwrite`) refuse a folder holding checkpoints from this run's future (§12). Ranks other
+    /// than 0 only read: the folder may be shared, and its temporary files may be rank 0's.
     pub fn fit_start(&mut self, now: &Timestamp) -> Result<()> {
-        fs::create_dir_all(&self.folder)
-            .map_err(Error::io("create the checkpoint folder", &self.folder))?;
-        durable::remove_leftovers(&self.folder).map_err(Error::io("clean", &self.folder))?;
+        self.ensure_open()?;
+        self.fit_failures.clear();
+        if self.role == Role::Writer {
+            fs::create_dir_all(&self.folder)
+                .map_err(Error::io("create the checkpoint folder", &self.folder))?;
+            durable::remove_leftovers(&self.folder).map_err(Error::io("clean", &self.folder))?;
+        }
         if let Some(remote) = &self.remote {
             // Bad credentials or a missing bucket fail now, not after the first checkpoint.
             remote
@@ -303,7 +360,8 @@ impl CheckpointSaver {
         event: Event,
         snapshot: impl FnOnce() -> Result<Snapshot, SnapshotError>,
     ) -> Result<Option<SavedCheckpoint>> {
-        self.collect_upload_failures();
+        self.ensure_open()?;
+        self.check_uploads()?;
         if !self.schedule.should_save(state, event)? {
             return Ok(None);
         }
@@ -318,18 +376,25 @@ impl CheckpointSaver {
 
     /// Save now, bypassing the policy (Composer's `save_checkpoint_to_save_folder`); still
     /// counts for the at-most-one-save-per-batch rule. `None` when the filter's `on_error =
-    /// "skip"` refused to let an unfiltered checkpoint be written (a warning says so).
+    /// "skip"` refused to let an unfiltered checkpoint be written (a warning says so), and on
+    /// ranks other than 0, which run `snapshot` (building a state dict is collective in PyTorch,
+    /// so a rank that skipped it would leave rank 0 waiting) and write nothing.
     pub fn save(
         &mut self,
         timestamp: &Timestamp,
         event: Event,
         snapshot: impl FnOnce() -> Result<Snapshot, SnapshotError>,
     ) -> Result<Option<SavedCheckpoint>> {
+        self.ensure_open()?;
         let started = Instant::now();
         self.schedule.saved_at(timestamp.batch);
         let path = self.checkpoint_path(timestamp);
         self.history
             .push((path.to_string_lossy().into_owned(), *timestamp));
+        if self.role == Role::Follower {
+            snapshot().map_err(Error::Snapshot)?;
+            return Ok(None);
+        }
         let result = self.write(&path, timestamp, snapshot);
         let bytes = match result {
             Ok(Written::Bytes(bytes)) => bytes,
@@ -357,7 +422,8 @@ impl CheckpointSaver {
     /// configured `ignore_keys` (on the pickle read back into a tree, only when there is one
     /// and `options.filter` is set; otherwise the pickle is written as given), the durable
     /// write, `latest`, the upload and, with `options.rotate`, retention. `None` when the
-    /// filter's `on_error = "skip"` kept the checkpoint from being written (a warning says so).
+    /// filter's `on_error = "skip"` kept the checkpoint from being written (a warning says so),
+    /// and on ranks other than 0, which write nothing.
     pub fn save_prebuilt(
         &mut self,
         path: &Path,
@@ -366,6 +432,7 @@ impl CheckpointSaver {
         checkpoint: &Prebuilt,
         options: PrebuiltOptions<'_>,
     ) -> Result<Option<SavedCheckpoint>> {
+        self.ensure_open()?;
         let started = Instant::now();
         let expected = self.checkpoint_path(timestamp);
         if expected != path {
@@ -380,6 +447,9 @@ impl CheckpointSaver {
                 ),
             }
             .into());
+        }
+        if self.role == Role::Follower {
+            return Ok(None);
         }
         let format = cairn_format::format_of(path)?;
         let filter = options.filter && self.filter.is_some();
@@ -439,7 +509,7 @@ impl CheckpointSaver {
         started: Instant,
     ) -> Result<SavedCheckpoint> {
         if self.num_checkpoints_to_keep != 0
-            && let Some(link) = self.latest_path()
+            && let Some(link) = self.latest_link(&self.vars(Some(timestamp)))
         {
             latest::swap(&link, &path).map_err(Error::io("move the latest pointer", &link))?;
         }
@@ -528,19 +598,43 @@ impl CheckpointSaver {
     /// the most recently written local checkpoint that verifies, else the one the remote `latest`
     /// pointer names, downloaded into the folder. `None` when there is nothing to resume from.
     /// Call it before [`CheckpointSaver::fit_start`]; [`ResumePoint::reason`] says why this one.
+    ///
+    /// Ranks other than 0 look for rank 0's checkpoints (the names rank 0 writes, in a folder they
+    /// share) and never download: that is rank 0's part.
     pub fn resume(&mut self) -> Result<Option<ResumePoint>> {
+        let writer = Vars {
+            ranks: Role::writer_ranks(self.ranks),
+            ..self.vars(None)
+        };
+        let latest = match &self.latest_filename {
+            None => Ok(None),
+            Some(t) if !t.is_constant_in_time() => Err(format!(
+                "latest_filename '{t}' has time variables, so no single link names the newest checkpoint"
+            )),
+            Some(_) => Ok(self.latest_link(&writer)),
+        };
         let search = resume::Search {
             folder: &self.folder,
             filename: &self.filename,
-            latest: self.latest_path(),
-            vars: self.vars(None),
+            latest,
+            vars: writer,
+            limits: self.read_limits,
         };
-        let mut found = search.find()?;
+        let mut passed_over = Vec::new();
+        let mut found = search.find(&mut passed_over)?;
+        // Nothing usable locally: say what was passed over, whatever happens next.
+        for (path, why) in passed_over {
+            self.warnings.push(format!(
+                "skipped damaged checkpoint {}: {why}",
+                path.display()
+            ));
+        }
         if found.is_none()
             && let Some((pointer, path)) = self.download_remote_latest()?
         {
-            let (tree, timestamp) = resume::load(&path)?;
-            let history = crate::checkpoint::read_history(&tree);
+            let (tree, timestamp) = resume::load(&path, &self.read_limits)?;
+            // `load` checked the history; a damaged one was an error there.
+            let history = crate::checkpoint::read_history(&tree).unwrap_or_default();
             found = Some(ResumePoint {
                 path,
                 tree,
@@ -606,24 +700,34 @@ impl CheckpointSaver {
         Ok(())
     }
 
-    /// Upload failures since the last event become warnings (and are listed again at the end).
-    fn collect_upload_failures(&mut self) {
-        for failure in self.take_upload_failures() {
-            self.warnings.push(format!("upload failed: {failure}"));
+    /// Upload failures since the last event: with `on_failure = "fail"` the first event after
+    /// a failure returns it (Composer re-raises at the next `BATCH_END`); with `"warn"` they
+    /// become warnings. Either way `fit_end` returns them.
+    pub fn check_uploads(&mut self) -> Result<()> {
+        let new = self.collect_upload_failures();
+        match self.on_upload_failure {
+            OnUploadFailure::Fail if !new.is_empty() => Err(Error::UploadsFailed(new)),
+            OnUploadFailure::Fail => Ok(()),
+            OnUploadFailure::Warn => {
+                for failure in new {
+                    self.warnings.push(format!("upload failed: {failure}"));
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Uploads that failed (after their retries) since the last call; their local files are
-    /// kept from retention where they are the only copy.
-    pub fn take_upload_failures(&mut self) -> Vec<UploadFailure> {
+    /// Upload failures since the last call, recorded for retention and for `fit_end`.
+    fn collect_upload_failures(&mut self) -> Vec<UploadFailure> {
         let Some(remote) = &self.remote else {
             return Vec::new();
         };
-        let failures = remote.uploader.poll_failures();
-        for failure in &failures {
+        let new = remote.uploader.poll_failures();
+        for failure in &new {
             self.failed_uploads.insert(failure.local_path.clone());
+            self.fit_failures.push(failure.clone());
         }
-        failures
+        new
     }
 
     fn upload_status(&self, path: &Path) -> UploadStatus {
@@ -645,28 +749,37 @@ impl CheckpointSaver {
         }
     }
 
-    /// Keep the newest `num_checkpoints_to_keep` checkpoints in the folder, counting those of
-    /// earlier runs, never deleting the one `latest` names or one still being uploaded.
+    /// Keep the `num_checkpoints_to_keep` most recently written checkpoints in the folder,
+    /// counting those of earlier runs, never deleting the one `latest` names, the newest this
+    /// saver wrote, or one still being uploaded. "Most recently written" is the files' write
+    /// order, not their names' counters: an earlier run's `ep5` is older than this run's `ep2`.
     pub fn rotate(&mut self) -> Result<()> {
         let Ok(keep) = usize::try_from(self.num_checkpoints_to_keep) else {
             return Ok(());
         };
-        let pinned = match self.latest_path() {
-            Some(link) if keep > 0 => latest::resolve(&link)
-                .map_err(Error::io("read the latest pointer", &link))?
-                .and_then(|p| p.canonicalize().ok()),
-            _ => None,
-        };
-        let found = self.scan()?;
+        let mut pinned = Vec::new();
+        if keep > 0 {
+            if let Some(link) = self.latest_path() {
+                let target =
+                    latest::resolve(&link).map_err(Error::io("read the latest pointer", &link))?;
+                pinned.extend(target.and_then(|p| p.canonicalize().ok()));
+            }
+            pinned.extend(self.saved.last().and_then(|s| s.path.canonicalize().ok()));
+        }
+        let mut found = self.scan()?;
+        scan::by_write_order(&mut found);
         let excess = found.len().saturating_sub(keep);
         let mut deleted = false;
         for f in found.into_iter().take(excess) {
-            if (pinned.is_some() && f.path.canonicalize().ok() == pinned)
-                || !self.may_delete(&f.path)
-            {
+            let is_pinned = f
+                .path
+                .canonicalize()
+                .ok()
+                .is_some_and(|p| pinned.contains(&p));
+            if is_pinned || !self.may_delete(&f.path) {
                 continue;
             }
-            fs::remove_file(&f.path).map_err(Error::io("delete old checkpoint", &f.path))?;
+            delete_checkpoint(&f.path).map_err(Error::io("delete old checkpoint", &f.path))?;
             self.saved.retain(|s| s.path != f.path);
             deleted = true;
         }
@@ -676,41 +789,127 @@ impl CheckpointSaver {
         Ok(())
     }
 
-    /// `FIT_END`: wait for the uploads (the remote `latest` is written last), then apply the
-    /// retention that had to wait for them. Nothing is saved here: Composer never saves at the end
-    /// by itself; the interval's final save already happened at the last event. Returns the
-    /// upload totals, with every failure, when the saver uploads.
+    /// `FIT_END`: wait for the uploads (each bounded by `upload_timeout_in_seconds`; the remote
+    /// `latest` is written after the object it names), then apply the retention that had to wait
+    /// for them. Nothing is saved here: Composer never saves at the end by itself; the interval's
+    /// final save already happened at the last event. Returns the upload totals so far, or
+    /// [`Error::UploadsFailed`] with every upload that failed since `fit_start`. The saver keeps
+    /// uploading if training starts again (`fit_start` ... `fit_end` once more).
     pub fn fit_end(&mut self) -> Result<Option<UploadReport>> {
-        let Some(remote) = self.remote.take() else {
+        self.ensure_open()?;
+        let Some(remote) = &self.remote else {
             return Ok(None);
         };
-        let report = remote.uploader.finish();
-        for failure in &report.failures {
+        remote.uploader.wait(None);
+        self.collect_upload_failures();
+        self.rotate()?;
+        if !self.fit_failures.is_empty() {
+            return Err(Error::UploadsFailed(std::mem::take(&mut self.fit_failures)));
+        }
+        Ok(self.upload_report())
+    }
+
+    /// The store this saver uploads to (`[remote] url`, or a `folder` given as a URL); `None`
+    /// when it does not upload (no `remote_file_name`, or a rank other than 0).
+    pub fn upload_url(&self) -> Option<&str> {
+        self.remote.as_ref().map(|r| r.uploader.store().url())
+    }
+
+    /// The upload totals so far, with every failure; `None` when the saver does not upload.
+    pub fn upload_report(&self) -> Option<UploadReport> {
+        self.remote.as_ref().map(|r| r.uploader.report())
+    }
+
+    /// Composer's `post_close`: give the uploads in flight until `upload_timeout_in_seconds` to
+    /// finish (the remote `latest` names the newest checkpoint confirmed by then; one still
+    /// running after that is abandoned and listed as failed), apply the retention that waited
+    /// for them, and remove the staging folder of a `folder` given as a URL. Call it when
+    /// training stops, also when it stops with an error: dropping the saver abandons uploads at
+    /// once. Returns the final upload totals; an `Err` only when local cleanup failed. Later
+    /// calls do nothing and return `None`.
+    pub fn close(&mut self) -> Result<Option<UploadReport>> {
+        if self.closed {
+            return Ok(None);
+        }
+        self.closed = true;
+        let report = self
+            .remote
+            .take()
+            .map(|r| r.uploader.close(Some(self.upload_timeout)));
+        for failure in report.iter().flat_map(|r| &r.failures) {
             self.failed_uploads.insert(failure.local_path.clone());
         }
-        self.rotate()?;
-        Ok(Some(report))
+        if self.role == Role::Writer && self.staging.is_none() {
+            self.rotate()?;
+        }
+        if let Some(staging) = self.staging.take() {
+            let dir = staging.dir().to_owned();
+            staging
+                .remove()
+                .map_err(Error::io("remove the staging folder", dir))?;
+        }
+        Ok(report)
     }
 }
 
-/// Where checkpoints are written locally, and where they are uploaded. A `folder` that is a
-/// store URL (`s3://bucket/prefix`) stages checkpoints in a fresh local temporary folder, as
-/// Composer does, and uploads under that URL (which then takes the place of `[remote] url`).
-fn locations(folder: &str, remote_url: &str) -> Result<(PathBuf, String)> {
-    if !crate::remote::is_remote_url(folder) {
-        return Ok((PathBuf::from(folder), remote_url.to_owned()));
+impl Drop for CheckpointSaver {
+    /// Dropped without [`CheckpointSaver::close`]: uploads are abandoned at once (dropping never
+    /// blocks). The staging folder is removed only if nothing was still uploading from it;
+    /// otherwise the next saver's start removes it.
+    fn drop(&mut self) {
+        let idle = self
+            .remote
+            .as_ref()
+            .is_none_or(|r| r.uploader.pending() == 0);
+        if idle && let Some(staging) = self.staging.take() {
+            let _ = staging.remove();
+        }
     }
-    let rest = folder.split_once("://").map_or(folder, |(_, rest)| rest);
-    let path = rest
-        .split_once('/')
-        .map_or("", |(_, p)| p)
-        .trim_matches('/');
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let staging = std::env::temp_dir().join(format!("cairn-{}-{stamp}", std::process::id()));
-    fs::create_dir_all(&staging).map_err(Error::io("create a staging folder", &staging))?;
-    Ok((staging.join(path), folder.to_owned()))
+}
+
+/// Retention's delete (a failpoint sits just before it).
+fn delete_checkpoint(path: &Path) -> io::Result<()> {
+    cairn_format::failpoint!("rotate::before-delete");
+    fs::remove_file(path)
+}
+
+/// Where checkpoints are written locally, and where they are uploaded.
+struct Place {
+    folder: PathBuf,
+    staging: Option<Staging>,
+    remote_url: String,
+}
+
+impl Place {
+    /// A local `folder` is used as it is (an empty one is the current folder, as in Composer). A
+    /// `folder` that is a store URL (`s3://bucket/prefix`) stages checkpoints in a fresh local
+    /// folder, as Composer does, and uploads under that URL, which then takes the place of
+    /// `[remote] url`; the config named the objects `<url path>/<filename>` unless told otherwise.
+    /// Only the writer creates a staging folder.
+    fn of(folder: &str, remote_url: &str, role: Role) -> Result<Place> {
+        if !crate::remote::is_remote_url(folder) {
+            let folder = if folder.is_empty() { "." } else { folder };
+            return Ok(Place {
+                folder: PathBuf::from(folder),
+                staging: None,
+                remote_url: remote_url.to_owned(),
+            });
+        }
+        let temp = std::env::temp_dir();
+        let (local, staging) = match role {
+            Role::Writer => {
+                let (staging, _stale) = Staging::create(&temp)
+                    .map_err(Error::io("create a staging folder in", &temp))?;
+                (staging.dir().to_owned(), Some(staging))
+            }
+            Role::Follower => (Staging::path_in(&temp), None),
+        };
+        Ok(Place {
+            folder: local,
+            staging,
+            remote_url: folder.to_owned(),
+        })
+    }
 }
 
 /// The job's `save_interval` as a policy: the built-in interval or a sandboxed component.

@@ -3,18 +3,18 @@
 //! real saver.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use cairn::CheckpointSaver;
 use cairn::policy::{Event, PolicyHost, Ranks, TrainingState};
+use cairn::{CheckpointSaver, RunNameOrigin};
 
-use crate::train::{Events, Job, SyntheticModel, TrainerSpec, synthetic_loss};
+use crate::train::{EMBEDDED_DEFAULT, Events, Job, SyntheticModel, TrainerSpec, synthetic_loss};
 
 /// Arguments of `cairn run`.
 #[derive(Debug, Args)]
@@ -35,12 +35,21 @@ pub struct RunArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Under a platform file: the tenant each `--config` belongs to, once per `--config` in the
+    /// same order (or once for all) [default: $CAIRN_TENANT].
+    #[arg(long, value_name = "ID")]
+    tenant: Vec<String>,
+    /// Print the job's TOML (the embedded default without --config) and exit without running.
+    #[arg(long)]
+    print_config: bool,
 }
 
 /// What a run did, for the summary.
 #[derive(Debug, Default, Serialize)]
 struct Summary {
     run_name: String,
+    /// This process's global rank: only rank 0 writes a (non-sharded) checkpoint.
+    rank: u32,
     resumed_from: Option<String>,
     batches: u64,
     saves: usize,
@@ -89,18 +98,31 @@ struct UploadSummary {
 }
 
 /// Run `cairn run`.
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(args: RunArgs, platform: Option<&Path>) -> Result<()> {
+    if args.print_config {
+        return print_config(&args.config);
+    }
+    refuse_duplicates(&args.config)?;
     let mut configs = if args.config.is_empty() {
+        eprintln!("cairn: running the embedded demo job (`cairn run --print-config` shows it)");
         vec![Job::embedded_default()]
     } else {
+        let tenants = tenants(&args)?;
         args.config
             .iter()
-            .map(|p| Job::load(p))
+            .zip(tenants)
+            .map(|(p, tenant)| {
+                let platform = platform
+                    .map(|f| cairn::Platform::load(f, tenant.as_deref()))
+                    .transpose()?;
+                Job::load(p, platform.as_ref())
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
     for config in &mut configs {
         apply_overrides(config, &args)?;
     }
+    refuse_shared_folders(&configs)?;
     // One policy runtime for the process: every job shares its engine, epoch ticker and compile
     // cache, while each job's components get their own stores and limits.
     let host = PolicyHost::default();
@@ -130,24 +152,127 @@ pub fn run(args: RunArgs) -> Result<()> {
             Ok(summary) => {
                 print_summary(&summary, args.json)?;
                 if let Err(e) = upload_outcome(&summary) {
-                    eprintln!("cairn: job {run_name}: {e:#}");
+                    eprintln!(
+                        "cairn: job {run_name}: {}",
+                        cairn::remote::error_chain(e.as_ref())
+                    );
                     failed.push(run_name.clone());
                 }
             }
             Err(e) => {
-                eprintln!("cairn: job {run_name}: {e:#}");
+                eprintln!(
+                    "cairn: job {run_name}: {}",
+                    cairn::remote::error_chain(e.as_ref())
+                );
                 failed.push(run_name.clone());
             }
         }
     }
     anyhow::ensure!(
         failed.is_empty(),
-        "{} of {} jobs failed: {}",
+        "{} of {} failed: {}",
         failed.len(),
-        configs.len(),
+        crate::plural::count(configs.len() as u64, "job", "jobs"),
         failed.join(", ")
     );
     Ok(())
+}
+
+/// The tenant of each `--config`: `--tenant` once per config, once for all, or `$CAIRN_TENANT`.
+fn tenants(args: &RunArgs) -> Result<Vec<Option<String>>> {
+    let n = args.config.len();
+    Ok(match args.tenant.as_slice() {
+        [] => vec![super::simulate::tenant_env(); n],
+        [one] => vec![Some(one.clone()); n],
+        many if many.len() == n => many.iter().cloned().map(Some).collect(),
+        many => anyhow::bail!(
+            "--tenant is given {} times for {}: give it once, or once per --config in the same order",
+            many.len(),
+            crate::plural::count(n as u64, "config", "configs")
+        ),
+    })
+}
+
+/// `--print-config`: the text of each job file, or of the embedded default.
+fn print_config(files: &[PathBuf]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if files.is_empty() {
+        out.write_all(EMBEDDED_DEFAULT.as_bytes())?;
+    }
+    for file in files {
+        let text = cairn::config::read_text(file)?;
+        if files.len() > 1 {
+            writeln!(out, "# {}", file.display())?;
+        }
+        out.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The same file twice would be two jobs writing one folder: a mistake, refused before anything
+/// runs.
+fn refuse_duplicates(files: &[PathBuf]) -> Result<()> {
+    let mut seen: Vec<(PathBuf, &PathBuf)> = Vec::new();
+    for file in files {
+        let key = file.canonicalize().unwrap_or_else(|_| file.clone());
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            anyhow::bail!(
+                "--config {} is given twice (as {} and {}): each job needs a config of its own",
+                file.display(),
+                first.display(),
+                file.display()
+            );
+        }
+        seen.push((key, file));
+    }
+    Ok(())
+}
+
+/// Two jobs of one process saving into one folder would rotate and resume each other's
+/// checkpoints.
+fn refuse_shared_folders(jobs: &[Job]) -> Result<()> {
+    let ranks = Ranks::from_env();
+    let mut seen: Vec<(PathBuf, &str)> = Vec::new();
+    for job in jobs {
+        let c = &job.saver;
+        let vars = cairn::Vars {
+            run_name: &c.run_name,
+            ranks,
+            timestamp: None,
+        };
+        let folder = PathBuf::from(c.folder.render(&vars));
+        let key = std::path::absolute(&folder).unwrap_or(folder);
+        if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+            anyhow::bail!(
+                "jobs {other} and {} both save into {}: give each job its own checkpoint.folder",
+                c.run_name,
+                key.display()
+            );
+        }
+        seen.push((key, &c.run_name));
+    }
+    Ok(())
+}
+
+/// Say where a job writes before it writes anything.
+fn announce(job: &Job, saver: &CheckpointSaver, prefix: &str) {
+    let c = &job.saver;
+    let per_checkpoint = job.train.model_mib * 3.0 * (1 << 20) as f64 / 1e6;
+    let keep = match c.num_checkpoints_to_keep {
+        n if n < 0 => "keeps every checkpoint".to_owned(),
+        0 => "keeps none locally".to_owned(),
+        1 => "keeps the newest".to_owned(),
+        n => format!("keeps the newest {n}"),
+    };
+    let upload = match saver.upload_url() {
+        Some(url) => format!(", uploaded to {url}"),
+        None => String::new(),
+    };
+    eprintln!(
+        "{prefix}{}: checkpoints of ~{per_checkpoint:.0} MB go to {} ({keep}){upload}",
+        c.run_name,
+        saver.folder().display(),
+    );
 }
 
 /// A run whose uploads failed did not do its job, even though every local checkpoint is fine.
@@ -183,14 +308,68 @@ fn apply_overrides(config: &mut Job, args: &RunArgs) -> Result<()> {
 }
 
 fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Result<Summary> {
+    let config = &job.saver;
+    // Composer's `Trainer` refuses `autoresume` without a run name for the same reason.
+    anyhow::ensure!(
+        !(resume && config.run_name_origin == RunNameOrigin::Generated),
+        "--resume needs the run's name: set run_name in the config or RUN_NAME in the environment (without one each run gets a new generated name, here {}, so there is nothing to resume)",
+        config.run_name
+    );
+    let mut saver = CheckpointSaver::with_host(config, host)?;
+    announce(
+        job,
+        &saver,
+        if interactive {
+            "cairn: "
+        } else {
+            "cairn: job "
+        },
+    );
+    match train_with(&mut saver, job, resume, interactive) {
+        Ok(summary) => Ok(summary),
+        Err(e) => {
+            close_after_error(&mut saver);
+            Err(e)
+        }
+    }
+}
+
+/// Training stopped with an error: finish the uploads in flight (Composer's `post_close`), so the
+/// store holds every checkpoint that was saved and the remote `latest` names the newest one
+/// confirmed, and say what became of them. The error itself is reported by the caller.
+fn close_after_error(saver: &mut CheckpointSaver) {
+    match saver.close() {
+        Ok(Some(report)) => eprintln!(
+            "cairn: training stopped; the uploads in flight were finished first ({} ok, {} failed)",
+            report.uploaded, report.failed
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!("cairn: training stopped, and closing the saver failed too: {e}"),
+    }
+}
+
+fn train_with(
+    saver: &mut CheckpointSaver,
+    job: &Job,
+    resume: bool,
+    interactive: bool,
+) -> Result<Summary> {
     let started = Instant::now();
     let (config, t) = (&job.saver, &job.train);
-    let mut saver = CheckpointSaver::with_host(config, host)?;
     let mut model = SyntheticModel::new(t.model_mib, t.seed);
     let mut summary = Summary {
         run_name: config.run_name.clone(),
+        rank: Ranks::from_env().rank,
         folder: saver.folder().display().to_string(),
         ..Summary::default()
+    };
+    let spec = TrainerSpec {
+        max_duration: t.max_duration,
+        batches_per_epoch: t.batches_per_epoch,
+        samples_per_batch: t.samples_per_batch,
+        tokens_per_batch: t.tokens_per_batch,
+        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
+        epochs_per_iteration: t.epochs_per_iteration,
     };
     let mut start = Default::default();
     if resume && let Some(point) = saver.resume()? {
@@ -207,21 +386,20 @@ fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Resul
             point.timestamp.batch,
             point.reason
         );
-        model
-            .restore(&point.tree)
-            .with_context(|| format!("cannot resume from {}", point.path.display()))?;
+        model.restore(&point.path, &point.tree)?;
+        spec.check_resume(&point.timestamp)
+            .map_err(|reason| cairn::Error::Resume {
+                path: point.path.clone(),
+                reason,
+            })?;
         start = point.timestamp;
         summary.resumed_from = Some(point.path.display().to_string());
     }
-    saver.fit_start(&start)?;
-    let spec = TrainerSpec {
-        max_duration: t.max_duration,
-        batches_per_epoch: t.batches_per_epoch,
-        samples_per_batch: t.samples_per_batch,
-        tokens_per_batch: t.tokens_per_batch,
-        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
-        epochs_per_iteration: t.epochs_per_iteration,
-    };
+    saver.fit_start(&start).map_err(|e| match e {
+        cairn::Error::FutureCheckpoint { .. } if !resume => anyhow::Error::new(e)
+            .context("this folder holds an earlier run; to continue it, add --resume"),
+        e => e.into(),
+    })?;
     let progress = Progress::new(&spec, &start, interactive, &config.run_name);
     let mut metrics = vec![("loss".to_owned(), 0.0)];
     let loop_started = Instant::now();
@@ -274,7 +452,13 @@ fn train(job: &Job, host: &PolicyHost, resume: bool, interactive: bool) -> Resul
             reinstantiations: st.reinstantiations,
         })
         .collect();
-    let report = saver.fit_end()?;
+    // Failed uploads still leave a run worth summarising (the local checkpoints are intact);
+    // `upload_outcome` turns them into the exit status.
+    match saver.fit_end() {
+        Ok(_) | Err(cairn::Error::UploadsFailed(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let report = saver.close()?;
     progress.finish();
     for w in saver.take_warnings() {
         summary.warnings.push(w);
@@ -399,6 +583,12 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
+    let rank = (s.rank != 0).then(|| {
+        (
+            "rank",
+            format!("{} (only rank 0 writes a checkpoint)", s.rank),
+        )
+    });
     let rows = [
         ("run", s.run_name.clone()),
         (
@@ -434,18 +624,19 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
             ),
         ),
     ];
-    for (k, v) in rows {
+    for (k, v) in rows.into_iter().chain(rank) {
         writeln!(out, "{k:<18} {v}")?;
     }
     for p in &s.policies {
+        let count = crate::plural::count;
         let line = format!(
-            "{} calls, {} errors, {} fuel, {:.1} ms, peak memory {:.1} MiB, {} fresh instances",
-            p.calls,
-            p.errors,
+            "{}, {}, {} fuel, {:.1} ms, peak memory {:.1} MiB, {}",
+            count(p.calls, "call", "calls"),
+            count(p.errors, "error", "errors"),
             p.fuel,
             p.seconds * 1e3,
             p.peak_memory_bytes as f64 / (1 << 20) as f64,
-            p.reinstantiations
+            count(p.reinstantiations, "fresh instance", "fresh instances")
         );
         writeln!(out, "{:<18} {}: {line}", "policy", p.policy)?;
     }

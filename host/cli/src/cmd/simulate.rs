@@ -7,14 +7,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use serde::Serialize;
 
-use cairn::config::{SaveIntervalSpec, max_duration_from, parse_interval_time, parse_max_duration};
+use cairn::config::{
+    SaveIntervalSpec, interval_epochs, max_duration_from, parse_interval_time, parse_max_duration,
+};
 use cairn::policy::{
-    IntervalScheduler, PolicyHost, PolicySpec, Ranks, RunInfo, SandboxConfig, SavePolicy, Time,
-    Timestamp,
+    CountUnit, IntervalScheduler, PolicyHost, PolicySpec, Ranks, RunInfo, SandboxConfig,
+    SavePolicy, Time, Timestamp,
 };
 use cairn::{Schedule, Template};
 
-use crate::train::{Job, PlannedSave, Simulation, TrainerSpec};
+use crate::train::{Events, Job, PlannedSave, Simulation, TrainerSpec};
 
 /// Arguments of `cairn simulate`.
 #[derive(Debug, Args)]
@@ -51,9 +53,19 @@ pub struct SimulateArgs {
     /// Run name for `{run_name}` [default: cairn-run].
     #[arg(long, value_name = "NAME")]
     run_name: Option<String>,
+    /// A `KEY=VALUE` of a `.wasm` save-interval component's `config` table (repeatable); with
+    /// `--config`, it adds to or replaces the keys the job's TOML gives the component.
+    #[arg(long = "policy-config", value_name = "KEY=VALUE", value_parser = crate::policy_config::parse_pair)]
+    policy_config: Vec<(String, String)>,
     /// One JSON object per save on stdout, and nothing else.
     #[arg(long)]
     json: bool,
+    /// The tenant whose job `--config` is, under a platform file [default: $CAIRN_TENANT].
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
+    /// Also draw the run's timeline with a mark at every save, as an SVG picture.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// One save in the `--json` contract.
@@ -88,8 +100,15 @@ impl<'a> From<&'a PlannedSave> for SaveJson<'a> {
 }
 
 /// Run `cairn simulate`.
-pub fn run(args: SimulateArgs) -> Result<()> {
-    let config = args.config.as_deref().map(Job::load).transpose()?;
+pub fn run(args: SimulateArgs, platform: Option<&std::path::Path>) -> Result<()> {
+    let platform = platform
+        .map(|p| cairn::Platform::load(p, args.tenant.as_deref().or(tenant_env().as_deref())))
+        .transpose()?;
+    let config = args
+        .config
+        .as_deref()
+        .map(|c| Job::load(c, platform.as_ref()))
+        .transpose()?;
     let (spec, schedule, filename, run_name) = resolve(&args, config.as_ref())?;
     let mut schedule = schedule;
     let sim = Simulation {
@@ -100,6 +119,15 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         filename: &filename,
     };
     let saves = sim.run(&mut schedule)?;
+    if let Some(file) = &args.plot {
+        let total = Events::resume(sim.spec.clone(), sim.start)
+            .last()
+            .map_or(0, |t| t.timestamp.batch);
+        let title = format!("save_interval {}", schedule.describe());
+        let picture = crate::train::plot::svg(&saves, &sim.spec, total, &title);
+        std::fs::write(file, picture)
+            .with_context(|| format!("cannot write the plot {}", file.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &saves {
@@ -117,11 +145,8 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         }
         let what = schedule.describe();
         let over = sim.spec.max_duration;
-        writeln!(
-            out,
-            "{} saves with save_interval {what} over {over}",
-            saves.len()
-        )?;
+        let saved = crate::plural::count(saves.len() as u64, "save", "saves");
+        writeln!(out, "{saved} with save_interval {what} over {over}")?;
     }
     Ok(())
 }
@@ -177,11 +202,29 @@ fn resolve(
         .clone()
         .or(config.map(|c| c.run_name.clone()))
         .unwrap_or_else(|| "cairn-run".into());
+    let sandbox = config.map(|c| &c.sandbox);
     let policy = match (&args.save_interval, config) {
-        (Some(spec), _) => policy(spec, config.map(|c| &c.sandbox), &run_name)?,
+        (Some(spec), _) if spec.ends_with(".wasm") => {
+            let spec = crate::policy_config::spec(spec.as_ref(), &args.policy_config);
+            wasm_policy(
+                &spec,
+                sandbox.unwrap_or(&SandboxConfig::default()),
+                &run_name,
+            )?
+        }
+        (Some(spec), _) => time_policy(spec, &args.policy_config)?,
         (None, Some(c)) => match &c.save_interval {
-            SaveIntervalSpec::Time(t) => Box::new(IntervalScheduler::new(*t)?),
-            SaveIntervalSpec::Wasm(p) => wasm_policy(p, &c.sandbox, &c.run_name)?,
+            SaveIntervalSpec::Time(t) => {
+                no_component_config(&args.policy_config, &t.to_string())?;
+                Box::new(IntervalScheduler::new(*t)?)
+            }
+            SaveIntervalSpec::Wasm(p) => {
+                let mut p = p.clone();
+                for (k, v) in &args.policy_config {
+                    p = p.with(k, v.as_str());
+                }
+                wasm_policy(&p, &c.sandbox, &c.run_name)?
+            }
         },
         (None, None) => bail!("--save-interval is required without --config"),
     };
@@ -190,29 +233,44 @@ fn resolve(
         (None, Some(c)) => c.filename.clone(),
         (None, None) => Template::parse(DEFAULT_FILENAME).expect("default template is valid"),
     };
+    if spec.epochs_per_iteration.is_none() {
+        let iterations = |t: Time| matches!(t, Time::Count(_, CountUnit::Iteration));
+        let interval_iters = match (&args.save_interval, config) {
+            (Some(s), _) => s.parse::<Time>().is_ok_and(iterations),
+            (None, Some(c)) => {
+                matches!(&c.save_interval, SaveIntervalSpec::Time(t) if iterations(*t))
+            }
+            (None, None) => false,
+        };
+        if interval_iters || spec.max_duration.unit == CountUnit::Iteration {
+            bail!(
+                "an interval or duration in iterations needs --epochs-per-iteration (or [train] epochs_per_iteration with --config)"
+            );
+        }
+    }
     Ok((spec, Schedule::new(policy), filename, run_name))
 }
 
 const DEFAULT_FILENAME: &str = "ep{epoch}-ba{batch}-rank{rank}.pt";
 
-/// The policy a `--save-interval` SPEC names.
-fn policy(
-    spec: &str,
-    sandbox: Option<&SandboxConfig>,
-    run_name: &str,
-) -> Result<Box<dyn SavePolicy>> {
-    if spec.ends_with(".wasm") {
-        let spec = PolicySpec::new(spec);
-        return wasm_policy(
-            &spec,
-            sandbox.unwrap_or(&SandboxConfig::default()),
-            run_name,
+/// `--policy-config` configures a component; a time string has nothing to configure.
+fn no_component_config(pairs: &[(String, String)], interval: &str) -> Result<()> {
+    if let Some((k, _)) = pairs.first() {
+        bail!(
+            "--policy-config {k}=... configures a .wasm component, but save_interval is '{interval}'"
         );
     }
+    Ok(())
+}
+
+/// The built-in interval a `--save-interval` time string (or integer epochs) names.
+fn time_policy(spec: &str, pairs: &[(String, String)]) -> Result<Box<dyn SavePolicy>> {
+    no_component_config(pairs, spec)?;
     let time = match spec.trim().parse::<i64>() {
-        Ok(epochs) => Time::epochs(epochs),
-        Err(_) => parse_interval_time(spec).map_err(|e| anyhow!("--save-interval: {e}"))?,
-    };
+        Ok(epochs) => interval_epochs(epochs),
+        Err(_) => parse_interval_time(spec),
+    }
+    .map_err(|e| anyhow!("--save-interval: {e}"))?;
     Ok(Box::new(IntervalScheduler::new(time)?))
 }
 
@@ -230,4 +288,9 @@ fn wasm_policy(
     Ok(Box::new(
         PolicyHost::default().save_policy(spec, sandbox, &run)?,
     ))
+}
+
+/// `CAIRN_TENANT`, the tenant id a platform's operator sets for a tenant's process.
+pub fn tenant_env() -> Option<String> {
+    std::env::var(cairn::platform::TENANT_ENV).ok()
 }

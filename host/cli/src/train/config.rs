@@ -6,8 +6,11 @@
 
 use std::path::Path;
 
-use cairn::config::{ConfigDocument, ConfigError, max_duration_from, parse_max_duration};
-use cairn::policy::{MaxDuration, Time};
+use cairn::Platform;
+use cairn::config::{
+    ConfigDocument, ConfigError, SaveIntervalSpec, max_duration_from, parse_max_duration,
+};
+use cairn::policy::{CountUnit, MaxDuration, Time};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -88,28 +91,60 @@ pub struct Job {
 
 impl Job {
     /// Read and check a job file.
-    pub fn load(path: &Path) -> Result<Job, ConfigError> {
+    pub fn load(path: &Path, platform: Option<&Platform>) -> Result<Job, ConfigError> {
         let text = cairn::config::read_text(path)?;
         let file = path.display().to_string();
-        Job::parse(&text, &file, cairn::config::base_of(path))
+        Job::parse(&text, &file, cairn::config::base_of(path), platform)
     }
 
     /// Check `text`, naming `file` in errors; relative `.wasm` paths resolve against `base`.
-    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Job, ConfigError> {
+    pub fn parse(
+        text: &str,
+        file: &str,
+        base: &Path,
+        platform: Option<&Platform>,
+    ) -> Result<Job, ConfigError> {
         let mut doc = ConfigDocument::parse(text, file, base)?;
         let section: TrainSection = doc.take_section("train")?;
         let train = check(&doc, &section)?;
-        Ok(Job {
-            saver: doc.check()?,
-            train,
-        })
+        let saver = doc.check_with(platform)?;
+        iterations_configured(&saver.save_interval, &train).map_err(|message| ConfigError {
+            file: file.to_owned(),
+            location: String::new(),
+            message,
+        })?;
+        Ok(Job { saver, train })
     }
 
     /// The embedded default of `cairn run`.
     pub fn embedded_default() -> Job {
-        Job::parse(EMBEDDED_DEFAULT, "<embedded default>", Path::new("."))
+        Job::parse(EMBEDDED_DEFAULT, "<embedded default>", Path::new("."), None)
             .expect("the embedded default config is valid")
     }
+}
+
+/// An interval or a duration in iterations needs to know how many epochs an iteration is;
+/// without it no iteration event ever fires, so nothing would be saved (or training never ends).
+pub fn iterations_configured(
+    interval: &SaveIntervalSpec,
+    train: &TrainConfig,
+) -> Result<(), String> {
+    if train.epochs_per_iteration.is_some() {
+        return Ok(());
+    }
+    let hint = "set [train] epochs_per_iteration (or --epochs-per-iteration for simulate)";
+    if let SaveIntervalSpec::Time(t @ Time::Count(_, CountUnit::Iteration)) = interval {
+        return Err(format!(
+            "checkpoint.save_interval '{t}' counts iterations, but no iteration length is configured: {hint}"
+        ));
+    }
+    if train.max_duration.unit == CountUnit::Iteration {
+        return Err(format!(
+            "train.max_duration '{}' counts iterations, but no iteration length is configured: {hint}",
+            train.max_duration
+        ));
+    }
+    Ok(())
 }
 
 fn check(doc: &ConfigDocument<'_>, t: &TrainSection) -> Result<TrainConfig, ConfigError> {
@@ -212,9 +247,19 @@ mod tests {
                 "train.model_mib",
             ),
             ("[train]\nmodel_mb = 1\n", "job.toml:2:1", "model_mb"),
+            (
+                "[checkpoint]\nsave_interval = \"1iter\"\n",
+                "job.toml:",
+                "epochs_per_iteration",
+            ),
+            (
+                "[train]\nmax_duration = \"2iter\"\n",
+                "job.toml:",
+                "epochs_per_iteration",
+            ),
         ];
         for (text, location, needle) in cases {
-            let e = match Job::parse(text, "job.toml", Path::new(".")) {
+            let e = match Job::parse(text, "job.toml", Path::new("."), None) {
                 Ok(_) => panic!("{text:?} should fail"),
                 Err(e) => e.to_string(),
             };

@@ -2,9 +2,14 @@
 //! policy components built from source, a real S3 server, and SIGKILL at random moments.
 
 mod crash;
+mod data_safety;
+mod failpoints;
 mod formats;
+mod newcomer;
+mod platform;
 mod policies;
 mod policy_check;
+mod reading;
 mod run;
 mod run_policies;
 mod run_remote;

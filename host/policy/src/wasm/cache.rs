@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::component::WasmFile;
+use super::file::WasmFile;
 
 /// Tag file header: identifies a cairn tag of this layout.
 const MAGIC: &[u8; 8] = b"CAIRNT2\0";
@@ -82,6 +82,7 @@ impl CompileCache {
         log: &dyn Fn(&str),
     ) -> wasmtime::Result<(Component, Origin)> {
         let Some(dir) = &self.dir else {
+            compiling(wasm, log, None);
             return Ok((Component::new(engine, wasm.read()?)?, Origin::Compiled));
         };
         let secret = match self.secret(dir) {
@@ -91,6 +92,7 @@ impl CompileCache {
                     "compile cache {} unusable ({e}); compiling",
                     dir.display()
                 ));
+                compiling(wasm, log, None);
                 return Ok((Component::new(engine, wasm.read()?)?, Origin::Compiled));
             }
         };
@@ -124,6 +126,7 @@ impl CompileCache {
             origin = Origin::Recompiled;
         }
         // Key the entry by the bytes compiled, in case the file changed since it was hashed.
+        compiling(wasm, log, Some(dir));
         let bytes = wasm.read()?;
         let entry = Entry::new(dir, cache_key(engine, blake3::hash(&bytes).as_bytes()));
         let artifact = engine.precompile_component(&bytes)?;
@@ -154,6 +157,82 @@ impl CompileCache {
         let bytes = fs::read(&path)?;
         <[u8; 32]>::try_from(bytes.as_slice())
             .map_err(|_| std::io::Error::other("key file has the wrong size"))
+    }
+}
+
+/// Say what is about to take a while: compiling a large component (a Python one is ~18 MB) takes
+/// seconds, once; a silent pause looks like a hang.
+fn compiling(wasm: &WasmFile, log: &dyn Fn(&str), cache: Option<&Path>) {
+    let mb = wasm.len() as f64 / 1e6;
+    let later = match cache {
+        Some(dir) => format!("kept in {} for later runs", dir.display()),
+        None => "the compile cache is off".to_owned(),
+    };
+    log(&format!(
+        "compiling {} ({mb:.1} MB) for this machine; {later}",
+        wasm.name()
+    ));
+}
+
+/// How much the cache holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Compiled components.
+    pub entries: u64,
+    /// Bytes on disk, tags and key included.
+    pub bytes: u64,
+}
+
+impl CompileCache {
+    /// What the cache holds now (nothing when caching is off or the folder does not exist).
+    pub fn usage(&self) -> std::io::Result<CacheUsage> {
+        self.walk(|_| Ok(()))
+    }
+
+    /// Remove every compiled component and the key (a new key is made at the next compile);
+    /// returns what was removed. Files cairn did not write are left alone.
+    pub fn clear(&self) -> std::io::Result<CacheUsage> {
+        let removed = self.walk(|path| fs::remove_file(path))?;
+        if let Some(dir) = &self.dir {
+            match fs::remove_file(dir.join("key")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Visit every file of the cache's own (`*.cwasm`, `*.tag`, `key`), counting them.
+    fn walk(
+        &self,
+        mut visit: impl FnMut(&Path) -> std::io::Result<()>,
+    ) -> std::io::Result<CacheUsage> {
+        let mut usage = CacheUsage::default();
+        let Some(dir) = &self.dir else {
+            return Ok(usage);
+        };
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(usage),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let ext = path.extension().and_then(|e| e.to_str());
+            let ours = matches!(ext, Some("cwasm") | Some("tag")) || entry.file_name() == "key";
+            if !ours || !entry.file_type()?.is_file() {
+                continue;
+            }
+            usage.bytes += entry.metadata()?.len();
+            if ext == Some("cwasm") {
+                usage.entries += 1;
+            }
+            if entry.file_name() != "key" {
+                visit(&path)?;
+            }
+        }
+        Ok(usage)
     }
 }
 

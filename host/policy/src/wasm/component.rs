@@ -4,8 +4,6 @@
 //! Linking happens once per component (`InstancePre`); each live instance then costs a store
 //! and an instantiation (microseconds for Rust, about a millisecond for Python).
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::Engine;
@@ -14,6 +12,7 @@ use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker};
 
 use super::bindings::{self, HOST_INTERFACE, PACKAGE_PREFIX, TRAINING_INTERFACE, TYPES_INTERFACE};
 use super::cache::{CompileCache, Origin};
+use super::file::WasmFile;
 use super::state::HostState;
 use crate::error::{Call, PolicyError, chain};
 
@@ -152,55 +151,6 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Ok(linker)
 }
 
-/// A policy file as cairn first meets it: its BLAKE3 digest and first bytes, taken in one
-/// streaming pass so that a warm start (the compile cache has it) never holds the whole file —
-/// 18 MB for a Python component.
-pub struct WasmFile {
-    path: PathBuf,
-    digest: [u8; 32],
-    head: Vec<u8>,
-}
-
-impl WasmFile {
-    /// Hash the file at `path`.
-    pub fn open(path: &Path) -> Result<WasmFile, PolicyError> {
-        let fail = |e: std::io::Error| PolicyError::Read {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        };
-        let file = std::fs::File::open(path).map_err(fail)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let mut head = Vec::with_capacity(8);
-        loop {
-            let chunk = reader.fill_buf().map_err(fail)?;
-            if chunk.is_empty() {
-                break;
-            }
-            let want = 8usize.saturating_sub(head.len()).min(chunk.len());
-            head.extend_from_slice(&chunk[..want]);
-            hasher.update(chunk);
-            let n = chunk.len();
-            reader.consume(n);
-        }
-        Ok(WasmFile {
-            path: path.to_owned(),
-            digest: *hasher.finalize().as_bytes(),
-            head,
-        })
-    }
-
-    /// The BLAKE3 hash of the bytes read by [`WasmFile::open`].
-    pub fn digest(&self) -> &[u8; 32] {
-        &self.digest
-    }
-
-    /// The whole file, for compiling.
-    pub fn read(&self) -> std::io::Result<Vec<u8>> {
-        std::fs::read(&self.path)
-    }
-}
-
 /// Load `wasm` (the file `policy`) as a component of `world`.
 pub fn load(
     policy: &str,
@@ -212,7 +162,7 @@ pub fn load(
     keepalive: Arc<dyn std::any::Any + Send + Sync>,
 ) -> Result<Loaded, PolicyError> {
     let owned = || policy.to_owned();
-    if sniff(policy, &wasm.head)? == BinaryKind::CoreModule {
+    if sniff(policy, wasm.head())? == BinaryKind::CoreModule {
         return Err(PolicyError::CoreModule { policy: owned() });
     }
     let (component, origin) = cache

@@ -18,6 +18,7 @@ mod check;
 mod component;
 mod config;
 mod engine;
+mod file;
 mod filter;
 mod flat;
 mod limits;
@@ -31,10 +32,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::error::{Call, PolicyError};
-pub use cache::{CompileCache, Origin};
+pub use cache::{CacheUsage, CompileCache, Origin};
 pub use check::CheckReport;
 pub use component::{ImportVerdict, World};
-pub use config::{OnError, PolicySpec, SandboxConfig};
+pub use config::{Limit, OnError, PolicySpec, SandboxConfig};
+pub use file::identify as identify_component;
 pub use filter::WasmKeyFilter;
 pub use save_policy::WasmSavePolicy;
 pub use stats::{PolicyStats, StatsHandle};
@@ -109,7 +111,7 @@ impl PolicyHost {
         sandbox: &SandboxConfig,
     ) -> Result<component::Loaded, PolicyError> {
         let policy = file_name(path);
-        let wasm = component::WasmFile::open(path)?;
+        let wasm = file::WasmFile::open(path)?;
         let settings = settings(sandbox);
         let engine = self
             .engines

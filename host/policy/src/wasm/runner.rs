@@ -132,7 +132,7 @@ impl Runner {
         let instance = match result {
             Ok(i) => i,
             Err(e) => {
-                let stderr = self.drain_output(&store);
+                let stderr = self.drain_output(&store, true);
                 return Err(self.failure(&store, e, Call::Instantiate, fuel, ms, &stderr));
             }
         };
@@ -148,7 +148,7 @@ impl Runner {
                     reason: format!("its 'init' has the wrong signature: {}", chain(&e)),
                 })?;
             let outcome = init.call(&mut store, (&self.init_config,));
-            let stderr = self.drain_output(&store);
+            let stderr = self.drain_output(&store, !matches!(outcome, Ok((Ok(()),))));
             match outcome {
                 Ok((Ok(()),)) => {}
                 Ok((Err(message),)) => {
@@ -233,7 +233,7 @@ impl Runner {
         let started = Instant::now();
         let result = f(&mut live.store, live.main);
         let elapsed = started.elapsed();
-        let stderr = self.drain_output(&live.store);
+        let stderr = self.drain_output(&live.store, result.is_err());
         let used = if self.fuel_on && fuel > 0 {
             fuel.saturating_sub(live.store.get_fuel().unwrap_or(fuel))
         } else {
@@ -247,14 +247,21 @@ impl Runner {
             }
             Err(e) => {
                 let err = self.failure(&live.store, e, call, fuel, ms, &stderr);
+                // The error itself is reported once, by whoever handles it (`on_error`).
                 (self.log)(&format!(
-                    "[policy {}] {err}; discarding the instance",
-                    self.loaded.policy
+                    "[policy {}] {call} failed ({}); discarding the instance",
+                    self.loaded.policy,
+                    err.kind()
                 ));
                 Err(err)
             }
         };
         self.count(result, elapsed, used, peak)
+    }
+
+    /// Write a line to the host's log, as this policy.
+    pub fn log(&self, line: &str) {
+        (self.log)(&format!("[policy {}] {line}", self.loaded.policy));
     }
 
     /// Add one call to the accounting.
@@ -275,15 +282,20 @@ impl Runner {
     }
 
     /// Send what the component printed to the log, one line each, prefixed with its name;
-    /// returns what it wrote to stderr (a panic message, a traceback) for the error.
-    fn drain_output(&self, store: &Store<HostState>) -> String {
+    /// returns what it wrote to stderr (a panic message, a traceback) for the error. When the
+    /// call `failed`, stderr is not logged: the error carries it, and it is said once.
+    fn drain_output(&self, store: &Store<HostState>, failed: bool) -> String {
         let mut stderr = String::new();
         for (stream, out) in [
             ("stdout", &store.data().stdout),
             ("stderr", &store.data().stderr),
         ] {
             let (text, dropped) = out.drain();
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let carried_by_error = failed && stream == "stderr";
+            for line in text
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !carried_by_error)
+            {
                 (self.log)(&format!("[policy {}] {line}", self.loaded.policy));
             }
             if dropped > 0 {

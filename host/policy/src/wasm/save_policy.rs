@@ -63,7 +63,7 @@ fn update(view: &mut TrainingView, state: &TrainingState<'_>) {
 
 impl SavePolicy for WasmSavePolicy {
     /// Applies `on_error`: `fail` returns the error, `skip` answers "no", `save` answers
-    /// "yes"; both of the latter log the error.
+    /// "yes"; both of the latter log the error (once).
     fn should_save(
         &mut self,
         state: &TrainingState<'_>,
@@ -73,8 +73,16 @@ impl SavePolicy for WasmSavePolicy {
             Ok(yes) => Ok(yes),
             Err(err) => match self.runner.sandbox().on_error {
                 OnError::Fail => Err(err),
-                OnError::Skip => Ok(false),
-                OnError::Save => Ok(true),
+                OnError::Skip => {
+                    self.runner
+                        .log(&format!("{err}; not saving (on_error = \"skip\")"));
+                    Ok(false)
+                }
+                OnError::Save => {
+                    self.runner
+                        .log(&format!("{err}; saving (on_error = \"save\")"));
+                    Ok(true)
+                }
             },
         }
     }

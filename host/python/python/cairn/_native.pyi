@@ -65,6 +65,10 @@ class Config:
     @property
     def remote_url(self) -> Optional[str]:
         """The file's ``[remote] url`` if it sets one (``None``: no remote store configured)."""
+    @property
+    def python_callables_allowed(self) -> bool:
+        """``False`` when the operator's platform file (``CAIRN_PLATFORM``) says
+        ``python_callables = false``: Python callables run in-process, unsandboxed."""
 
 class Saver:
     """cairn's saver for one run. Python decides *when* (Composer's scheduling, or ``should_save``);

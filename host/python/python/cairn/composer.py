@@ -245,6 +245,11 @@ class CheckpointSaver(_ComposerCheckpointSaver):
         if self._python_ignore_keys is not None:
             overrides["ignore_keys"] = None
         self._config = native.Config(None if config is None else os.fspath(config), checkpoint=overrides)
+        if (self._python_save_interval or self._python_ignore_keys) and not self._config.python_callables_allowed:
+            raise ValueError(
+                "the operator's platform file (CAIRN_PLATFORM) does not allow Python callables for "
+                "save_interval or ignore_keys: give a time string, a glob list or {'wasm': ...} instead"
+            )
         resolved = self._config.checkpoint()
 
         # --- Composer's constructor (callbacks/checkpoint_saver.py:271-325), with cairn's values ---

@@ -144,6 +144,11 @@ class Saver:
             explicit["save_interval"] = save_interval
         self._ignore_keys_fn = explicit.pop("ignore_keys") if callable(explicit.get("ignore_keys")) else None
         self._config = native.Config(None if config is None else os.fspath(config), checkpoint=explicit)
+        if (self._callable_interval or self._ignore_keys_fn) and not self._config.python_callables_allowed:
+            raise ValueError(
+                "the operator's platform file (CAIRN_PLATFORM) does not allow Python callables for "
+                "save_interval or ignore_keys: give a time string, a glob list or {'wasm': ...} instead"
+            )
         resolved = self._config.checkpoint()
         self.run_name = run_name or self._config.run_name or "cairn-run"
         self.weights_only = bool(resolved["weights_only"])

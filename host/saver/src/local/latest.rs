@@ -36,7 +36,7 @@ pub fn swap(link: &Path, target: &Path) -> io::Result<PointerKind> {
     let temp = temp_path_for(link);
     match symlink(&relative, &temp) {
         Ok(()) => {
-            if let Err(e) = fs::rename(&temp, link) {
+            if let Err(e) = rename_link(&temp, link) {
                 let _ = fs::remove_file(&temp);
                 return Err(e);
             }
@@ -51,6 +51,12 @@ pub fn swap(link: &Path, target: &Path) -> io::Result<PointerKind> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// The swap itself: the new link renamed over the old one (a failpoint sits just before it).
+fn rename_link(temp: &Path, link: &Path) -> io::Result<()> {
+    cairn_format::failpoint!("latest::before-rename");
+    fs::rename(temp, link)
 }
 
 #[cfg(unix)]

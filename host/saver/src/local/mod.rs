@@ -3,3 +3,4 @@
 
 pub mod latest;
 pub mod scan;
+pub mod staging;

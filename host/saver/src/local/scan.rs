@@ -4,11 +4,17 @@
 //! but forgets to escape the literal parts and crashes on format specs and `{run_name}`; cairn
 //! builds the regex from the parsed template ([`Template::match_regex`]), and uses the same scan
 //! for retention across runs (Composer #2087) and for resume's fallback search.
+//!
+//! Two orders matter. *Training order* (the counters in the names) is what the overwrite check
+//! compares. *Write order* (modification time, ties broken by training order) is what "newest"
+//! means for retention and resume: a folder may hold an earlier run's checkpoints whose names
+//! carry later counters than this run's, and they are older all the same.
 
 use std::cmp::Ordering;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use regex::Regex;
 
@@ -26,6 +32,8 @@ pub struct Found {
     pub relative: String,
     /// The time variables read back from the name.
     pub counters: Vec<(Var, u64)>,
+    /// When the file was last written (`None` if the filesystem cannot say).
+    pub modified: Option<SystemTime>,
 }
 
 /// Order of significance when comparing two checkpoints' positions in training.
@@ -56,12 +64,20 @@ impl Found {
     pub fn training_order(&self, other: &Found) -> Ordering {
         self.key()
             .cmp(&other.key())
-            .then_with(|| mtime(&self.path).cmp(&mtime(&other.path)))
+            .then_with(|| self.modified.cmp(&other.modified))
+    }
+
+    /// Least recently written first; equal times (a coarse clock) fall back to training order.
+    pub fn write_order(&self, other: &Found) -> Ordering {
+        self.modified
+            .cmp(&other.modified)
+            .then_with(|| self.key().cmp(&other.key()))
     }
 }
 
-fn mtime(p: &Path) -> Option<std::time::SystemTime> {
-    fs::metadata(p).and_then(|m| m.modified()).ok()
+/// Sort `found` least recently written first (see [`Found::write_order`]).
+pub fn by_write_order(found: &mut [Found]) {
+    found.sort_by(Found::write_order);
 }
 
 /// Every file under `folder` whose relative path the template could have produced for these
@@ -89,6 +105,7 @@ pub fn checkpoints(folder: &Path, filename: &Template, vars: &Vars<'_>) -> io::R
                 path: path.to_path_buf(),
                 relative: relative.to_owned(),
                 counters,
+                modified: fs::metadata(path).and_then(|m| m.modified()).ok(),
             });
         }
     })?;
@@ -262,6 +279,40 @@ mod tests {
             &["ep1-ba5-rank0.pt"],
             "ep{epoch}-ba{batch}-rank{rank}.pt.lz4",
             at(0, 0),
+        );
+    }
+
+    #[test]
+    fn write_order_is_modification_time_then_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str, secs: u64| {
+            let p = dir.path().join(name);
+            fs::write(&p, b"x").unwrap();
+            let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        // An earlier run's later counters, written long before this run's first checkpoints.
+        at("ep5-ba20-rank0.pt", 1_000);
+        at("ep1-ba4-rank0.pt", 2_000);
+        at("ep2-ba8-rank0.pt", 2_000);
+        at("ep0-ba1-rank0.pt", 3_000);
+        let mut found =
+            checkpoints(dir.path(), &Template::parse(DEFAULT).unwrap(), &vars()).unwrap();
+        by_write_order(&mut found);
+        let names: Vec<&str> = found.iter().map(|f| f.relative.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ep5-ba20-rank0.pt",
+                "ep1-ba4-rank0.pt",
+                "ep2-ba8-rank0.pt",
+                "ep0-ba1-rank0.pt"
+            ]
         );
     }
 

@@ -20,7 +20,10 @@
 //! 3. At every event (e.g. batch end): `uploader.poll_failures()`; report or fail on any.
 //! 4. Retention: delete a local checkpoint only when `uploader.status(path)` allows it
 //!    ([`UploadStatus::may_delete`]); with `num_checkpoints_to_keep = 0` that is `Uploaded`.
-//! 5. At the end of training: `uploader.finish()` → [`UploadReport`] for the summary.
+//! 5. At the end of training (`fit_end`): `uploader.wait(None)`, then `uploader.report()`; the
+//!    uploader stays usable for the next fit.
+//! 6. When the saver closes, however training ended: `uploader.close(Some(timeout))` (Composer's
+//!    `post_close`) finishes what it can in time and stops the upload threads.
 
 pub mod download;
 pub mod latest;

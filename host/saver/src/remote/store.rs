@@ -28,9 +28,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The URL has no `scheme://` part or names a scheme cairn cannot store to.
-    #[error(
-        "remote URL '{url}' is not supported: use file://DIR, memory://, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX"
-    )]
+    #[error("remote URL '{url}' is not supported: {}", unsupported_reason(.url))]
     UnsupportedUrl {
         /// The URL as given.
         url: String,
@@ -168,10 +166,8 @@ impl RemoteStore {
     /// * `gs://BUCKET[/PREFIX]` — `GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_APPLICATION_CREDENTIALS`...
     /// * `az://CONTAINER[/PREFIX]` — `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`...
     pub fn from_url_with(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let unsupported = || StoreError::UnsupportedUrl {
-            url: url.to_string(),
-        };
-        let (scheme, rest) = url.split_once("://").ok_or_else(unsupported)?;
+        check_url(url)?;
+        let (scheme, rest) = url.split_once("://").expect("check_url found the scheme");
         let scheme = scheme.to_ascii_lowercase();
         match scheme.as_str() {
             "file" => Self::local(url, rest),
@@ -183,11 +179,6 @@ impl RemoteStore {
             }),
             "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" => {
                 let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err(StoreError::MissingBucket {
-                        url: url.to_string(),
-                    });
-                }
                 let client = client_options(options);
                 let aws_env: Vec<(String, String)> = match &options.env {
                     Some(vars) => vars.clone(),
@@ -231,7 +222,7 @@ impl RemoteStore {
                     conditional_create: true,
                 })
             }
-            _ => Err(unsupported()),
+            _ => unreachable!("check_url accepts only the schemes served here"),
         }
     }
 
@@ -251,15 +242,7 @@ impl RemoteStore {
     }
 
     fn local(url: &str, path: &str) -> Result<Self, StoreError> {
-        // `file://./remote` → `./remote`; `file:///abs` → `/abs`; `file://localhost/abs` → `/abs`.
-        let path = path.strip_prefix("localhost/").map_or(path, |_| &path[9..]);
-        if path.is_empty() {
-            return Err(StoreError::InvalidPrefix {
-                url: url.to_string(),
-                reason: "it names no directory".to_string(),
-            });
-        }
-        let dir = PathBuf::from(path);
+        let dir = PathBuf::from(local_dir(path));
         let local_error = |source| StoreError::LocalDirectory {
             url: url.to_string(),
             dir: dir.clone(),
@@ -326,22 +309,11 @@ impl RemoteStore {
     /// The bucket-relative key of an object name: the URL's prefix joined with the name. A leading
     /// `/` in the name is ignored, as Composer does.
     pub fn key(&self, name: &str) -> Result<ObjectPath, StoreError> {
-        let trimmed = name.trim_start_matches('/');
-        let invalid = |reason: String| StoreError::InvalidObjectName {
+        let relative = object_name(name).map_err(|reason| StoreError::InvalidObjectName {
             url: self.url.clone(),
             name: name.to_string(),
             reason,
-        };
-        if trimmed.is_empty() {
-            return Err(invalid("it is empty".to_string()));
-        }
-        let relative = ObjectPath::parse(trimmed).map_err(|e| invalid(e.to_string()))?;
-        if relative
-            .parts()
-            .any(|p| p.as_ref() == "." || p.as_ref() == "..")
-        {
-            return Err(invalid("it contains '.' or '..' segments".to_string()));
-        }
+        })?;
         Ok(match &self.prefix {
             None => relative,
             Some(prefix) => prefix.parts().chain(relative.parts()).collect(),
@@ -349,16 +321,104 @@ impl RemoteStore {
     }
 }
 
+/// The URL schemes [`RemoteStore::from_url_with`] serves.
+pub const SCHEMES: [&str; 8] = ["file", "memory", "s3", "s3a", "gs", "az", "azure", "abfs"];
+
+/// The scheme of a location written as a URL, lower-cased, whether or not cairn serves it:
+/// `scheme://...` with an RFC 3986 scheme (`gcs://b` → `gcs`), or Databricks' `dbfs:/...`.
+/// `None` for a local path (`runs/ckpt`, `/abs`, `C:\dir`, `{run_name}/checkpoints`).
+pub fn url_scheme(location: &str) -> Option<String> {
+    let lower = location.to_ascii_lowercase();
+    if lower.starts_with("dbfs:/") {
+        return Some("dbfs".to_owned());
+    }
+    let (scheme, _) = lower.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then(|| scheme.to_owned())
+}
+
 /// Whether a `folder` (or any location) names a store rather than a local path: it has a scheme
 /// cairn can store to. Composer treats such a `folder` by writing checkpoints to a local temporary
 /// directory and uploading each one.
 pub fn is_remote_url(location: &str) -> bool {
-    location.split_once("://").is_some_and(|(scheme, _)| {
-        matches!(
-            scheme.to_ascii_lowercase().as_str(),
-            "file" | "memory" | "s3" | "s3a" | "gs" | "az" | "azure" | "abfs"
-        )
-    })
+    url_scheme(location).is_some_and(|s| SCHEMES.contains(&s.as_str()))
+}
+
+/// Check a store URL without building a client or touching the disk (what a config load may
+/// do): a scheme cairn serves, a bucket where one is needed, a valid key prefix.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    let unsupported = || StoreError::UnsupportedUrl {
+        url: url.to_string(),
+    };
+    if !is_remote_url(url) {
+        return Err(unsupported());
+    }
+    let (scheme, rest) = url.split_once("://").ok_or_else(unsupported)?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "file" => {
+            if local_dir(rest).is_empty() {
+                return Err(StoreError::InvalidPrefix {
+                    url: url.to_string(),
+                    reason: "it names no directory".to_string(),
+                });
+            }
+        }
+        "memory" => {
+            parse_prefix(url, rest)?;
+        }
+        _ => {
+            let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StoreError::MissingBucket {
+                    url: url.to_string(),
+                });
+            }
+            parse_prefix(url, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a URL is not one cairn serves, naming what it serves (and `gs://` for the common `gcs://`).
+fn unsupported_reason(url: &str) -> String {
+    let supported = "cairn serves file://DIR, memory://, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX and az://CONTAINER/PREFIX";
+    match url_scheme(url).as_deref() {
+        None => format!("it has no scheme:// part; {supported}"),
+        Some("gcs") => format!(
+            "Google Cloud Storage is written gs://, not gcs:// (gs://{}); {supported}",
+            url.split_once("://").map_or("", |(_, rest)| rest)
+        ),
+        Some(scheme) => format!("cairn does not store to {scheme}:// ({supported})"),
+    }
+}
+
+/// The directory a `file://` URL's path names: `./remote` → `./remote`, `/abs` → `/abs`,
+/// `localhost/abs` → `/abs`.
+fn local_dir(path: &str) -> &str {
+    path.strip_prefix("localhost")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(path)
+}
+
+/// The key of an object name relative to a store URL, by the rules [`RemoteStore::key`] applies
+/// (a leading `/` ignored, as Composer does; no empty, `.` or `..` segments), or why it is not
+/// one. A config load renders its name templates through this.
+pub fn object_name(name: &str) -> Result<ObjectPath, String> {
+    let trimmed = name.trim_start_matches('/');
+    if trimmed.is_empty() {
+        return Err("it is empty".to_string());
+    }
+    let relative = ObjectPath::parse(trimmed).map_err(|e| e.to_string())?;
+    if relative
+        .parts()
+        .any(|p| p.as_ref() == "." || p.as_ref() == "..")
+    {
+        return Err("it contains '.' or '..' segments".to_string());
+    }
+    Ok(relative)
 }
 
 fn parse_prefix(url: &str, path: &str) -> Result<Option<ObjectPath>, StoreError> {
@@ -504,6 +564,44 @@ mod tests {
             "{run_name}/checkpoints",
         ] {
             assert!(!is_remote_url(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn schemes_cairn_does_not_serve_are_told_from_local_paths() {
+        for (location, scheme) in [
+            ("gcs://bucket/ckpts", Some("gcs")),
+            ("oci://b/p", Some("oci")),
+            ("dbfs:/Volumes/x", Some("dbfs")),
+            ("DBFS:/x", Some("dbfs")),
+            ("wandb://project", Some("wandb")),
+            ("sftp://host/p", Some("sftp")),
+            ("S3://b", Some("s3")),
+            ("runs/ckpt", None),
+            ("a/b://c", None),
+            ("{run_name}://x", None),
+            ("C:\\dir", None),
+        ] {
+            assert_eq!(url_scheme(location).as_deref(), scheme, "{location}");
+        }
+        let err = check_url("gcs://bucket/ckpts").unwrap_err().to_string();
+        assert!(
+            err.contains("gs://bucket/ckpts") && err.contains("s3://"),
+            "{err}"
+        );
+        let err = check_url("dbfs:/Volumes/x").unwrap_err().to_string();
+        assert!(err.contains("dbfs://") && err.contains("gs://"), "{err}");
+        for bad in ["file://", "s3://", "s3:///x", "memory://a//b"] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "file://./remote",
+            "file:///abs",
+            "memory://",
+            "s3://b/p",
+            "az://c",
+        ] {
+            check_url(good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
     }
 

@@ -219,6 +219,8 @@ struct State {
     next_id: u64,
     pending: usize,
     in_flight: HashMap<PathBuf, usize>,
+    /// Every job queued or running, by id: its object name and local file (for `close`).
+    running: HashMap<u64, (String, PathBuf)>,
     last_outcome: HashMap<PathBuf, bool>,
     unreported: Vec<UploadFailure>,
     report: UploadReport,
@@ -276,7 +278,11 @@ impl Uploader {
             state.next_id += 1;
             state.pending += 1;
             *state.in_flight.entry(job.local_path.clone()).or_default() += 1;
-            state.next_id - 1
+            let id = state.next_id - 1;
+            state
+                .running
+                .insert(id, (job.object_name.clone(), job.local_path.clone()));
+            id
         };
         let ticket = UploadTicket {
             id,
@@ -321,10 +327,17 @@ impl Uploader {
             let _slot = slots.acquire_owned().await.ok();
             let started = Instant::now();
             shared.begin(started);
-            let deadline = started + options.timeout;
+            // `checked_add`: a bound beyond what the clock can represent means "no bound".
+            let deadline = started
+                .checked_add(options.timeout)
+                .unwrap_or_else(|| started + FAR_FUTURE);
             let bytes = upload_file(&store, &key, &file, &transfer, deadline, options.timeout)
                 .await
                 .map_err(|e| (name.clone(), e.to_string()))?;
+            cairn_format::failpoint!("upload::before-pointer", |e: std::io::Error| (
+                name.clone(),
+                e.to_string()
+            ));
             if let Some(pointer) = pointer {
                 pointers
                     .advance(&store, &pointer, &key, sequence, deadline, options.timeout)
@@ -346,7 +359,7 @@ impl Uploader {
                 )),
             };
             let named = pointers.current();
-            shared.end(&local_path, outcome, named);
+            shared.end(id, &local_path, outcome, named);
         });
         Ok(ticket)
     }
@@ -380,26 +393,81 @@ impl Uploader {
         self.shared.lock().pending
     }
 
-    /// Wait for every queued upload (each bounded by `timeout` plus `abort_timeout`), stop the
-    /// upload threads and return the totals, including every failure.
-    pub fn finish(mut self) -> UploadReport {
-        let report = {
-            let mut state = self.shared.lock();
-            while state.pending > 0 {
-                state = self
+    /// The totals so far, with every failure (including those already returned by
+    /// [`Uploader::poll_failures`]). Never blocks on the network.
+    pub fn report(&self) -> UploadReport {
+        self.shared.lock().report.clone()
+    }
+
+    /// Wait until no upload is queued or running, or until `limit` has passed; whether every
+    /// upload ended. Each upload is bounded by `timeout` plus `abort_timeout` on its own, so
+    /// `None` waits at most that long per queued upload. The uploader stays usable.
+    pub fn wait(&self, limit: Option<Duration>) -> bool {
+        let deadline = limit.and_then(|l| std::time::Instant::now().checked_add(l));
+        let mut state = self.shared.lock();
+        while state.pending > 0 {
+            state = match deadline {
+                None => self
                     .shared
                     .idle
                     .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.shared
+                        .idle
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        true
+    }
+
+    /// Wait for every queued upload, stop the upload threads and return the totals, including
+    /// every failure. See [`Uploader::wait`] for how long it waits.
+    pub fn finish(self) -> UploadReport {
+        self.close(None)
+    }
+
+    /// Give the uploads until `limit` to finish (Composer's `post_close`), then stop the upload
+    /// threads. An upload still running then is abandoned and reported as a failure; the
+    /// `latest` pointer names the newest checkpoint confirmed before that.
+    pub fn close(mut self, limit: Option<Duration>) -> UploadReport {
+        if !self.wait(limit) {
+            let mut state = self.shared.lock();
+            let seconds = limit.map_or(0.0, |l| l.as_secs_f64());
+            let mut abandoned: Vec<(u64, (String, PathBuf))> = state.running.drain().collect();
+            abandoned.sort_by_key(|(id, _)| *id);
+            for (_, (object_name, local_path)) in abandoned {
+                let failure = UploadFailure {
+                    message: format!(
+                        "the upload of '{object_name}' to '{}' did not finish within {seconds} s of closing the saver; it was abandoned",
+                        self.store.url()
+                    ),
+                    object_name,
+                    local_path,
+                };
+                state.report.failed += 1;
+                state.report.failures.push(failure.clone());
+                state.unreported.push(failure);
             }
-            state.report.clone()
-        };
+            state.pending = 0;
+        }
+        let report = self.shared.lock().report.clone();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
         report
     }
 }
+
+/// Stands for "no bound" when `upload_timeout_in_seconds` is beyond what the clock can add.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Drop for Uploader {
     /// Dropped without `finish` (e.g. training failed): stop at once, never block.
@@ -421,11 +489,16 @@ impl Shared {
 
     fn end(
         &self,
+        id: u64,
         local: &Path,
         outcome: Result<u64, (String, String)>,
         pointers: Vec<(String, String)>,
     ) {
         let mut state = self.lock();
+        if state.running.remove(&id).is_none() {
+            // `close` gave up on this job and reported it already.
+            return;
+        }
         // `begin` may not have run if the task crashed before it; don't underflow.
         if state.active > 0 {
             state.active -= 1;
