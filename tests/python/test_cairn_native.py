@@ -32,7 +32,7 @@ def test_config_errors_are_value_errors_naming_the_key_or_line(tmp_path):
         n.Config(str(bad))
     for key, value, needle in [
         ("save_interval", "1.5ba", "checkpoint.save_interval"),
-        ("overwrite", "yes", "checkpoint.overwrite='yes'"),
+        ("overwrite", "yes", "checkpoint.overwrite: invalid type: string \"yes\", expected a boolean (keyword argument overwrite='yes')"),
         ("folder", "ck/{epoch}", "checkpoint.folder"),
         ("num_concurrent_uploads", 0, "checkpoint.num_concurrent_uploads"),
         ("folder", None, "checkpoint.folder=None"),

@@ -146,6 +146,12 @@ impl Config {
         self.run_name.clone()
     }
 
+    /// The `[checkpoint]` keys the file or the keywords set (the rest are defaults).
+    #[getter]
+    fn written_keys(&self) -> Vec<String> {
+        self.checkpoint.keys().cloned().collect()
+    }
+
     /// May this job run Python callables (unsandboxed, in-process)? `False` only when the
     /// operator's platform file says `python_callables = false`.
     #[getter]

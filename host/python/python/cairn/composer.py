@@ -46,10 +46,21 @@ from composer.utils import (
     reproducibility,
 )
 from composer.utils.compression import get_compressor, is_compressed_pt
+
 from composer.utils.object_store import ObjectStore
 
 import cairn
 from cairn import _pickle
+
+# Composer's CheckpointSaver defaults for the remote names (callbacks/checkpoint_saver.py).
+_COMPOSER_REMOTE_NAMES = {
+    "remote_file_name": "{run_name}/checkpoints/ep{epoch}-ba{batch}-rank{rank}.pt",
+    "latest_remote_file_name": "{run_name}/checkpoints/latest-rank{rank}.pt",
+}
+
+
+def _is_uri(folder: str) -> bool:
+    return "://" in folder
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +244,12 @@ class CheckpointSaver(_ComposerCheckpointSaver):
             # (ValueError / TypeError / RuntimeError, utils/misc.py:84 via Time.from_input).
             create_interval_scheduler(interval)
 
+        # Composer checks compressed names first (CompressorNotFound); keep its exception type.
+        for key in ("filename", "remote_file_name", "latest_filename", "latest_remote_file_name"):
+            name = explicit.get(key)
+            if isinstance(name, str) and is_compressed_pt(name):
+                get_compressor(name)
+
         # Python-only values stay here; cairn checks everything else (ValueError naming the key).
         self._python_save_interval = explicit.get("save_interval") if callable(explicit.get("save_interval")) else None
         self._python_ignore_keys = explicit.get("ignore_keys") if callable(explicit.get("ignore_keys")) else None
@@ -245,6 +262,15 @@ class CheckpointSaver(_ComposerCheckpointSaver):
         if self._python_ignore_keys is not None:
             overrides["ignore_keys"] = None
         self._config = native.Config(None if config is None else os.fspath(config), checkpoint=overrides)
+        if _is_uri(self._config.checkpoint()["folder"]):
+            # cairn (like Composer's Trainer) names a URL folder's objects <url path>/<filename>
+            # unless remote names are set; Composer's CheckpointSaver class names them by its own
+            # defaults from the bucket's root. Pass those defaults, so the class behaves as Composer's.
+            written = set(self._config.written_keys)
+            for key, default in _COMPOSER_REMOTE_NAMES.items():
+                if key not in written:
+                    overrides[key] = default
+            self._config = native.Config(None if config is None else os.fspath(config), checkpoint=overrides)
         if (self._python_save_interval or self._python_ignore_keys) and not self._config.python_callables_allowed:
             raise ValueError(
                 "the operator's platform file (CAIRN_PLATFORM) does not allow Python callables for "
