@@ -22,6 +22,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The operator's platform file: ceilings, defaults and confinement every job's config must
+    /// respect (read before any job's config).
+    #[arg(long, global = true, value_name = "FILE", env = "CAIRN_PLATFORM")]
+    platform: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,12 +103,16 @@ fn policy_backtrace(err: &anyhow::Error) -> Option<String> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => cmd::run::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Simulate(args) => cmd::simulate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => {
+            cmd::run::run(args, cli.platform.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            cmd::simulate::run(args, cli.platform.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Filter(args) => cmd::filter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
-        Command::Policy { command } => cmd::policy::run(command),
+        Command::Policy { command } => cmd::policy::run(command, cli.platform.as_deref()),
         Command::Cache(args) => cmd::cache::run(args),
     }
 }

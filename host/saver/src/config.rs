@@ -23,6 +23,7 @@ use cairn_format::{CheckpointFormat, ReadLimits};
 use cairn_policy::{MaxDuration, PolicySpec, SandboxConfig, Time};
 
 use crate::names;
+use crate::platform::Platform;
 use crate::remote::store::{self, url_scheme};
 pub use crate::run_name::RunNameOrigin;
 use crate::template::{Template, Var, Vars};
@@ -434,6 +435,13 @@ impl<'a> ConfigDocument<'a> {
 
     /// Check the saver's keys; any table left that the saver does not know is an error.
     pub fn check(self) -> Result<Config, ConfigError> {
+        self.check_with(None)
+    }
+
+    /// [`ConfigDocument::check`], then the operator's platform file: its `[sandbox]` defaults
+    /// fill the keys this file leaves out, and anything the platform does not allow is refused
+    /// with the key's place in this file.
+    pub fn check_with(self, platform: Option<&Platform>) -> Result<Config, ConfigError> {
         let mut keys = Vec::new();
         key_spans(self.table.get_ref(), "", &mut keys);
         let raw =
@@ -444,8 +452,85 @@ impl<'a> ConfigDocument<'a> {
                 };
                 self.at.error(e.span(), message)
             })?;
-        raw.validate(&self.at, self.base)
+        let mut config = raw.validate(&self.at, self.base)?;
+        if let Some(platform) = platform {
+            let at = |key: &str, message: String| {
+                let span = keys.iter().find(|(_, k)| k == key).map(|(s, _)| s.clone());
+                self.at.error(span, message)
+            };
+            let set = |k: &str| keys.iter().any(|(_, key)| *key == format!("sandbox.{k}"));
+            platform.apply(&mut config, &set, &at)?;
+            confine(platform, &config, &at)?;
+        }
+        Ok(config)
     }
+}
+
+/// Refuse what a platform does not let this config reach: its folder, its store, its components.
+fn confine(
+    platform: &Platform,
+    config: &Config,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let vars = crate::template::Vars {
+        run_name: &config.run_name,
+        ranks: cairn_policy::Ranks::from_env(),
+        timestamp: None,
+    };
+    let folder = config.folder.render(&vars);
+    platform
+        .check_folder(&folder)
+        .map_err(|m| at("checkpoint.folder", m))?;
+    if config.remote_file_name.is_some() && !crate::remote::is_remote_url(&folder) {
+        platform
+            .check_remote(&config.remote_url)
+            .map_err(|m| at("remote.url", m))?;
+    }
+    for name in [&config.filename]
+        .into_iter()
+        .chain(config.latest_filename.as_ref())
+    {
+        if name.source().split('/').any(|s| s == "..") {
+            let key = if std::ptr::eq(name, &config.filename) {
+                "checkpoint.filename"
+            } else {
+                "checkpoint.latest_filename"
+            };
+            return Err(at(
+                key,
+                format!(
+                    "{key} '{name}' climbs out of the checkpoint folder with '..', which the platform does not allow"
+                ),
+            ));
+        }
+    }
+    let components = [
+        (
+            "checkpoint.save_interval",
+            match &config.save_interval {
+                SaveIntervalSpec::Wasm(spec) => Some(spec),
+                SaveIntervalSpec::Time(_) => None,
+            },
+        ),
+        (
+            "checkpoint.ignore_keys",
+            match &config.ignore_keys {
+                IgnoreKeysSpec::Wasm(spec) => Some(spec),
+                _ => None,
+            },
+        ),
+    ];
+    for (key, spec) in components {
+        if let Some(spec) = spec {
+            let (digest, len) =
+                cairn_policy::identify_component(&spec.wasm, config.sandbox.max_component_bytes())
+                    .map_err(|e| at(key, format!("{key}: {e}")))?;
+            platform
+                .check_component(&spec.wasm, &digest, len)
+                .map_err(|m| at(key, format!("{key}: {m}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Every key of `table` (dotted from the top: `checkpoint.num_concurrent_uploads`) with the span of
@@ -559,11 +644,6 @@ impl ConfigFile {
         )?;
         CheckpointFormat::from_name(filename.source())
             .map_err(|e| at.at(&c.filename, format!("checkpoint.filename: {e}")))?;
-        checked(
-            "filename",
-            c.filename.span(),
-            names::check_changes_in_time(&filename, c.overwrite),
-        )?;
         let latest_filename = maybe("latest_filename", &c.latest_filename)?;
         if let Some(latest) = &latest_filename {
             let s = c.latest_filename.span();
@@ -619,16 +699,7 @@ impl ConfigFile {
                 s.clone(),
                 names::check_object_name(name, &run_name, ""),
             )?;
-            checked(
-                "remote_file_name",
-                s.clone(),
-                names::check_compression(name),
-            )?;
-            checked(
-                "remote_file_name",
-                s,
-                names::check_changes_in_time(name, c.overwrite),
-            )?;
+            checked("remote_file_name", s, names::check_compression(name))?;
         }
         if let Some(name) = &latest_remote_file_name {
             let s = span_of(&c.latest_remote_file_name);
@@ -987,6 +1058,14 @@ on_error = "skip"
         }
     }
 
+    /// A name without time variables is Composer's too (a job that saves once, at the end, needs
+    /// no more); a second save under it is refused then, and the first checkpoint kept.
+    #[test]
+    fn constant_names_load() {
+        parse("[checkpoint]\nfilename = \"final.pt\"\nsave_interval = \"1dur\"\n").unwrap();
+        parse("[checkpoint]\nremote_file_name = \"{run_name}/m.pt\"\n").unwrap();
+    }
+
     fn error(text: &str) -> String {
         match parse(text) {
             Ok(_) => panic!("{text:?} should fail"),
@@ -1076,11 +1155,6 @@ on_error = "skip"
             (
                 "[checkpoint]\nfilename = \"ck.pt\"\noverwrite = true\nlatest_filename = \"ck.pt\"\n",
                 "would replace that checkpoint",
-            ),
-            ("[checkpoint]\nfilename = \"ck.pt\"\n", "no time variable"),
-            (
-                "[checkpoint]\nremote_file_name = \"{run_name}/m.pt\"\n",
-                "no time variable",
             ),
             ("run_name = \"\"\n", "run_name is empty"),
             (

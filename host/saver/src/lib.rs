@@ -21,6 +21,7 @@ mod error;
 mod gate;
 mod local;
 mod names;
+pub mod platform;
 pub mod remote;
 mod resume;
 mod role;
@@ -40,6 +41,7 @@ pub use config::{Config, ConfigDocument, ConfigError, OnUploadFailure, RunNameOr
 pub use error::{Error, Result, SnapshotError};
 pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
+pub use platform::Platform;
 pub use resume::{ResumePoint, ResumeReason};
-pub use saver::{CheckpointSaver, SavedCheckpoint};
+pub use saver::{CheckpointSaver, PrebuiltOptions, SavedCheckpoint};
 pub use template::{Template, TemplateError, Var, Vars};

@@ -22,17 +22,40 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Start a policy project: a save-interval policy ("save every n batches") with unit tests,
+    /// a job.toml and a check against the built-in interval, ready to build.
+    New {
+        /// The project's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: super::policy_new::Lang,
+        /// Where to create it [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
-/// Run a `cairn policy` subcommand.
-pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+/// Run a `cairn policy` subcommand; `platform` is the operator's platform file, which a
+/// `--config` is checked against (its tenant from `CAIRN_TENANT`).
+pub fn run(cmd: PolicyCommand, platform: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { file, json, config } => {
             let sandbox = match config {
-                Some(path) => crate::train::Job::load(&path)?.saver.sandbox,
+                Some(path) => {
+                    let platform = platform
+                        .map(|p| cairn::Platform::load(p, super::simulate::tenant_env().as_deref()))
+                        .transpose()?;
+                    crate::train::Job::load(&path, platform.as_ref())?
+                        .saver
+                        .sandbox
+                }
                 None => SandboxConfig::default(),
             };
             check_file(file, json, &sandbox)
+        }
+        PolicyCommand::New { name, lang, dir } => {
+            super::policy_new::run(&name, lang, dir).map(|()| ExitCode::SUCCESS)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! real saver.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Under a platform file: the tenant each `--config` belongs to, once per `--config` in the
+    /// same order (or once for all) [default: $CAIRN_TENANT].
+    #[arg(long, value_name = "ID")]
+    tenant: Vec<String>,
     /// Print the job's TOML (the embedded default without --config) and exit without running.
     #[arg(long)]
     print_config: bool,
@@ -94,7 +98,7 @@ struct UploadSummary {
 }
 
 /// Run `cairn run`.
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(args: RunArgs, platform: Option<&Path>) -> Result<()> {
     if args.print_config {
         return print_config(&args.config);
     }
@@ -103,9 +107,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         eprintln!("cairn: running the embedded demo job (`cairn run --print-config` shows it)");
         vec![Job::embedded_default()]
     } else {
+        let tenants = tenants(&args)?;
         args.config
             .iter()
-            .map(|p| Job::load(p))
+            .zip(tenants)
+            .map(|(p, tenant)| {
+                let platform = platform
+                    .map(|f| cairn::Platform::load(f, tenant.as_deref()))
+                    .transpose()?;
+                Job::load(p, platform.as_ref())
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
     for config in &mut configs {
@@ -165,6 +176,21 @@ pub fn run(args: RunArgs) -> Result<()> {
         failed.join(", ")
     );
     Ok(())
+}
+
+/// The tenant of each `--config`: `--tenant` once per config, once for all, or `$CAIRN_TENANT`.
+fn tenants(args: &RunArgs) -> Result<Vec<Option<String>>> {
+    let n = args.config.len();
+    Ok(match args.tenant.as_slice() {
+        [] => vec![super::simulate::tenant_env(); n],
+        [one] => vec![Some(one.clone()); n],
+        many if many.len() == n => many.iter().cloned().map(Some).collect(),
+        many => anyhow::bail!(
+            "--tenant is given {} times for {}: give it once, or once per --config in the same order",
+            many.len(),
+            crate::plural::count(n as u64, "config", "configs")
+        ),
+    })
 }
 
 /// `--print-config`: the text of each job file, or of the embedded default.

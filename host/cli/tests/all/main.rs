@@ -7,6 +7,7 @@ mod data_safety;
 mod failpoints;
 mod formats;
 mod newcomer;
+mod platform;
 mod policies;
 mod policy_check;
 mod reading;

@@ -111,6 +111,14 @@ impl WasmFile {
     }
 }
 
+/// The BLAKE3 digest (hex) and size of the component file at `path`, as cairn reads it to load it
+/// (a regular file of at most `max_bytes`): what a platform file's `digests` and
+/// `max_component_mib` are checked against.
+pub fn identify(path: &Path, max_bytes: u64) -> Result<(String, u64), PolicyError> {
+    let file = WasmFile::open(path, max_bytes)?;
+    Ok((hex::encode(file.digest()), file.len()))
+}
+
 #[cfg(unix)]
 fn read_at(file: &std::fs::File, buf: &mut [u8]) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, buf, 0)

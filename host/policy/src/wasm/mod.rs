@@ -38,7 +38,8 @@ pub use cache::{CacheUsage, CompileCache, Origin};
 pub use check::CheckReport;
 pub use compile::{CompileWorker, serve_compile_worker};
 pub use component::{ImportVerdict, World};
-pub use config::{OnError, PolicySpec, SandboxConfig};
+pub use config::{Limit, OnError, PolicySpec, SandboxConfig};
+pub use file::identify as identify_component;
 pub use filter::WasmKeyFilter;
 pub use save_policy::WasmSavePolicy;
 pub use stats::{PolicyStats, StatsHandle};
@@ -124,11 +125,7 @@ impl PolicyHost {
         sandbox: &SandboxConfig,
     ) -> Result<component::Loaded, PolicyError> {
         let policy = file_name(path);
-        let max = match sandbox.max_component_mib {
-            0 => u64::MAX,
-            mib => mib.saturating_mul(1 << 20),
-        };
-        let wasm = file::WasmFile::open(path, max)?;
+        let wasm = file::WasmFile::open(path, sandbox.max_component_bytes())?;
         let settings = settings(sandbox);
         let engine = self
             .engines
