@@ -156,33 +156,39 @@ fn a_well_behaved_tenant_runs_unchanged_and_gets_the_platforms_defaults() {
     }
 }
 
-#[test]
-fn a_limit_one_above_its_ceiling_is_refused_naming_both_values() {
-    let p = platform("");
-    let folder = tenant_folder(&p, "a");
-    for (key, value, ceiling) in [
-        ("memory_limit_mib", "257", "256"),
-        ("fuel_per_call", "100000001", "100000000"),
-        ("fuel_per_call", "0", "100000000"),
-        ("timeout_ms", "0", "1000"),
-    ] {
+/// Tenant `a` setting each `(key, value)` is refused, naming the key, the `ceiling`, its own file
+/// and line and the platform file.
+fn refused_above_ceilings(p: &Platform, cases: &[(&str, &str, &str)]) {
+    let folder = tenant_folder(p, "a");
+    for (key, value, ceiling) in cases {
         let a = job(
-            &p,
+            p,
             "a",
             &folder,
             "memory://shared/a",
             &format!("[sandbox]\n{key} = {value}"),
         );
         let err = refused(
-            &cairn(&p, &["run", "--config", &a, "--tenant", "a"]),
-            &[key, ceiling],
+            &cairn(p, &["run", "--config", &a, "--tenant", "a"]),
+            &[&format!("{key} = {value}"), ceiling, "platform.toml"],
         );
         assert!(err.contains("a.toml:"), "the tenant's file and line: {err}");
-        assert!(
-            err.contains("platform.toml"),
-            "names the platform file: {err}"
-        );
     }
+}
+
+#[test]
+fn a_limit_one_above_its_ceiling_is_refused_naming_both_values() {
+    let p = platform("");
+    let folder = tenant_folder(&p, "a");
+    refused_above_ceilings(
+        &p,
+        &[
+            ("memory_limit_mib", "257", "256"),
+            ("fuel_per_call", "100000001", "100000000"),
+            ("fuel_per_call", "0", "100000000"),
+            ("timeout_ms", "0", "1000"),
+        ],
+    );
     let a = job(
         &p,
         "a",
@@ -423,26 +429,16 @@ fn the_sandbox_bounds_of_issue_18_have_ceilings_and_defaults() {
     .unwrap();
     let folder = tenant_folder(&p, "a");
     // One above the ceiling, or 0 where 0 switches the bound off: refused, naming both values.
-    for (key, value, ceiling) in [
-        ("max_message_bytes", "4097", "4096"),
-        ("max_log_bytes_per_run", "0", "4194304"),
-        ("max_component_mib", "65", "64"),
-        ("compile_timeout_ms", "0", "1800000"),
-        ("compile_memory_mib", "4097", "4096"),
-    ] {
-        let a = job(
-            &p,
-            "a",
-            &folder,
-            "memory://shared/a",
-            &format!("[sandbox]\n{key} = {value}"),
-        );
-        let err = refused(
-            &cairn(&p, &["run", "--config", &a, "--tenant", "a"]),
-            &[&format!("{key} = "), ceiling, "platform.toml"],
-        );
-        assert!(err.contains("a.toml:"), "the tenant's file and line: {err}");
-    }
+    refused_above_ceilings(
+        &p,
+        &[
+            ("max_message_bytes", "4097", "4096"),
+            ("max_log_bytes_per_run", "0", "4194304"),
+            ("max_component_mib", "65", "64"),
+            ("compile_timeout_ms", "0", "1800000"),
+            ("compile_memory_mib", "4097", "4096"),
+        ],
+    );
     // The platform's default compile deadline (1 ms) reaches the compile worker of a tenant that
     // is silent about it, in `cairn run` and in `cairn policy check --config`.
     let every_n = p.root.join("policies/every_n.wasm");
