@@ -19,6 +19,7 @@ use bytes::Bytes;
 use crate::container::{self, CheckpointFormat, Compression, Encoder, Inner, Outer};
 use crate::error::FormatError;
 use crate::limits::{ReadLimits, human_bytes};
+use crate::prebuilt::Prebuilt;
 use crate::pt::{self, PtError, PtPlan, PtSummary};
 use crate::safetensors_io;
 use crate::state_dict::Value;
@@ -78,19 +79,65 @@ pub fn write_checkpoint(
     tree: &Value,
     out: &mut File,
 ) -> Result<u64, FormatError> {
-    let start = out.stream_position().map_err(write_err(path))?;
     if format == CheckpointFormat::Safetensors {
-        return safetensors_io::write(tree, out).map_err(|error| FormatError::Safetensors {
-            path: path.to_owned(),
-            error,
-        });
+        return write_safetensors(path, tree, out);
     }
     let plan = PtPlan::new(tree, &archive_name(path, format)).map_err(pt_err(path))?;
+    write_plan(path, format, &plan, out)
+}
+
+/// Write a checkpoint whose pickle was made elsewhere ([`Prebuilt`]) into the already-open
+/// `out`, as [`write_checkpoint`] writes a tree: the pickle verbatim and the records streamed
+/// from their memory. `archive` is the zip's folder for a plain `.pt` (`archive` is what
+/// `torch.save` names it when given a file object, as Composer does; `None`: the file's stem, as
+/// for a path); tars and compressed files use Composer's own names. A `.safetensors` name reads
+/// the pickle into a tree first (that format has no pickle).
+pub fn write_prebuilt(
+    path: &Path,
+    format: CheckpointFormat,
+    prebuilt: &Prebuilt,
+    archive: Option<&str>,
+    out: &mut File,
+) -> Result<u64, FormatError> {
+    if format == CheckpointFormat::Safetensors {
+        let tree = prebuilt.tree().map_err(|e| FormatError::Pt {
+            path: path.to_owned(),
+            error: PtError::Pickle(e),
+        })?;
+        return write_safetensors(path, &tree, out);
+    }
+    let name = match (format, archive) {
+        (CheckpointFormat::Pt, Some(name)) => name.to_owned(),
+        _ => archive_name(path, format),
+    };
+    let plan = PtPlan::from_pickled(
+        prebuilt.pickle().to_vec(),
+        prebuilt.records().to_vec(),
+        &name,
+    );
+    write_plan(path, format, &plan, out)
+}
+
+fn write_safetensors(path: &Path, tree: &Value, out: &mut File) -> Result<u64, FormatError> {
+    safetensors_io::write(tree, out).map_err(|error| FormatError::Safetensors {
+        path: path.to_owned(),
+        error,
+    })
+}
+
+/// Stream a planned torch archive into `out` in `format`'s container (not safetensors).
+fn write_plan(
+    path: &Path,
+    format: CheckpointFormat,
+    plan: &PtPlan,
+    out: &mut File,
+) -> Result<u64, FormatError> {
+    let start = out.stream_position().map_err(write_err(path))?;
     match format {
         CheckpointFormat::Pt => return plan.write_to_file(out).map_err(write_err(path)),
         CheckpointFormat::CompressedPt(c) => compressed(out, c, |w| plan.write_to(w).map(drop)),
         CheckpointFormat::Tar(c) => {
-            let body = |w: &mut dyn Write| write_tar(&plan, w);
+            let body = |w: &mut dyn Write| write_tar(plan, w);
             match c {
                 None => {
                     let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
@@ -99,7 +146,9 @@ pub fn write_checkpoint(
                 Some(c) => compressed(out, c, body),
             }
         }
-        CheckpointFormat::Safetensors => Ok(()),
+        CheckpointFormat::Safetensors => Err(io::Error::other(
+            "a safetensors file has no torch archive to write",
+        )),
     }
     .map_err(write_err(path))?;
     let end = out.stream_position().map_err(write_err(path))?;

@@ -44,5 +44,5 @@ pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
 pub use platform::Platform;
 pub use resume::{ResumePoint, ResumeReason};
-pub use saver::{CheckpointSaver, CommitReport, SavedCheckpoint};
+pub use saver::{CheckpointSaver, CommitReport, PrebuiltOptions, SavedCheckpoint};
 pub use template::{Template, TemplateError, Var, Vars};

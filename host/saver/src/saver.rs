@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_format::durable::{self, Replace};
-use cairn_format::{CheckpointFormat, ReadLimits};
+use cairn_format::{CheckpointFormat, FormatError, Prebuilt, PtError, ReadLimits, Value};
 use cairn_policy::{
     Event, Filtered, IgnoreGlobs, IntervalScheduler, KeyFilter, PolicyHost, PolicyStats, Ranks,
     RunInfo, SavePolicy, StatsHandle, Timestamp, TrainingState,
@@ -57,7 +57,9 @@ use crate::checkpoint::{self, Snapshot, restore_state_key};
 use crate::commit::{
     self, Checksum, CommitFailure, CommitJob, CommitStore, Committed, Committer, ShardRecord,
 };
-use crate::config::{Config, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec};
+use crate::config::{
+    Config, ConfigError, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec,
+};
 use crate::error::{Error, Result, SnapshotError};
 use crate::gate::Schedule;
 use crate::local::staging::Staging;
@@ -142,6 +144,29 @@ pub struct CommitReport {
     pub failed: Vec<CommitFailure>,
     /// Commits still waiting.
     pub pending: usize,
+}
+
+/// How [`CheckpointSaver::save_prebuilt`] writes and commits a checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct PrebuiltOptions<'a> {
+    /// The zip folder of a plain `.pt` (`torch.save` names it `archive` when it writes to a file
+    /// object, as Composer's saver does); `None`: the file's stem, as for a path.
+    pub archive: Option<&'a str>,
+    /// Apply the configured `ignore_keys` (the caller may have applied its own instead).
+    pub filter: bool,
+    /// Apply retention now; `false` when the caller still hands the file to someone first, and
+    /// calls [`CheckpointSaver::rotate`] after.
+    pub rotate: bool,
+}
+
+impl Default for PrebuiltOptions<'_> {
+    fn default() -> Self {
+        PrebuiltOptions {
+            archive: Some("archive"),
+            filter: true,
+            rotate: true,
+        }
+    }
 }
 
 /// What [`CheckpointSaver::write`] did.
@@ -423,6 +448,12 @@ impl CheckpointSaver {
         self.save(&state.timestamp, event, snapshot)
     }
 
+    /// Ask the configured `save_interval` alone, without the one-save-per-batch rule (for a caller
+    /// that keeps that rule itself, as Composer's `CheckpointSaver` does around its predicate).
+    pub fn should_save(&mut self, state: &TrainingState<'_>, event: Event) -> Result<bool> {
+        Ok(self.schedule.policy_mut().should_save(state, event)?)
+    }
+
     /// Save now, bypassing the policy (Composer's `save_checkpoint_to_save_folder`); still
     /// counts for the at-most-one-save-per-batch rule. `None` when the filter's `on_error =
     /// "skip"` refused to let an unfiltered checkpoint be written (a warning says so), and on
@@ -437,8 +468,7 @@ impl CheckpointSaver {
         self.ensure_open()?;
         let started = Instant::now();
         self.schedule.saved_at(timestamp.batch);
-        let name = self.filename.render(&self.vars(Some(timestamp)));
-        let path = self.folder.join(name.trim_start_matches('/'));
+        let path = self.checkpoint_path(timestamp);
         self.history
             .push((path.to_string_lossy().into_owned(), *timestamp));
         if self.role == Role::Follower {
@@ -450,10 +480,7 @@ impl CheckpointSaver {
             Ok(Written::Bytes(bytes)) => bytes,
             Ok(Written::Skipped(why)) => {
                 self.history.pop();
-                self.warnings.push(format!(
-                    "{} was not saved: {why} (on_error = \"skip\"; the previous checkpoint stays latest)",
-                    path.display()
-                ));
+                self.skipped(&path, why);
                 return Ok(None);
             }
             Err(e) => {
@@ -461,6 +488,106 @@ impl CheckpointSaver {
                 return Err(e);
             }
         };
+        let saved = self.commit(path, timestamp, event, bytes, started)?;
+        self.rotate()?;
+        Ok(Some(saved))
+    }
+
+    /// Save a checkpoint built by the caller: `checkpoint` is the finished pickle and its
+    /// storage records (cairn's Python package pickles the training state with Python's own
+    /// pickler, as `torch.save` does), `path` the name the caller gave it, which must be the one
+    /// this saver's `filename` renders at `timestamp` (or retention and the conflict scan would
+    /// not see it). The caller keeps the history (`all_saved_checkpoints_to_timestamp`) and the
+    /// one-save-per-batch rule; the saver does the rest as [`CheckpointSaver::save`] does: the
+    /// configured `ignore_keys` (on the pickle read back into a tree, only when there is one
+    /// and `options.filter` is set; otherwise the pickle is written as given), the durable
+    /// write, `latest`, the upload and, with `options.rotate`, retention. `None` when the
+    /// filter's `on_error = "skip"` kept the checkpoint from being written (a warning says so),
+    /// and on ranks other than 0, which write nothing.
+    pub fn save_prebuilt(
+        &mut self,
+        path: &Path,
+        timestamp: &Timestamp,
+        event: Event,
+        checkpoint: &Prebuilt,
+        options: PrebuiltOptions<'_>,
+    ) -> Result<Option<SavedCheckpoint>> {
+        self.ensure_open()?;
+        let started = Instant::now();
+        let expected = self.checkpoint_path(timestamp);
+        if expected != path {
+            return Err(ConfigError {
+                file: path.display().to_string(),
+                location: String::new(),
+                message: format!(
+                    "is not the name checkpoint.filename '{}' gives at batch {} ({}), so retention and the conflict scan would not find it",
+                    self.filename,
+                    timestamp.batch,
+                    expected.display()
+                ),
+            }
+            .into());
+        }
+        if self.role == Role::Follower {
+            return Ok(None);
+        }
+        let format = cairn_format::format_of(path)?;
+        let filter = options.filter && self.filter.is_some();
+        let bytes = if filter || format == CheckpointFormat::Safetensors {
+            let tree = checkpoint.tree().map_err(|error| FormatError::Pt {
+                path: path.to_path_buf(),
+                error: PtError::Pickle(error),
+            })?;
+            let tree = if filter {
+                match self.apply_filter(tree)? {
+                    Ok(tree) => tree,
+                    Err(why) => {
+                        self.skipped(path, why);
+                        return Ok(None);
+                    }
+                }
+            } else {
+                tree
+            };
+            self.write_file(path, timestamp, |file| {
+                cairn_format::write_checkpoint(path, format, &tree, file)
+            })?
+        } else {
+            self.write_file(path, timestamp, |file| {
+                cairn_format::write_prebuilt(path, format, checkpoint, options.archive, file)
+            })?
+        };
+        let saved = self.commit(path.to_path_buf(), timestamp, event, bytes, started)?;
+        if options.rotate {
+            self.rotate()?;
+        }
+        Ok(Some(saved))
+    }
+
+    /// Where the checkpoint taken at `timestamp` goes.
+    pub fn checkpoint_path(&self, timestamp: &Timestamp) -> PathBuf {
+        let name = self.filename.render(&self.vars(Some(timestamp)));
+        self.folder.join(name.trim_start_matches('/'))
+    }
+
+    /// A checkpoint the filter's `on_error = "skip"` kept from being written.
+    fn skipped(&mut self, path: &Path, why: String) {
+        self.warnings.push(format!(
+            "{} was not saved: {why} (on_error = \"skip\"; the previous checkpoint stays latest)",
+            path.display()
+        ));
+    }
+
+    /// A durable checkpoint becomes the newest (see [`CheckpointSaver::after_write`]) and joins
+    /// the saved checkpoints.
+    fn commit(
+        &mut self,
+        path: PathBuf,
+        timestamp: &Timestamp,
+        event: Event,
+        bytes: u64,
+        started: Instant,
+    ) -> Result<SavedCheckpoint> {
         self.after_write(&path, timestamp, bytes)?;
         let saved = SavedCheckpoint {
             timestamp: *timestamp,
@@ -470,8 +597,7 @@ impl CheckpointSaver {
             seconds: started.elapsed().as_secs_f64(),
         };
         self.saved.push(saved.clone());
-        self.rotate()?;
-        Ok(Some(saved))
+        Ok(saved)
     }
 
     /// The steps after a checkpoint is durable, in Composer's order. Non-sharded: `latest` moves to
@@ -598,38 +724,61 @@ impl CheckpointSaver {
             &self.history,
             self.weights_only,
         );
-        if let Some(filter) = self.filter.as_mut() {
-            let mut warnings = Vec::new();
-            let filtered = filter.filter(tree, &mut warnings);
-            self.warnings.extend(warnings);
-            tree = match filtered? {
-                Filtered::Keep(tree) => tree,
-                Filtered::Skip(why) => return Ok(Written::Skipped(why.to_string())),
+        if self.filter.is_some() {
+            tree = match self.apply_filter(tree)? {
+                Ok(tree) => tree,
+                Err(why) => return Ok(Written::Skipped(why)),
             };
-            restore_state_key(&mut tree);
         }
+        let format = self.format;
+        let bytes = self.write_file(path, ts, |file| {
+            cairn_format::write_checkpoint(path, format, &tree, file)
+        })?;
+        Ok(Written::Bytes(bytes))
+    }
+
+    /// Run the configured `ignore_keys` over a checkpoint tree: the tree to write, or why the
+    /// filter's `on_error = "skip"` refused to let this checkpoint be written.
+    fn apply_filter(&mut self, tree: Value) -> Result<Result<Value, String>> {
+        let Some(filter) = self.filter.as_mut() else {
+            return Ok(Ok(tree));
+        };
+        let mut warnings = Vec::new();
+        let filtered = filter.filter(tree, &mut warnings);
+        self.warnings.extend(warnings);
+        Ok(match filtered? {
+            Filtered::Keep(mut tree) => {
+                restore_state_key(&mut tree);
+                Ok(tree)
+            }
+            Filtered::Skip(why) => Err(why.to_string()),
+        })
+    }
+
+    /// Create `path` durably with what `write` puts in it (never replacing a checkpoint unless
+    /// `overwrite`); its size.
+    fn write_file(
+        &self,
+        path: &Path,
+        timestamp: &Timestamp,
+        write: impl Fn(&mut fs::File) -> Result<u64, FormatError>,
+    ) -> Result<u64> {
         let replace = if self.overwrite {
             Replace::Allowed
         } else {
             Replace::Never
         };
-        let format = self.format;
-        let write = |replace| {
-            durable::try_write_durably(path, replace, |file| {
-                cairn_format::write_checkpoint(path, format, &tree, file)
-            })
-        };
-        let mut written = write(replace);
+        let mut written = durable::try_write_durably(path, replace, &write);
         if let Err(e) = &written
             && e.kind() == io::ErrorKind::AlreadyExists
-            && self.uncommitted_leftover(ts)?
+            && self.uncommitted_leftover(timestamp)?
         {
             // A shard of a step that never committed: no reader trusts it, so this attempt
             // replaces it.
-            written = write(Replace::Allowed);
+            written = durable::try_write_durably(path, Replace::Allowed, &write);
         }
         match written {
-            Ok(Ok(bytes)) => Ok(Written::Bytes(bytes)),
+            Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(format)) => Err(format.into()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
                 path: path.to_path_buf(),
@@ -728,7 +877,7 @@ impl CheckpointSaver {
     /// Download the checkpoint the remote `latest` pointer names into the local folder: the
     /// pointer's name and the local path. `None` when the saver does not upload, has no remote
     /// pointer, or the store holds none yet.
-    fn download_remote_latest(&self) -> Result<Option<(String, PathBuf)>> {
+    pub fn download_remote_latest(&self) -> Result<Option<(String, PathBuf)>> {
         let Some(remote) = &self.remote else {
             return Ok(None);
         };
@@ -794,7 +943,7 @@ impl CheckpointSaver {
     /// Upload failures since the last event: with `on_failure = "fail"` the first event after
     /// a failure returns it (Composer re-raises at the next `BATCH_END`); with `"warn"` they
     /// become warnings. Either way `fit_end` returns them.
-    fn check_uploads(&mut self) -> Result<()> {
+    pub fn check_uploads(&mut self) -> Result<()> {
         let new = self.collect_upload_failures();
         let steps = self.collect_commit_failures();
         match self.on_upload_failure {
@@ -881,7 +1030,7 @@ impl CheckpointSaver {
     /// counting those of earlier runs, never deleting the one `latest` names, the newest this
     /// saver wrote, or one still being uploaded. "Most recently written" is the files' write
     /// order, not their names' counters: an earlier run's `ep5` is older than this run's `ep2`.
-    fn rotate(&mut self) -> Result<()> {
+    pub fn rotate(&mut self) -> Result<()> {
         self.rotate_steps()?;
         if self
             .sharding

@@ -98,11 +98,12 @@ pub fn view_fits(t: &Tensor) -> bool {
     last.is_some_and(|last| last < numel)
 }
 
-/// A `.pt` ready to be written: the pickle, the storages and where every record goes.
+/// A `.pt` ready to be written: the pickle, the storage records and where every record goes.
 pub struct PtPlan {
     zip: Plan,
     pickle: Vec<u8>,
-    storages: Vec<Storage>,
+    /// The bytes of `data/<key>`, in file order.
+    records: Vec<Bytes>,
 }
 
 /// Records after `data.pkl` and before the storages, as recent torch writes them.
@@ -118,26 +119,42 @@ impl PtPlan {
     /// the file's stem).
     pub fn new(tree: &Value, archive_name: &str) -> Result<PtPlan, PtError> {
         let pickled = pickle_write::pickle(tree)?;
-        let mut names: Vec<(String, u64)> = vec![(
-            format!("{archive_name}/data.pkl"),
-            pickled.bytes.len() as u64,
-        )];
+        let records = pickled
+            .storages
+            .iter()
+            .enumerate()
+            .map(|(key, s)| (key.to_string(), s.bytes().clone()))
+            .collect();
+        Ok(PtPlan::from_pickled(pickled.bytes, records, archive_name))
+    }
+
+    /// Lay out an archive around a pickle made elsewhere: `pickle` is `data.pkl` and `records`
+    /// the `data/<key>` storages it references, in the order they are to appear (torch writes
+    /// them in first-reference order). Nothing is checked or copied: the records' bytes are
+    /// streamed as they are when the plan is written.
+    pub fn from_pickled(
+        pickle: Vec<u8>,
+        records: Vec<(String, Bytes)>,
+        archive_name: &str,
+    ) -> PtPlan {
+        let mut names: Vec<(String, u64)> =
+            vec![(format!("{archive_name}/data.pkl"), pickle.len() as u64)];
         for (name, body) in HEAD_RECORDS {
             names.push((format!("{archive_name}/{name}"), body.len() as u64));
         }
-        for (key, s) in pickled.storages.iter().enumerate() {
-            names.push((format!("{archive_name}/data/{key}"), s.bytes().len() as u64));
+        for (key, bytes) in &records {
+            names.push((format!("{archive_name}/data/{key}"), bytes.len() as u64));
         }
         names.push((
             format!("{archive_name}/{}", VERSION_RECORD.0),
             VERSION_RECORD.1.len() as u64,
         ));
         let zip = Plan::new(names.iter().map(|(n, s)| (n.as_str(), *s)));
-        Ok(PtPlan {
+        PtPlan {
             zip,
-            pickle: pickled.bytes,
-            storages: pickled.storages,
-        })
+            pickle,
+            records: records.into_iter().map(|(_, bytes)| bytes).collect(),
+        }
     }
 
     /// The archive's exact size in bytes.
@@ -151,7 +168,7 @@ impl PtPlan {
         match i {
             0 => &self.pickle,
             i if i < storages => HEAD_RECORDS[i - 1].1,
-            i if i < storages + self.storages.len() => self.storages[i - storages].bytes(),
+            i if i < storages + self.records.len() => &self.records[i - storages],
             _ => VERSION_RECORD.1,
         }
     }

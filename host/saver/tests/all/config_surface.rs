@@ -165,7 +165,9 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             (-2i64..4).prop_map(|n| n.to_string()),
         ]
         .boxed(),
-        "overwrite" | "weights_only" => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+        "overwrite" | "weights_only" | "sharded" => {
+            any::<bool>().prop_map(|b| b.to_string()).boxed()
+        }
         "num_checkpoints_to_keep" => (-2i64..4).prop_map(|n| n.to_string()).boxed(),
         "ignore_keys" => prop::sample::select(
             &[
@@ -183,6 +185,11 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             .boxed(),
         "upload_timeout_in_seconds" => {
             prop::sample::select(&["3600", "0.5", "31536000", "1e20", "0", "nan"][..])
+                .prop_map(str::to_owned)
+                .boxed()
+        }
+        "commit_timeout_s" => {
+            prop::sample::select(&["600", "0.5", "31536000", "1e20", "0", "-1", "nan"][..])
                 .prop_map(str::to_owned)
                 .boxed()
         }
@@ -207,6 +214,8 @@ fn document() -> impl Strategy<Value = String> {
         "ignore_keys",
         "num_concurrent_uploads",
         "upload_timeout_in_seconds",
+        "sharded",
+        "commit_timeout_s",
     ];
     let entries = prop::collection::vec(
         prop::sample::select(CHECKPOINT_KEYS).prop_flat_map(|k| (Just(k), value_for(k))),
