@@ -229,7 +229,7 @@ pub struct CheckpointSection {
     #[serde(default = "defaults::upload_timeout")]
     pub upload_timeout_in_seconds: Spanned<f64>,
     /// Every rank saves its own shard (a name with `{rank}`), and global rank 0 commits each step
-    /// once every shard is in place (see the `commit` module).
+    /// once every shard is in place (see the `sharded` module).
     #[serde(default)]
     pub sharded: bool,
     /// How long global rank 0 waits for every rank's shard of a sharded step.

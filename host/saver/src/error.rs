@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use cairn_format::FormatError;
 use cairn_policy::PolicyError;
 
-use crate::commit::{CommitError, CommitFailure};
 use crate::config::ConfigError;
 use crate::remote::{DownloadError, StoreError, UploadFailure, UploaderError};
+use crate::sharded::{CommitError, CommitFailure};
 
 /// What a training loop's snapshot closure may fail with.
 pub type SnapshotError = Box<dyn std::error::Error + Send + Sync>;

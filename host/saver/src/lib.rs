@@ -16,7 +16,6 @@
 //! ```
 
 mod checkpoint;
-pub mod commit;
 pub mod config;
 mod error;
 mod gate;
@@ -28,6 +27,7 @@ mod resume;
 mod role;
 mod run_name;
 mod saver;
+pub mod sharded;
 mod template;
 
 pub use cairn_format as format;

@@ -6,7 +6,7 @@
 //! (RNG all-gather, FSDP gathers), but only rank 0 writes, links, uploads and rotates
 //! (`composer/callbacks/checkpoint_saver.py`, `_save_checkpoint`). In sharded mode every rank
 //! writes its own shard, and global rank 0 alone commits each step and moves `latest` (Composer's
-//! sharded saves: rank 0 uploads `.metadata` and writes the symlinks); see [`crate::commit`].
+//! sharded saves: rank 0 uploads `.metadata` and writes the symlinks); see [`crate::sharded`].
 
 use cairn_policy::Ranks;
 

@@ -7,7 +7,7 @@
 //! the same folder by when they were written and never deletes the one `latest` names, and a
 //! failed save leaves the previous checkpoint and its pointer as they were. Only global rank 0
 //! writes (see [`Role`]), unless `sharded = true`: then every rank writes its own shard and
-//! global rank 0 commits each step through the store ([`crate::commit`]) before `latest` moves.
+//! global rank 0 commits each step through the store ([`crate::sharded`]) before `latest` moves.
 //! [`CheckpointSaver::close`] is Composer's `post_close`: call it when training stops, however it
 //! stops, so that uploads and commits in flight finish.
 //!
@@ -54,9 +54,6 @@ use cairn_policy::{
 };
 
 use crate::checkpoint::{self, Snapshot, restore_state_key};
-use crate::commit::{
-    self, Checksum, CommitFailure, CommitJob, CommitStore, Committed, Committer, ShardRecord,
-};
 use crate::config::{
     Config, ConfigError, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec,
 };
@@ -69,6 +66,9 @@ use crate::remote::{
 };
 use crate::resume::{self, ResumePoint, ResumeReason};
 use crate::role::Role;
+use crate::sharded::{
+    self, Checksum, CommitFailure, CommitJob, CommitStore, Committed, Coordinator, ShardRecord,
+};
 use crate::template::{Template, Vars};
 
 /// A checkpoint this saver wrote.
@@ -122,9 +122,9 @@ pub struct CheckpointSaver {
     closed: bool,
 }
 
-/// The sharded half of a saver (see [`crate::commit`]).
+/// The sharded half of a saver (see [`crate::sharded`]).
 struct Sharding {
-    committer: Committer,
+    coordinator: Coordinator,
     /// Each step's name in the commit store, rendered for global rank 0: `remote_file_name` when
     /// the store is the remote one, `filename` when it is the folder.
     step_name: Template,
@@ -400,8 +400,8 @@ impl CheckpointSaver {
         {
             // Sharded, only committed steps count: an uncommitted shard beyond `now` is a
             // leftover that this run's save at that step replaces.
-            let store = sharding.committer.store();
-            let committed = sharding.committer.block_on(store.committed())?;
+            let store = sharding.coordinator.store();
+            let committed = sharding.coordinator.block_on(store.committed())?;
             let future = committed
                 .into_iter()
                 .filter_map(|(_, m)| m.ok())
@@ -618,16 +618,16 @@ impl CheckpointSaver {
             self.upload(path, timestamp, Some(record))?;
         } else {
             let sharding = self.sharding.as_ref().expect("sharded");
-            let store = sharding.committer.store();
+            let store = sharding.coordinator.store();
             let mut record = record;
-            let meta = sharding.committer.block_on(store.head(&record.file))?;
+            let meta = sharding.coordinator.block_on(store.head(&record.file))?;
             record.etag = meta.e_tag;
-            record.published_unix_ms = commit::now_unix_ms();
-            cairn_format::failpoint!("shard::before-record", |e: io::Error| Error::io(
+            record.published_unix_ms = sharded::now_unix_ms();
+            cairn_format::failpoint!("sharded::before-record", |e: io::Error| Error::io(
                 "publish the record of",
                 path
             )(e));
-            sharding.committer.block_on(store.publish(&record))?;
+            sharding.coordinator.block_on(store.publish(&record))?;
         }
         if self.role == (Role::Shard { coordinator: true }) {
             self.enqueue_commit(timestamp);
@@ -648,7 +648,7 @@ impl CheckpointSaver {
                 .to_owned()
         });
         Ok(ShardRecord {
-            format: commit::manifest::RECORD_FORMAT.to_owned(),
+            format: sharded::manifest::RECORD_FORMAT.to_owned(),
             step: sharding.step(&self.run_name, self.ranks, timestamp),
             run_name: self.run_name.clone(),
             rank: self.ranks.rank,
@@ -692,11 +692,11 @@ impl CheckpointSaver {
         });
         let sharding = self.sharding.as_mut().expect("sharded");
         let step = sharding.step(&self.run_name, self.ranks, timestamp);
-        let store = sharding.committer.store();
+        let store = sharding.coordinator.store();
         let remote_latest =
             pointer.and_then(|p| Some((store.key(&p).ok()?, store.key(&step).ok()?)));
         sharding.sequence += 1;
-        sharding.committer.enqueue(CommitJob {
+        sharding.coordinator.enqueue(CommitJob {
             step,
             run_name: self.run_name.clone(),
             world_size: self.ranks.world_size,
@@ -794,9 +794,9 @@ impl CheckpointSaver {
             return Ok(false);
         };
         let step = sharding.step(&self.run_name, self.ranks, ts);
-        let store = sharding.committer.store();
+        let store = sharding.coordinator.store();
         Ok(sharding
-            .committer
+            .coordinator
             .block_on(store.manifest(&step))?
             .is_none())
     }
@@ -813,8 +813,8 @@ impl CheckpointSaver {
         if let Some(sharding) = &self.sharding {
             fs::create_dir_all(&self.folder)
                 .map_err(Error::io("create the checkpoint folder", &self.folder))?;
-            let found = commit::resume::find(
-                &sharding.committer,
+            let found = sharded::resume::find(
+                &sharding.coordinator,
                 &self.run_name,
                 self.ranks.rank,
                 self.ranks.world_size,
@@ -967,7 +967,7 @@ impl CheckpointSaver {
         let Some(sharding) = &mut self.sharding else {
             return Vec::new();
         };
-        let new = sharding.committer.poll_failures();
+        let new = sharding.coordinator.poll_failures();
         sharding.fit_failures.extend(new.iter().cloned());
         new
     }
@@ -977,7 +977,7 @@ impl CheckpointSaver {
     /// what they came to. Other ranks and non-sharded savers return an empty report at once.
     pub fn wait_for_commits(&mut self, limit: Option<Duration>) -> CommitReport {
         if let Some(sharding) = &self.sharding {
-            sharding.committer.wait(limit);
+            sharding.coordinator.wait(limit);
         }
         self.commit_report()
     }
@@ -986,9 +986,9 @@ impl CheckpointSaver {
     pub fn commit_report(&self) -> CommitReport {
         match &self.sharding {
             Some(s) => CommitReport {
-                committed: s.committer.committed(),
-                failed: s.committer.failures(),
-                pending: s.committer.pending(),
+                committed: s.coordinator.committed(),
+                failed: s.coordinator.failures(),
+                pending: s.coordinator.pending(),
             },
             None => CommitReport::default(),
         }
@@ -1035,7 +1035,7 @@ impl CheckpointSaver {
         if self
             .sharding
             .as_ref()
-            .is_some_and(|s| s.committer.store().local_folder().is_some())
+            .is_some_and(|s| s.coordinator.store().local_folder().is_some())
         {
             // Steps committed in the folder are deleted whole, by global rank 0 alone.
             return Ok(());
@@ -1094,11 +1094,11 @@ impl CheckpointSaver {
         {
             pinned.insert(relative.to_string_lossy().into_owned());
         }
-        if let Some(newest) = sharding.committer.committed().last() {
+        if let Some(newest) = sharding.coordinator.committed().last() {
             pinned.insert(newest.step.clone());
         }
-        commit::retention::rotate(
-            &sharding.committer,
+        sharded::retention::rotate(
+            &sharding.coordinator,
             self.num_checkpoints_to_keep,
             &pinned,
             sharding.commit_timeout,
@@ -1122,7 +1122,7 @@ impl CheckpointSaver {
         }
         if let Some(sharding) = &self.sharding {
             // Each commit is bounded by its own commit_timeout_s.
-            sharding.committer.wait(None);
+            sharding.coordinator.wait(None);
         }
         self.collect_upload_failures();
         self.collect_commit_failures();
@@ -1171,7 +1171,7 @@ impl CheckpointSaver {
             self.failed_uploads.insert(failure.local_path.clone());
         }
         if let Some(sharding) = &self.sharding {
-            sharding.committer.wait(Some(sharding.commit_timeout));
+            sharding.coordinator.wait(Some(sharding.commit_timeout));
         }
         if self.role.leads() && self.staging.is_none() {
             self.rotate()?;
@@ -1204,7 +1204,7 @@ impl Drop for CheckpointSaver {
 /// The `.commit` folder beside rank 0's shard of a step.
 fn commit_folder(shard: &Path) -> PathBuf {
     let mut name = shard.as_os_str().to_owned();
-    name.push(commit::store::COMMIT_SUFFIX);
+    name.push(sharded::store::COMMIT_SUFFIX);
     PathBuf::from(name)
 }
 
@@ -1222,7 +1222,7 @@ impl Sharding {
             }
         };
         Ok(Sharding {
-            committer: Committer::new(store, commit::DEFAULT_POLL)?,
+            coordinator: Coordinator::new(store, sharded::DEFAULT_POLL)?,
             step_name,
             commit_timeout: Duration::from_secs_f64(config.commit_timeout_s),
             fit_failures: Vec::new(),

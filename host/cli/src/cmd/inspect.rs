@@ -33,9 +33,9 @@ use serde_json::{Value as Json, json};
 
 use super::read::ReadArgs;
 use crate::out::printable;
-use cairn::commit::Manifest;
 use cairn::format::state_dict::Construct;
 use cairn::format::{Key, Object, Value};
+use cairn::sharded::Manifest;
 
 /// Arguments of `cairn inspect`.
 #[derive(Debug, clap::Args)]

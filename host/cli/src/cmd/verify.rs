@@ -19,11 +19,11 @@ use std::process::ExitCode;
 
 use super::read::{ReadArgs, note_mismatch};
 use crate::out::{Lines, printable};
-use cairn::commit::store::{COMMIT_SUFFIX, MANIFEST_NAME};
-use cairn::commit::{Manifest, ShardRecord};
 use cairn::format::{CheckpointFormat, ReadLimits, verify_checkpoint_with};
 use cairn::remote::SYMLINK_SUFFIX;
 use cairn::remote::store::object_name;
+use cairn::sharded::store::{COMMIT_SUFFIX, MANIFEST_NAME};
+use cairn::sharded::{Manifest, ShardRecord};
 
 /// Arguments of `cairn verify`.
 #[derive(Debug, clap::Args)]
@@ -352,7 +352,7 @@ fn shard_matches(file: &Path, shard: &ShardRecord) -> Result<(), String> {
     if size != shard.bytes {
         return Err(format!("{size} bytes, the manifest says {}", shard.bytes));
     }
-    let sum = cairn::commit::Checksum::of_file(file).map_err(|e| e.to_string())?;
+    let sum = cairn::sharded::Checksum::of_file(file).map_err(|e| e.to_string())?;
     if sum != shard.crc64nvme {
         return Err(format!(
             "CRC-64/NVME {sum}, the manifest says {}",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cairn::commit::{Checksum, Manifest};
+use cairn::sharded::{Checksum, Manifest};
 use cairn_cli::train::SplitMix;
 use cairn_testkit::s3::S3Server;
 
@@ -48,7 +48,7 @@ fn cairn(dir: &Path, env: &[(String, String)], args: &[&str]) -> (bool, serde_js
 /// its manifest where `locate` finds it.
 fn committed(
     root: &Path,
-    locate: impl Fn(&cairn::commit::ShardRecord) -> PathBuf,
+    locate: impl Fn(&cairn::sharded::ShardRecord) -> PathBuf,
 ) -> Vec<Manifest> {
     let mut found = Vec::new();
     for entry in fs::read_dir(root).unwrap() {

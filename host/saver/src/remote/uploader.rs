@@ -21,7 +21,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::{Instant, timeout_at};
 
-use crate::commit::{CommitStore, ShardRecord};
+use crate::sharded::{CommitStore, ShardRecord};
 
 use super::latest::{LatestPointers, SYMLINK_SUFFIX};
 use super::pin::PinnedFile;
@@ -368,7 +368,7 @@ impl Uploader {
             if let Some(record) = record {
                 let published = timeout_at(
                     deadline,
-                    crate::commit::publish_confirmed(&store, record, confirmed.e_tag),
+                    crate::sharded::publish_confirmed(&store, record, confirmed.e_tag),
                 )
                 .await;
                 match published {

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn::commit::{CommitStore, Created, Manifest, ShardRecord};
 use cairn::policy::{Event, MaxDuration, PolicyHost, Ranks, Time, Timestamp, TrainingState};
+use cairn::sharded::{CommitStore, Created, Manifest, ShardRecord};
 use cairn::{CheckpointSaver, Config, ResumeReason};
 use object_store::path::Path as ObjectPath;
 use object_store::{PutMode, PutOptions, PutPayload};
@@ -81,7 +81,7 @@ fn four_ranks_in_a_shared_folder_commit_every_step_and_resume_from_the_newest() 
             let path = ck.join(&shard.file);
             cairn::format::verify_checkpoint(&path).unwrap();
             assert_eq!(
-                cairn::commit::Checksum::of_file(&path).unwrap(),
+                cairn::sharded::Checksum::of_file(&path).unwrap(),
                 shard.crc64nvme,
                 "{}",
                 shard.file
@@ -128,7 +128,7 @@ fn through_a_store_each_rank_uploads_and_rank_0_commits_and_moves_the_remote_poi
             .join("store")
             .join(shard.object.as_ref().unwrap());
         assert_eq!(
-            cairn::commit::Checksum::of_file(&object).unwrap(),
+            cairn::sharded::Checksum::of_file(&object).unwrap(),
             shard.crc64nvme
         );
         assert!(shard.etag.is_some());
@@ -235,7 +235,7 @@ fn the_manifest_is_created_once_and_the_s3_server_refuses_the_second() {
     // Through the protocol: the second coordinator is told, and the first manifest stays.
     let commits = CommitStore::remote(store.clone());
     let shard = |crc| ShardRecord {
-        format: cairn::commit::manifest::RECORD_FORMAT.into(),
+        format: cairn::sharded::manifest::RECORD_FORMAT.into(),
         step: "ep0-ba2-rank0.pt".into(),
         run_name: "r".into(),
         rank: 0,
@@ -243,14 +243,14 @@ fn the_manifest_is_created_once_and_the_s3_server_refuses_the_second() {
         file: "ep0-ba2-rank0.pt".into(),
         object: Some("ep0-ba2-rank0.pt".into()),
         bytes: 10,
-        crc64nvme: cairn::commit::Checksum(crc),
+        crc64nvme: cairn::sharded::Checksum(crc),
         etag: None,
         epoch: 0,
         batch: 2,
         published_unix_ms: 1,
     };
     let manifest = |crc| Manifest {
-        format: cairn::commit::manifest::MANIFEST_FORMAT.into(),
+        format: cairn::sharded::manifest::MANIFEST_FORMAT.into(),
         step: "ep0-ba2-rank0.pt".into(),
         run_name: "r".into(),
         world_size: 1,

@@ -1,18 +1,18 @@
 //! The commit thread: global rank 0's wait for every rank's record, the create-only manifest, and
 //! `latest`, for each step, in the background.
 //!
-//! Training never waits on other ranks: [`Committer::enqueue`] returns at once and each step's
+//! Training never waits on other ranks: [`Coordinator::enqueue`] returns at once and each step's
 //! commit runs as its own task, bounded by `commit_timeout_s` from the moment rank 0 handed it
 //! over. The task lists the step's `.commit` folder, reads each new record, and once every rank
 //! 0..world_size has one, checks every shard is in the store as its record describes (size and
 //! ETag, so a record left by an earlier attempt never vouches for a shard written since). Then it
 //! creates the manifest, create-only, and only after the store accepted it moves the remote
 //! `.symlink` and the local link (neither ever moves backwards). Between looks it sleeps one poll
-//! interval, or less when woken ([`Committer::wake`], e.g. after a `torch.distributed` barrier
+//! interval, or less when woken ([`Coordinator::wake`], e.g. after a `torch.distributed` barrier
 //! guarantees the records are there).
 //!
-//! Outcomes come back like uploads do: failures through [`Committer::poll_failures`] at the next
-//! event (`[remote] on_failure` decides), successes in [`Committer::committed`].
+//! Outcomes come back like uploads do: failures through [`Coordinator::poll_failures`] at the next
+//! event (`[remote] on_failure` decides), successes in [`Coordinator::committed`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,7 +110,7 @@ impl Shared {
 
 /// The protocol's thread and store, for every rank: records are published and manifests read
 /// through it, and on global rank 0 it commits each step.
-pub struct Committer {
+pub struct Coordinator {
     runtime: Option<Runtime>,
     store: CommitStore,
     shared: Arc<Shared>,
@@ -125,16 +125,16 @@ pub struct Committer {
     poll: Duration,
 }
 
-impl Committer {
+impl Coordinator {
     /// Start the commit thread for `store`.
-    pub fn new(store: CommitStore, poll: Duration) -> Result<Committer, CommitError> {
+    pub fn new(store: CommitStore, poll: Duration) -> Result<Coordinator, CommitError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("cairn-commit")
             .enable_all()
             .build()
             .map_err(CommitError::Runtime)?;
-        Ok(Committer {
+        Ok(Coordinator {
             runtime: Some(runtime),
             store,
             shared: Arc::default(),
@@ -156,7 +156,7 @@ impl Committer {
     pub fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
         self.runtime
             .as_ref()
-            .expect("the runtime lives until the committer is dropped")
+            .expect("the runtime lives until the coordinator is dropped")
             .block_on(future)
     }
 
@@ -249,7 +249,7 @@ impl Committer {
     }
 }
 
-impl Drop for Committer {
+impl Drop for Coordinator {
     /// Pending commits are abandoned: their steps stay uncommitted, which every reader handles.
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
@@ -284,7 +284,7 @@ impl StepTask {
             committed_unix_ms: now_unix_ms(),
             checksum: super::checksum::ALGORITHM.to_owned(),
         };
-        cairn_format::failpoint!("commit::before-manifest", |e: std::io::Error| {
+        cairn_format::failpoint!("sharded::before-manifest", |e: std::io::Error| {
             CommitError::Io {
                 action: "create the manifest of",
                 path: PathBuf::from(&job.step),
@@ -305,7 +305,7 @@ impl StepTask {
                 url: self.store.url().to_owned(),
             });
         }
-        cairn_format::failpoint!("commit::before-latest", |e: std::io::Error| {
+        cairn_format::failpoint!("sharded::before-latest", |e: std::io::Error| {
             CommitError::Latest {
                 step: job.step.clone(),
                 reason: e.to_string(),

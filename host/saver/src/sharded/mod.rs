@@ -10,7 +10,7 @@
 //!    rank publishes its [`ShardRecord`] — name, object, size, checksum, ETag — as
 //!    `<step>.commit/rank-<R>.json`, where `<step>` is global rank 0's shard name for that save.
 //!    A record is never published for a shard that is not in place.
-//! 3. Global rank 0 ([`Committer`]) lists the step's records until all `world_size` are there and
+//! 3. Global rank 0 ([`Coordinator`]) lists the step's records until all `world_size` are there and
 //!    every shard is found as its record describes, or `commit_timeout_s` passes (then the error
 //!    names the missing ranks, and `[remote] on_failure` decides whether training stops).
 //! 4. It creates `<step>.commit/manifest.json` with `PutMode::Create`: the store itself refuses a
@@ -43,7 +43,7 @@ pub(crate) mod retention;
 pub mod store;
 
 pub use checksum::Checksum;
-pub use coordinator::{CommitFailure, CommitJob, Committed, Committer, DEFAULT_POLL};
+pub use coordinator::{CommitFailure, CommitJob, Committed, Coordinator, DEFAULT_POLL};
 pub use error::CommitError;
 pub use manifest::{Manifest, ShardRecord, now_unix_ms};
 pub use store::{CommitStore, Created, manifest_name, record_name};

@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::coordinator::Committer;
+use super::coordinator::Coordinator;
 use super::error::CommitError;
 use super::manifest::{Manifest, now_unix_ms};
 
@@ -27,13 +27,13 @@ pub(crate) struct Deleted {
 /// Apply retention and leftover cleanup. `keep < 0` keeps every committed step; `pinned` are
 /// steps never deleted (what `latest` names, the newest this saver committed).
 pub(crate) fn rotate(
-    committer: &Committer,
+    coordinator: &Coordinator,
     keep: i64,
     pinned: &HashSet<String>,
     commit_timeout: Duration,
 ) -> Result<Deleted, CommitError> {
-    committer.block_on(async {
-        let store = committer.store();
+    coordinator.block_on(async {
+        let store = coordinator.store();
         let mut committed: Vec<Manifest> = store
             .committed()
             .await?

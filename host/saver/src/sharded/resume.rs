@@ -13,21 +13,21 @@ use crate::error::{Error, Result};
 use crate::resume::{ResumePoint, ResumeReason};
 
 use super::checksum::Checksum;
-use super::coordinator::Committer;
+use super::coordinator::Coordinator;
 use super::manifest::{Manifest, ShardRecord};
 
 /// The newest committed step of `run_name`, with this rank's shard loaded. `None` when the store
 /// holds no committed step of this run.
 pub(crate) fn find(
-    committer: &Committer,
+    coordinator: &Coordinator,
     run_name: &str,
     rank: u32,
     world_size: u32,
     folder: &Path,
     limits: &cairn_format::ReadLimits,
 ) -> Result<Option<ResumePoint>> {
-    let store = committer.store();
-    let listed = committer.block_on(store.committed())?;
+    let store = coordinator.store();
+    let listed = coordinator.block_on(store.committed())?;
     let mut skipped = Vec::new();
     let mut newest: Option<(String, Manifest)> = None;
     for (key, manifest) in listed {
@@ -60,7 +60,7 @@ pub(crate) fn find(
         path: PathBuf::from(&key),
         reason: format!("it lists no shard for rank {rank}"),
     })?;
-    let path = own_shard(committer, shard, folder, &key)?;
+    let path = own_shard(coordinator, shard, folder, &key)?;
     let (tree, timestamp) = crate::resume::load(&path, limits)?;
     let history = crate::checkpoint::read_history(&tree).unwrap_or_default();
     Ok(Some(ResumePoint {
@@ -79,7 +79,7 @@ pub(crate) fn find(
 /// This rank's shard in its folder, downloaded first when the folder's copy is missing or is not
 /// the committed one.
 fn own_shard(
-    committer: &Committer,
+    coordinator: &Coordinator,
     shard: &ShardRecord,
     folder: &Path,
     manifest: &str,
@@ -89,7 +89,7 @@ fn own_shard(
     if let Ok(()) = local {
         return Ok(path);
     }
-    let store = committer.store();
+    let store = coordinator.store();
     let (Some(object), None) = (&shard.object, store.local_folder()) else {
         return Err(Error::Resume {
             path,
@@ -102,7 +102,7 @@ fn own_shard(
     };
     let key = store.key(object)?;
     let dir = path.parent().unwrap_or(folder).to_path_buf();
-    let downloaded = committer.block_on(crate::remote::download::download_object(
+    let downloaded = coordinator.block_on(crate::remote::download::download_object(
         store.store(),
         &key,
         &key,
