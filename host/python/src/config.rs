@@ -128,6 +128,8 @@ impl Config {
         d.set_item("num_checkpoints_to_keep", c.num_checkpoints_to_keep)?;
         d.set_item("weights_only", c.weights_only)?;
         d.set_item("num_concurrent_uploads", c.num_concurrent_uploads)?;
+        d.set_item("sharded", c.sharded)?;
+        d.set_item("commit_timeout_s", c.commit_timeout_s)?;
         match raw("upload_timeout_in_seconds") {
             Some(Value::Integer(n)) => d.set_item("upload_timeout_in_seconds", *n)?,
             _ => match c.upload_timeout_in_seconds {

@@ -7,11 +7,11 @@
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn::format::Prebuilt;
 use cairn::policy::{Ranks, TrainingState};
-use cairn::{CheckpointSaver, PrebuiltOptions, Template, Vars};
+use cairn::{CheckpointSaver, CommitReport, PrebuiltOptions, RunNameOrigin, Template, Vars};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -36,6 +36,9 @@ pub struct Saver {
     config: cairn::Config,
     folder: PathBuf,
     uploads: bool,
+    /// This process's ranks: `torch.distributed`'s when the caller passes them, else the
+    /// launcher's environment (`RANK`, `WORLD_SIZE`, ...).
+    ranks: Ranks,
 }
 
 /// What one save did.
@@ -64,7 +67,8 @@ impl Saver {
 #[pymethods]
 impl Saver {
     #[new]
-    #[pyo3(signature = (config, *, run_name, local_folder = None, names = None, remote_url = None))]
+    #[pyo3(signature = (config, *, run_name, local_folder = None, names = None, remote_url = None, rank = None, world_size = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         config: &Config,
@@ -72,8 +76,16 @@ impl Saver {
         local_folder: Option<String>,
         names: Option<&Bound<'_, PyDict>>,
         remote_url: Option<String>,
+        rank: Option<u32>,
+        world_size: Option<u32>,
     ) -> PyResult<Saver> {
+        let ranks = ranks(rank, world_size)?;
         let mut c = config.inner.clone();
+        // The caller names the run (Composer's `state.run_name`, or `cairn.Saver`'s), the same on
+        // every rank: it is not a name generated for this process alone.
+        if c.run_name != run_name || c.run_name_origin == RunNameOrigin::Generated {
+            c.run_name_origin = RunNameOrigin::Config;
+        }
         c.run_name = run_name;
         if let Some(folder) = local_folder {
             c.folder = template("folder", &folder)?;
@@ -111,13 +123,28 @@ impl Saver {
         let uploads = c.remote_file_name.is_some();
         let config = c.clone();
         let host = crate::compile::policy_host(py)?;
-        let inner = detached(py, move || Ok(CheckpointSaver::with_host(&c, &host)?))?;
+        let inner = detached(py, move || {
+            Ok(CheckpointSaver::with_ranks(&c, &host, ranks)?)
+        })?;
         Ok(Saver {
             folder: inner.folder().to_path_buf(),
             inner: Mutex::new(inner),
             config,
             uploads,
+            ranks,
         })
+    }
+
+    /// True when every rank saves its own shard and global rank 0 commits each step.
+    #[getter]
+    fn sharded(&self) -> bool {
+        self.config.sharded
+    }
+
+    /// `(rank, world_size)` as this saver sees them.
+    #[getter]
+    fn ranks(&self) -> (u32, u32) {
+        (self.ranks.rank, self.ranks.world_size)
     }
 
     /// The local folder, rendered.
@@ -138,7 +165,7 @@ impl Saver {
         let ts = state::timestamp(timestamp)?;
         let vars = Vars {
             run_name: &self.config.run_name,
-            ranks: Ranks::from_env(),
+            ranks: self.ranks,
             timestamp: Some(&ts),
         };
         let local = |t: &Template| {
@@ -181,6 +208,7 @@ impl Saver {
         let t = state::training(state)?;
         let event = state::event(Some(event))?;
         let run_name = self.config.run_name.as_str();
+        let ranks = self.ranks;
         detached(py, move || {
             let training = TrainingState {
                 timestamp: t.timestamp,
@@ -188,7 +216,7 @@ impl Saver {
                 max_duration: t.max_duration,
                 dataloader_len: t.dataloader_len,
                 run_name,
-                ranks: Ranks::from_env(),
+                ranks,
                 metrics: &t.metrics,
             };
             Ok(self.lock()?.should_save(&training, event)?)
@@ -266,7 +294,10 @@ impl Saver {
             let mut saver = self.lock()?;
             let failed = match saver.check_uploads() {
                 Ok(()) => None,
-                Err(e @ cairn::Error::UploadsFailed(_)) => Some(e.to_string()),
+                Err(e @ cairn::Error::UploadsFailed(_)) => Some(("upload-failed", e.to_string())),
+                Err(e @ cairn::Error::StepsNotCommitted(_)) => {
+                    Some(("commit-failed", e.to_string()))
+                }
                 Err(e) => return Err(e.into()),
             };
             let mut out: Vec<(String, String)> = saver
@@ -274,7 +305,7 @@ impl Saver {
                 .into_iter()
                 .map(|w| ("warning".to_owned(), w))
                 .collect();
-            out.extend(failed.map(|f| ("upload-failed".to_owned(), f)));
+            out.extend(failed.map(|(kind, f)| (kind.to_owned(), f)));
             Ok(out)
         })
     }
@@ -312,12 +343,90 @@ impl Saver {
         }
     }
 
+    /// Sharded: find the newest committed step of this run and this rank's own shard of it (from
+    /// the folder when it matches the manifest, else downloaded); `(path, why)`, or `None` when
+    /// nothing of this run is committed. Call it before the first save. Not sharded: the
+    /// checkpoint `latest` names, else the newest that verifies, else the remote `latest`.
+    fn resume(&self, py: Python<'_>) -> PyResult<Option<(String, String)>> {
+        let found = detached(py, || Ok(self.lock()?.resume()?))?;
+        Ok(found.map(|point| (point.path.display().to_string(), point.reason.to_string())))
+    }
+
+    /// Global rank 0 of a sharded run: look at the records now (every rank's local record is in
+    /// place after a `torch.distributed` barrier) and wait at most `limit` seconds (`None`: until
+    /// every commit handed over so far has finished, each bounded by `commit_timeout_s`) for the
+    /// commits. What they came to so far: `{"committed": [step...], "failed": [(step, message)...],
+    /// "pending": n}`. Other ranks and non-sharded savers get an empty report at once.
+    #[pyo3(signature = (limit = None))]
+    fn wait_for_commits<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<f64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let limit = limit
+            .map(|s| {
+                Duration::try_from_secs_f64(s).map_err(|_| {
+                    PyValueError::new_err(format!(
+                        "limit={s}: expected a number of seconds, 0 or more"
+                    ))
+                })
+            })
+            .transpose()?;
+        let report = detached(py, || Ok(self.lock()?.wait_for_commits(limit)))?;
+        commit_report(py, &report)
+    }
+
     /// Download the checkpoint the remote `latest` pointer names into the local folder; its path,
     /// or `None` when there is no store, no pointer or nothing under it yet.
     fn download_remote_latest(&self, py: Python<'_>) -> PyResult<Option<String>> {
         let found = detached(py, || Ok(self.lock()?.download_remote_latest()?))?;
         Ok(found.map(|(_, path)| path.display().to_string()))
     }
+}
+
+/// The ranks the caller gave (from `torch.distributed`), with the launcher's local ones when it set
+/// them; else the launcher's environment.
+fn ranks(rank: Option<u32>, world_size: Option<u32>) -> PyResult<Ranks> {
+    let env = Ranks::from_env();
+    match (rank, world_size) {
+        (None, None) => Ok(env),
+        (Some(rank), Some(world_size)) if rank < world_size => {
+            // LOCAL_RANK and friends only name files ({local_rank}, {node_rank}); without a
+            // launcher every rank is taken to be on one node.
+            let launched = env.world_size == world_size && env.rank == rank;
+            Ok(if launched {
+                env
+            } else {
+                Ranks {
+                    rank,
+                    local_rank: rank,
+                    world_size,
+                    local_world_size: world_size,
+                    node_rank: 0,
+                }
+            })
+        }
+        (Some(rank), Some(world_size)) => Err(PyValueError::new_err(format!(
+            "rank={rank} is not below world_size={world_size}"
+        ))),
+        _ => Err(PyValueError::new_err(
+            "rank and world_size go together: give both (torch.distributed's get_rank() and get_world_size()) or neither",
+        )),
+    }
+}
+
+fn commit_report<'py>(py: Python<'py>, report: &CommitReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let committed: Vec<&str> = report.committed.iter().map(|c| c.step.as_str()).collect();
+    d.set_item("committed", committed)?;
+    let failed: Vec<(&str, &str)> = report
+        .failed
+        .iter()
+        .map(|f| (f.step.as_str(), f.message.as_str()))
+        .collect();
+    d.set_item("failed", failed)?;
+    d.set_item("pending", report.pending)?;
+    Ok(d)
 }
 
 fn paths(saver: &CheckpointSaver) -> Vec<String> {

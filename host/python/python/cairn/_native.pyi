@@ -80,7 +80,10 @@ class Saver:
     "remote_file_name": str | None, "latest_remote_file_name": str | None}`` (absent keys keep the
     config's). ``remote_url``: the store checkpoints are uploaded to; ``None`` uploads nothing
     (the Python side may then hand files to Composer's loggers, as Composer does), unless the
-    config's folder is itself a store URL.
+    config's folder is itself a store URL. ``rank`` and ``world_size`` (both or neither):
+    ``torch.distributed``'s, when the process group was not started by a launcher that set
+    ``RANK`` and ``WORLD_SIZE`` (which are read otherwise). ``run_name`` is the run's name on every
+    rank (a multi-rank run needs one, so ranks and resumes agree).
     """
 
     def __init__(
@@ -91,6 +94,8 @@ class Saver:
         local_folder: Optional[str] = None,
         names: Optional[dict[str, Optional[str]]] = None,
         remote_url: Optional[str] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
     ) -> None: ...
     @property
     def folder(self) -> str:
@@ -98,6 +103,13 @@ class Saver:
     @property
     def uploads(self) -> bool:
         """True when this saver uploads to a store itself."""
+    @property
+    def sharded(self) -> bool:
+        """``sharded = true``: every rank saves its own shard, and global rank 0 commits each step
+        (a manifest created once, create-only) before ``latest`` moves."""
+    @property
+    def ranks(self) -> tuple[int, int]:
+        """``(rank, world_size)`` as this saver sees them."""
     def render(
         self,
         which: Literal["filename", "latest_filename", "remote_file_name", "latest_remote_file_name"],
@@ -139,8 +151,10 @@ class Saver:
         """Apply ``num_checkpoints_to_keep`` now; returns the deleted paths."""
     def poll(self) -> list[tuple[str, str]]:
         """``(kind, message)`` for what happened since the last call: ``("warning", ...)`` (a glob that
-        matched nothing) and ``("upload-failed", ...)`` (an upload failed after its retries: the
-        Python layer raises it at the next ``batch_end``, as Composer does)."""
+        matched nothing), ``("upload-failed", ...)`` (an upload failed after its retries: the
+        Python layer raises it at the next ``batch_end``, as Composer does) and, sharded on global
+        rank 0, ``("commit-failed", ...)`` (a step was not committed within ``commit_timeout_s``,
+        naming the missing ranks). Both failures come as warnings with ``on_failure = "warn"``."""
     def saved_checkpoints(self) -> list[str]:
         """This run's checkpoints still on local disk, oldest first, as the paths given to ``save``."""
     def finish(self) -> Optional[dict[str, Any]]:
@@ -149,6 +163,17 @@ class Saver:
         upload failed."""
     def close(self) -> Optional[str]:
         """Like ``finish`` but never raises (Composer's ``post_close``): returns the problem, if any."""
+    def resume(self) -> Optional[tuple[str, str]]:
+        """``(path, why)`` of the checkpoint to continue from, or ``None``. Sharded: this rank's own
+        shard of the newest committed step of this run (from the folder when it matches the step's
+        manifest, else downloaded); a step saved by another world size is a ``ValueError`` (cairn does
+        not reshard). Call it before the first save."""
+    def wait_for_commits(self, limit: Optional[float] = None) -> dict[str, Any]:
+        """Sharded, global rank 0: look at the records now (after a ``torch.distributed`` collective
+        that follows every rank's save, each local record is in place) and wait at most ``limit``
+        seconds (``None``: until every commit handed over so far finished, each bounded by
+        ``commit_timeout_s``). ``{"committed": [step, ...], "failed": [(step, message), ...],
+        "pending": n}`` so far; other ranks and non-sharded savers get an empty report at once."""
     def download_remote_latest(self) -> Optional[str]:
         """Download the checkpoint the remote ``latest`` pointer names into the local folder."""
 

@@ -277,6 +277,11 @@ class CheckpointSaver(_ComposerCheckpointSaver):
                 "save_interval or ignore_keys: give a time string, a glob list or {'wasm': ...} instead"
             )
         resolved = self._config.checkpoint()
+        if resolved["sharded"]:
+            raise NotImplementedError(
+                "cairn.composer.CheckpointSaver writes Composer's monolithic checkpoints; sharded = true "
+                "(one shard per rank, committed by rank 0) is cairn.Saver's for now"
+            )
 
         # --- Composer's constructor (callbacks/checkpoint_saver.py:271-325), with cairn's values ---
         folder = str(resolved["folder"])

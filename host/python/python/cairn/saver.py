@@ -22,6 +22,18 @@ shaped like Composer's (``{'state': {...your entries..., 'timestamp', 'run_name'
 The state is passed as a callable so it is built only when a checkpoint is due. Tensor bytes are
 written from the tensors' memory with the GIL released; do not change the tensors while ``step`` or
 ``save`` runs (they return once every byte is written).
+
+Sharded (``sharded=True``, or ``[checkpoint] sharded = true``): every rank saves its own state under
+its own name (``filename`` with ``{rank}``), and global rank 0 commits each step once every rank's
+shard is in place; ``load()`` gives each rank its own shard of the newest committed step. Ranks are
+``torch.distributed``'s when a process group is initialised (else the launcher's ``RANK``,
+``WORLD_SIZE``); with a process group each save ends in a collective, so every rank must save at the
+same steps (they do: they share the clock and ``save_interval``).
+
+    dist.init_process_group("gloo")
+    saver = cairn.Saver(folder="ckpts", run_name="job-7", sharded=True, save_interval="100ba",
+                        max_duration="1000ba")
+    start = saver.load()                   # this rank's shard of the newest committed step
 """
 
 from __future__ import annotations
@@ -155,7 +167,17 @@ class Saver:
         self.max_duration = max_duration
         self.dataloader_len = dataloader_len
         self.rng = rng
-        self._native = native.Saver(self._config, run_name=self.run_name, remote_url=self._config.remote_url)
+        self.sharded = bool(resolved["sharded"])
+        self._dist = _process_group()
+        ranks = {} if self._dist is None else {"rank": self._dist.get_rank(), "world_size": self._dist.get_world_size()}
+        self._native = native.Saver(
+            self._config, run_name=self.run_name, remote_url=self._config.remote_url, **ranks
+        )
+        self.rank, self.world_size = self._native.ranks
+        if self.sharded and self._dist is not None and self.world_size > 1:
+            # Global rank 0's coordinator counts only records published after it started (older ones
+            # are an earlier attempt's): no rank may save before every saver exists.
+            self._dist.barrier()
         self._max = _parse_max_duration(max_duration) if max_duration is not None else None
         self.clock = Clock()
         self.previous: Optional[Clock] = None
@@ -193,6 +215,8 @@ class Saver:
         self._last_saved_batch = self.clock.batch
         name = self._native.render("filename", self.clock.as_tuple())
         self.history.append((name, self.clock.state_dict()))
+        collective = self.sharded and self._dist is not None and self.world_size > 1
+        error: Optional[BaseException] = None
         try:
             ckpt = self._checkpoint(state() if callable(state) else state)
             skeleton = _pickle.dumps(ckpt)
@@ -208,11 +232,34 @@ class Saver:
             finally:
                 if staged:
                     self._staging.release()
-        except BaseException:
+        except BaseException as e:
             self.history.pop()
-            raise
+            if not collective:
+                raise
+            error = e  # reach the collective first, so the other ranks do not hang
+        if collective:
+            self._all_saved(error is None)
+            if error is not None:
+                raise error
         self._warn(self._native.poll())
         return result.path
+
+    def _all_saved(self, saved: bool) -> None:
+        """Sharded, with a process group: wait for every rank's save (its shard and, without a store,
+        its record are in place once it returns) and learn whether all of them saved. Then global
+        rank 0 commits the step: without a store at once, the records being there (``latest`` has
+        moved when ``save`` returns); with one, its commit thread is woken and commits once every
+        upload is confirmed. When a rank failed, the step stays uncommitted (rank 0 reports it after
+        ``commit_timeout_s``) and that rank raises its error."""
+        import torch
+
+        device = torch.device("cpu")
+        if self._dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        flag = torch.tensor([1 if saved else 0], dtype=torch.int32, device=device)
+        self._dist.all_reduce(flag, op=self._dist.ReduceOp.MIN)
+        if self.rank == 0 and int(flag.item()) == 1:
+            self._native.wait_for_commits(0.0 if self._native.uploads else None)
 
     @property
     def done(self) -> bool:
@@ -224,8 +271,15 @@ class Saver:
         return self._native.saved_checkpoints()
 
     def close(self) -> None:
-        """Wait for uploads and the remote ``latest``; raises if an upload failed."""
+        """Wait for uploads and the remote ``latest`` (sharded, on global rank 0: for the commits);
+        raises if an upload failed or a step was not committed."""
         self._native.finish()
+
+    def commits(self) -> dict[str, Any]:
+        """Sharded, global rank 0: what its commits came to so far, ``{"committed": [step, ...],
+        "failed": [(step, message), ...], "pending": n}`` (a step is global rank 0's shard name).
+        Other ranks get an empty report."""
+        return self._native.wait_for_commits(0.0)
 
     def __enter__(self) -> "Saver":
         return self
@@ -239,7 +293,12 @@ class Saver:
     # ---- resume ----------------------------------------------------------------------------------
 
     def latest(self) -> Optional[str]:
-        """The checkpoint ``latest`` names: the local link, else the remote pointer (downloaded)."""
+        """The checkpoint ``latest`` names: the local link, else the remote pointer (downloaded).
+        Sharded: this rank's own shard of the newest committed step (downloaded when the folder does
+        not hold it as the step's manifest lists it)."""
+        if self.sharded:
+            found = self._native.resume()
+            return None if found is None else found[0]
         link = self._native.render("latest_filename", self.clock.as_tuple())
         if link is not None and os.path.exists(link):
             return link
@@ -325,9 +384,18 @@ class Saver:
         import warnings
 
         for kind, message in events:
-            if kind == "upload-exists":
-                raise FileExistsError(message)
+            if kind in ("upload-failed", "commit-failed"):  # [remote] on_failure = "fail"
+                raise RuntimeError(message)
             warnings.warn(message)
+
+
+def _process_group() -> Any:
+    """``torch.distributed`` when a process group is initialised, else ``None``."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
 
 
 @dataclass(frozen=True)
