@@ -11,7 +11,9 @@
 //! - `return(enospc)`: the call fails with `ENOSPC`, as on a full disk;
 //! - `return` (anything else): the call fails with an error naming the failpoint.
 //!
-//! Every failpoint of cairn is listed in [`NAMES`].
+//! Every failpoint of cairn is listed in [`NAMES`] (the save pipeline) or [`SHARDED`] (the commit
+//! protocol of sharded saves). With `FAILPOINTS_RANK=R` only the process whose `RANK` is `R` takes
+//! `FAILPOINTS`, so a test of `cairn run --world-size N` can fail one rank.
 
 /// Exit status of a process killed by `return(abort)`.
 pub const DIED: i32 = 86;
@@ -24,6 +26,15 @@ pub const NAMES: [&str; 6] = [
     "latest::before-rename",
     "upload::before-pointer",
     "rotate::before-delete",
+];
+
+/// The failpoints of sharded saves, in the order a step reaches them: a rank between its durable
+/// shard (confirmed upload, with a store) and its record; global rank 0 with every record in place,
+/// before the manifest; after the manifest, before `latest` moves.
+pub const SHARDED: [&str; 3] = [
+    "sharded::before-record",
+    "sharded::before-manifest",
+    "sharded::before-latest",
 ];
 
 /// The failure a `return` action asks for at failpoint `name`: dies for `abort`, else the error.
@@ -71,16 +82,25 @@ macro_rules! failpoint {
 /// `failpoints` feature it does nothing. The returned guard keeps the configuration until dropped.
 #[must_use = "the failpoints stay configured only while the guard lives"]
 pub fn setup_from_env() -> Guard {
-    Guard {
-        #[cfg(feature = "failpoints")]
-        _scenario: fail::FailScenario::setup(),
+    #[cfg(feature = "failpoints")]
+    {
+        let rank = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned());
+        let this_rank = match rank("FAILPOINTS_RANK") {
+            Some(wanted) => rank("RANK").unwrap_or_else(|| "0".to_owned()) == wanted,
+            None => true,
+        };
+        Guard {
+            _scenario: this_rank.then(fail::FailScenario::setup),
+        }
     }
+    #[cfg(not(feature = "failpoints"))]
+    Guard {}
 }
 
 /// Keeps the failpoints read by [`setup_from_env`] configured.
 pub struct Guard {
     #[cfg(feature = "failpoints")]
-    _scenario: fail::FailScenario<'static>,
+    _scenario: Option<fail::FailScenario<'static>>,
 }
 
 #[cfg(test)]

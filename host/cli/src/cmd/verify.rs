@@ -7,13 +7,17 @@
 //! on disk) holds the checkpoint's key relative to the store's root instead, and is resolved as
 //! the store resolves it. A sharded step (a `<step>.commit` folder) is sound when its manifest is
 //! there and every shard it lists is found with its size and CRC-64/NVME and verifies; a step
-//! without a manifest is reported as uncommitted, naming the ranks whose records are there.
+//! without a manifest is reported as uncommitted, naming the ranks whose records are there. In a
+//! folder of sharded steps (one with a `.commit` folder), a checkpoint that no manifest there
+//! lists is reported too: a shard of a step that never committed, even one whose rank died before
+//! any record of it was published.
 //! Sound files print one `ok` line on stdout; each problem prints one line
 //! on stderr, and any problem makes the exit status non-zero. A file is read by its content (a
 //! compressed file under a `.pt` name verifies, with a note on stderr that the name disagrees).
 //! If stdout is closed early (`cairn verify DIR | head -1`), checking goes on and the exit
 //! status still says whether every file was sound.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -116,6 +120,7 @@ fn verify_folder(dir: &Path, depth: usize, check: &mut Check) -> usize {
     };
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
+    let committed = committed_shards(&paths);
     let mut found = 0;
     for path in paths {
         let name = path
@@ -138,7 +143,17 @@ fn verify_folder(dir: &Path, depth: usize, check: &mut Check) -> usize {
             found += verify_folder(&path, depth + 1, check);
         } else if meta.is_file() && is_checkpoint_name(&name) {
             found += 1;
-            verify_file(&path, check);
+            match &committed {
+                Some(listed) if !listed.contains(&canonical(&path)) => {
+                    check.problems.push(format!(
+                        "{} is listed by no commit manifest beside it: a shard of a step that never committed (no reader trusts it)",
+                        path.display()
+                    ));
+                }
+                _ => {
+                    verify_file(&path, check);
+                }
+            }
         }
     }
     if found == 0 && depth == 0 {
@@ -147,6 +162,41 @@ fn verify_folder(dir: &Path, depth: usize, check: &mut Check) -> usize {
             .push(format!("{} holds no checkpoint files", dir.display()));
     }
     found
+}
+
+/// In a folder of sharded steps (`paths` has a `<step>.commit` folder): every file some manifest
+/// there lists, wherever it is. `None` elsewhere.
+fn committed_shards(paths: &[PathBuf]) -> Option<HashSet<PathBuf>> {
+    let mut listed = HashSet::new();
+    let mut sharded = false;
+    for commit in paths {
+        let is_step = commit
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(COMMIT_SUFFIX));
+        if !is_step || !commit.is_dir() {
+            continue;
+        }
+        sharded = true;
+        let Some(dir) = commit.parent() else { continue };
+        let Ok(bytes) = std::fs::read(commit.join(MANIFEST_NAME)) else {
+            continue;
+        };
+        let Ok(manifest) = Manifest::parse(&bytes) else {
+            continue;
+        };
+        listed.extend(
+            manifest
+                .shards
+                .iter()
+                .filter_map(|shard| locate_shard(dir, shard))
+                .map(|p| canonical(&p)),
+        );
+    }
+    sharded.then_some(listed)
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A `latest` entry must name an existing, complete checkpoint.

@@ -304,3 +304,170 @@ fn a_full_disk_gives_one_line_and_keeps_earlier_checkpoints() {
         Path::new("ep0-ba1-rank0.pt")
     );
 }
+
+/// Where a sharded job's steps are committed.
+#[derive(Clone, Copy, Debug)]
+enum StepStore {
+    /// The checkpoint folder the ranks share (the record is published once the shard is durable).
+    Folder,
+    /// A `file://` store (the record is published once the upload is confirmed).
+    Remote,
+}
+
+/// Two ranks saving every batch, sharded, committed in `store`.
+fn sharded_config(dir: &Path, store: StepStore) -> String {
+    let path = dir.join("sharded.toml");
+    let (checkpoint, remote) = match store {
+        StepStore::Folder => ("remote_file_name = false\n", ""),
+        StepStore::Remote => ("", "[remote]\nurl = \"file://./remote\"\n"),
+    };
+    let text = format!(
+        "run_name = \"sh\"\n[checkpoint]\nfolder = \"ck\"\nsave_interval = \"1ba\"\nsharded = true\ncommit_timeout_s = 5\n{checkpoint}{remote}[train]\nmax_duration = \"6ba\"\nbatches_per_epoch = 100\nseconds_per_batch = 0.02\nmodel_mib = 0.25\n"
+    );
+    fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Issue 15: rank 1 dies (or its save fails) between its durable shard — written, or uploaded and
+/// confirmed — and its record, at the third step. That step is never committed (rank 0 waits for a
+/// record that never comes; the launcher stops it), `latest` names only a committed step, `cairn
+/// verify` reports the shard no manifest lists, and `--resume` continues every rank from its own
+/// shard of the newest committed step, after which every step is committed.
+fn rank_stops_before_its_record(store: StepStore, die: bool) {
+    let what = format!("{store:?}, rank 1 {}", if die { "dies" } else { "fails" });
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = sharded_config(d, store);
+    let action = if die { "return(abort)" } else { "return" };
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .current_dir(d)
+        .env(
+            "FAILPOINTS",
+            format!("sharded::before-record=2*off->{action}"),
+        )
+        .env("FAILPOINTS_RANK", "1")
+        .args(["run", "--world-size", "2", "--config", &config])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: the run went on: {stderr}");
+    if !die {
+        assert!(
+            stderr.contains("injected failure at failpoint sharded::before-record"),
+            "{what}: {stderr}"
+        );
+    }
+    let ck = d.join("ck");
+    let (root, shard_of) = match store {
+        StepStore::Folder => (ck.clone(), ck.join("ep0-ba3-rank1.pt")),
+        StepStore::Remote => {
+            let root = d.join("remote/sh/checkpoints");
+            let object = root.join("ep0-ba3-rank1.pt");
+            (root, object)
+        }
+    };
+    // Rank 1's third shard is in place, and no step from the third on is committed.
+    assert!(
+        shard_of.is_file(),
+        "{what}: {} is missing",
+        shard_of.display()
+    );
+    // Objects are named from the store's root.
+    let store_root = d.join("remote");
+    let locate = |s: &cairn::sharded::ShardRecord| match s.object.as_deref() {
+        Some(object) => store_root.join(object),
+        None => ck.join(&s.file),
+    };
+    let steps = crate::sharded::committed(&root, locate);
+    let newest = steps.last().map(|m| m.batch);
+    assert!(
+        steps.iter().all(|m| m.batch < 3),
+        "{what}: committed {:?}",
+        steps.iter().map(|m| m.batch).collect::<Vec<_>>()
+    );
+    let latest = cairn::resolve_latest(&ck.join("latest-rank0.pt")).unwrap();
+    assert_eq!(
+        latest,
+        newest.map(|b| ck.join(format!("ep0-ba{b}-rank0.pt"))),
+        "{what}"
+    );
+    if let StepStore::Remote = store {
+        let pointer = fs::read_to_string(root.join("latest-rank0.pt.symlink")).ok();
+        assert_eq!(
+            pointer,
+            newest.map(|b| format!("sh/checkpoints/ep0-ba{b}-rank0.pt")),
+            "{what}"
+        );
+    }
+    let verify = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["verify", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success(), "{what}: verify found nothing");
+    assert!(
+        report.contains(&format!(
+            "{} is listed by no commit manifest beside it: a shard of a step that never committed",
+            shard_of.display()
+        )),
+        "{what}: {report}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .current_dir(d)
+        .env_remove("FAILPOINTS")
+        .args([
+            "run",
+            "--world-size",
+            "2",
+            "--resume",
+            "--json",
+            "--config",
+            &config,
+        ])
+        .output()
+        .unwrap();
+    let run = cairn_testkit::success_json(&out);
+    for (rank, summary) in run["ranks"].as_array().unwrap().iter().enumerate() {
+        match newest {
+            Some(batch) => {
+                let from = summary["resumed_from"].as_str().unwrap_or("-");
+                assert!(
+                    from.ends_with(&format!("ep0-ba{batch}-rank{rank}.pt")),
+                    "{what}: rank {rank} resumed from {from}, not from step {batch}"
+                );
+            }
+            None => assert!(summary["resumed_from"].is_null(), "{what}: {summary}"),
+        }
+        assert_eq!(summary["batches"], 6 - newest.unwrap_or(0), "{what}");
+    }
+    let steps = crate::sharded::committed(&root, locate);
+    assert_eq!(
+        steps.iter().map(|m| m.batch).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6],
+        "{what}"
+    );
+    let verify = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["verify", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[test]
+fn a_rank_dying_before_its_shard_record_leaves_the_step_uncommitted() {
+    for store in [StepStore::Folder, StepStore::Remote] {
+        rank_stops_before_its_record(store, true);
+    }
+}
+
+#[test]
+fn a_rank_failing_before_its_shard_record_leaves_the_step_uncommitted() {
+    for store in [StepStore::Folder, StepStore::Remote] {
+        rank_stops_before_its_record(store, false);
+    }
+}

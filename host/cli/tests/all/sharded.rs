@@ -46,7 +46,7 @@ fn cairn(dir: &Path, env: &[(String, String)], args: &[&str]) -> (bool, serde_js
 
 /// Every committed step under `root` (its manifests, by batch) with each shard checked against
 /// its manifest where `locate` finds it.
-fn committed(
+pub(crate) fn committed(
     root: &Path,
     locate: impl Fn(&cairn::sharded::ShardRecord) -> PathBuf,
 ) -> Vec<Manifest> {

@@ -366,6 +366,10 @@ impl Uploader {
                 .map_err(|e| (name.clone(), e.to_string()))?;
             let bytes = confirmed.bytes;
             if let Some(record) = record {
+                cairn_format::failpoint!("sharded::before-record", |e: std::io::Error| (
+                    name.clone(),
+                    e.to_string()
+                ));
                 let published = timeout_at(
                     deadline,
                     crate::sharded::publish_confirmed(&store, record, confirmed.e_tag),
