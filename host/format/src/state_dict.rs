@@ -203,6 +203,46 @@ impl Value {
         }
         Some(node)
     }
+
+    /// Call `f` on every tensor of the tree, wherever it sits (dict values and `BUILD` state,
+    /// list and tuple items, the arguments, state and items of an [`Object`]), so a caller can
+    /// re-point storages, as a save behind training does when it copies them into staging.
+    pub fn for_each_tensor_mut(&mut self, f: &mut dyn FnMut(&mut Tensor)) {
+        match self {
+            Value::Tensor(t) => f(t),
+            Value::Dict(d) => {
+                d.entries
+                    .values_mut()
+                    .for_each(|v| v.for_each_tensor_mut(f));
+                if let Some(s) = &mut d.state {
+                    s.for_each_tensor_mut(f);
+                }
+            }
+            Value::List(items) | Value::Tuple(items) => {
+                items.iter_mut().for_each(|v| v.for_each_tensor_mut(f));
+            }
+            Value::Object(o) => {
+                if let Construct::Reduce(args) | Construct::NewObj(args) = &mut o.construct {
+                    args.iter_mut().for_each(|v| v.for_each_tensor_mut(f));
+                }
+                o.state
+                    .iter_mut()
+                    .chain(&mut o.list_items)
+                    .for_each(|v| v.for_each_tensor_mut(f));
+                for (k, v) in &mut o.dict_items {
+                    k.for_each_tensor_mut(f);
+                    v.for_each_tensor_mut(f);
+                }
+            }
+            Value::Int(_)
+            | Value::BigInt(_)
+            | Value::Float(_)
+            | Value::Bool(_)
+            | Value::Str(_)
+            | Value::Bytes(_)
+            | Value::None => {}
+        }
+    }
 }
 
 impl From<Dict> for Value {
@@ -518,6 +558,35 @@ mod tests {
         t.shape = vec![1];
         t.stride = vec![1];
         assert_eq!(&t.contiguous_bytes().unwrap()[..], &2.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn every_tensor_is_visited_wherever_it_sits() {
+        let t = || Value::Tensor(Tensor::from_f32(vec![1], &[1.0]));
+        let object = Object {
+            module: "m".into(),
+            name: "n".into(),
+            construct: Construct::Reduce(vec![t()]),
+            state: Some(t()),
+            list_items: vec![t()],
+            dict_items: vec![(Value::from("k"), t())],
+        };
+        let mut dict = Dict::new().with("a", t());
+        dict.state = Some(Box::new(t()));
+        let mut tree = Value::List(vec![
+            Value::Dict(dict),
+            Value::Tuple(vec![t(), Value::Int(3)]),
+            Value::Object(Box::new(object)),
+        ]);
+        let mut seen = 0;
+        tree.for_each_tensor_mut(&mut |t| {
+            t.requires_grad = true;
+            seen += 1;
+        });
+        assert_eq!(seen, 7);
+        let mut all = true;
+        crate::count_tensors(&tree, &mut |t| all &= t.requires_grad);
+        assert!(all);
     }
 
     #[test]
