@@ -15,7 +15,9 @@
 //! # Ok::<(), cairn::Error>(())
 //! ```
 
+mod background;
 mod checkpoint;
+mod commit;
 pub mod config;
 mod error;
 mod gate;
@@ -32,6 +34,7 @@ pub use cairn_format as format;
 pub use cairn_format::failpoints;
 pub use cairn_policy as policy;
 
+pub use background::pool::{StagingPool, StagingStats, TooLarge};
 pub use checkpoint::{
     Snapshot, build as build_checkpoint, read_history, read_timestamp, restore_state_key, timedelta,
 };
@@ -40,5 +43,5 @@ pub use error::{Error, Result, SnapshotError};
 pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
 pub use resume::{ResumePoint, ResumeReason};
-pub use saver::{CheckpointSaver, SavedCheckpoint};
+pub use saver::{CheckpointSaver, SavedCheckpoint, StagedCheckpoint, Taken};
 pub use template::{Template, TemplateError, Var, Vars};

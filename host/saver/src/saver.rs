@@ -38,31 +38,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashSet;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_format::CheckpointFormat;
-use cairn_format::durable::{self, Replace};
+use cairn_format::durable;
 use cairn_policy::{
     Event, Filtered, IgnoreGlobs, IntervalScheduler, KeyFilter, PolicyHost, PolicyStats, Ranks,
     RunInfo, SavePolicy, StatsHandle, Timestamp, TrainingState,
 };
 
+use crate::background::Writer;
+use crate::background::pool::{StagingPool, StagingStats};
 use crate::checkpoint::{self, Snapshot, restore_state_key};
+use crate::commit::{Committer, Naming, Outcome, RemoteNames, WriteJob};
 use crate::config::{Config, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec};
 use crate::error::{Error, Result, SnapshotError};
 use crate::gate::Schedule;
+use crate::local::scan;
 use crate::local::staging::Staging;
-use crate::local::{latest, scan};
-use crate::remote::{
-    RemoteStore, UploadFailure, UploadJob, UploadOptions, UploadReport, UploadStatus, Uploader,
-};
+use crate::remote::{RemoteStore, UploadFailure, UploadOptions, UploadReport, Uploader};
 use crate::resume::{self, ResumePoint, ResumeReason};
 use crate::role::Role;
-use crate::template::{Template, Vars};
+use crate::template::Vars;
 
 /// A checkpoint this saver wrote.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,57 +75,108 @@ pub struct SavedCheckpoint {
     pub path: PathBuf,
     /// Its size on disk.
     pub bytes: u64,
-    /// Seconds from the decision to save to the durable rename (snapshot, filter, write, fsync).
+    /// Seconds from the decision to save (after any wait for the previous save) until it was
+    /// durable, `latest` named it and its upload was queued: snapshot, filter, write, fsync.
     pub seconds: f64,
+    /// Seconds the training thread was held by this save: all of it for a synchronous save; for
+    /// one written behind training, any wait for the previous save plus the snapshot.
+    pub blocked_seconds: f64,
+    /// The part of `blocked_seconds` spent waiting for the previous save to be written.
+    pub waited_seconds: f64,
+}
+
+/// A save taken at a checkpoint event, as training gets it back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Taken {
+    /// Written before the call returned (`async_save = false`, or a state over the staging
+    /// budget).
+    Written(SavedCheckpoint),
+    /// Copied into staging buffers and being written behind training. Once it is durable,
+    /// [`CheckpointSaver::take_completed`] reports it as a [`SavedCheckpoint`]; if it fails, the
+    /// next call into the saver returns [`Error::WrittenBehind`].
+    Staged(StagedCheckpoint),
+}
+
+impl Taken {
+    /// Where the checkpoint goes.
+    pub fn path(&self) -> &Path {
+        match self {
+            Taken::Written(s) => &s.path,
+            Taken::Staged(s) => &s.path,
+        }
+    }
+
+    /// Seconds the training thread was held by this save.
+    pub fn blocked_seconds(&self) -> f64 {
+        match self {
+            Taken::Written(s) => s.blocked_seconds,
+            Taken::Staged(s) => s.blocked_seconds,
+        }
+    }
+
+    /// The checkpoint, when it was written before the call returned.
+    pub fn written(&self) -> Option<&SavedCheckpoint> {
+        match self {
+            Taken::Written(s) => Some(s),
+            Taken::Staged(_) => None,
+        }
+    }
+}
+
+/// A save being written behind training (`async_save`): what training knows of it when the
+/// call returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StagedCheckpoint {
+    /// When it was taken.
+    pub timestamp: Timestamp,
+    /// The event that took it.
+    pub event: Event,
+    /// Where it goes.
+    pub path: PathBuf,
+    /// Seconds the training thread was held: any wait for the previous save, the snapshot, the
+    /// filter and the copy into staging.
+    pub blocked_seconds: f64,
+    /// The part of `blocked_seconds` spent waiting for the previous save to be written.
+    pub waited_seconds: f64,
+    /// Tensor bytes copied into staging.
+    pub staged_bytes: u64,
+    /// Seconds the copy took: `staged_bytes / copy_seconds` is the memory bandwidth the snapshot
+    /// got.
+    pub copy_seconds: f64,
 }
 
 /// Composer's `CheckpointSaver`.
 pub struct CheckpointSaver {
-    run_name: String,
-    ranks: Ranks,
+    naming: Naming,
     role: Role,
-    folder: PathBuf,
     /// The local staging folder of a `folder` given as a URL; removed when the saver closes.
     staging: Option<Staging>,
-    filename: Template,
-    format: CheckpointFormat,
-    latest_filename: Option<Template>,
-    overwrite: bool,
-    num_checkpoints_to_keep: i64,
     weights_only: bool,
+    overwrite: bool,
     schedule: Schedule,
     filter: Option<Box<dyn KeyFilter>>,
     history: Vec<(String, Timestamp)>,
     saved: Vec<SavedCheckpoint>,
+    /// Saves finished behind training that [`CheckpointSaver::take_completed`] has not returned.
+    completed: Vec<SavedCheckpoint>,
+    /// The save in flight behind training, written by the [`Committer`] it holds: the next save
+    /// waits for it.
+    writer: Writer,
+    /// `async_save`: the staging buffers (`None`: every save is written before it returns).
+    pool: Option<StagingPool>,
+    /// Whether the saver already said that a state over the budget is saved synchronously.
+    warned_over_budget: bool,
     warnings: Vec<String>,
-    remote: Option<RemoteHalf>,
+    /// The uploads, shared with the committer, which queues them.
+    uploader: Option<Arc<Uploader>>,
     /// Accounting of each WebAssembly policy (calls, fuel, time, peak memory, errors).
     policy_stats: Vec<(String, StatsHandle)>,
-    /// Local files whose upload failed: with `num_checkpoints_to_keep = 0` they are the only copy.
-    failed_uploads: HashSet<PathBuf>,
     /// Uploads that failed since the current `fit_start`: `fit_end` returns them as an error.
     fit_failures: Vec<UploadFailure>,
     on_upload_failure: OnUploadFailure,
     /// How long `close` gives uploads still in flight.
     upload_timeout: Duration,
     closed: bool,
-}
-
-/// What [`CheckpointSaver::write`] did.
-enum Written {
-    /// The checkpoint is durable; its size.
-    Bytes(u64),
-    /// The filter's `on_error = "skip"` kept it from being written; why.
-    Skipped(String),
-}
-
-/// The remote half of a saver: every checkpoint is uploaded as `remote_file_name`, and the
-/// remote `latest` pointer moves only after the object it names is confirmed.
-struct RemoteHalf {
-    uploader: Uploader,
-    remote_file_name: Template,
-    latest_remote_file_name: Option<Template>,
-    sequence: u64,
 }
 
 impl CheckpointSaver {
@@ -145,12 +196,22 @@ impl CheckpointSaver {
             });
         }
         let role = Role::non_sharded(ranks);
-        let vars = Vars {
-            run_name: &config.run_name,
+        let naming = Naming {
+            run_name: config.run_name.clone(),
             ranks,
-            timestamp: None,
+            folder: PathBuf::new(),
+            filename: config.filename.clone(),
+            latest_filename: config.latest_filename.clone(),
         };
-        let place = Place::of(&config.folder.render(&vars), &config.remote_url, role)?;
+        let place = Place::of(
+            &config.folder.render(&naming.vars(None)),
+            &config.remote_url,
+            role,
+        )?;
+        let naming = Naming {
+            folder: place.folder,
+            ..naming
+        };
         let format = CheckpointFormat::from_name(config.filename.source())?;
         let run = RunInfo {
             run_name: config.run_name.clone(),
@@ -170,8 +231,8 @@ impl CheckpointSaver {
                     overwrite: config.overwrite,
                     ..UploadOptions::default()
                 };
-                Some(RemoteHalf {
-                    uploader: Uploader::new(store, options)?,
+                Some(RemoteNames {
+                    uploader: Arc::new(Uploader::new(store, options)?),
                     remote_file_name: name.clone(),
                     latest_remote_file_name: config.latest_remote_file_name.clone(),
                     sequence: 0,
@@ -179,42 +240,74 @@ impl CheckpointSaver {
             }
             _ => None,
         };
-        Ok(CheckpointSaver {
-            policy_stats,
-            remote,
-            failed_uploads: HashSet::new(),
-            fit_failures: Vec::new(),
-            on_upload_failure: config.on_upload_failure,
-            upload_timeout,
-            closed: false,
-            run_name: config.run_name.clone(),
-            ranks,
-            role,
-            folder: place.folder,
-            staging: place.staging,
-            filename: config.filename.clone(),
+        let uploader = remote.as_ref().map(|r| Arc::clone(&r.uploader));
+        let committer = Committer {
+            naming: naming.clone(),
             format,
-            latest_filename: config.latest_filename.clone(),
             overwrite: config.overwrite,
             num_checkpoints_to_keep: config.num_checkpoints_to_keep,
+            remote,
+            failed_uploads: Default::default(),
+            newest: None,
+        };
+        let pool = config.async_save.then(|| {
+            let budget = config
+                .staging_budget_mib
+                .map_or_else(|| default_staging_budget(ranks), |mib| mib << 20);
+            StagingPool::new(budget)
+        });
+        Ok(CheckpointSaver {
+            naming,
+            role,
+            staging: place.staging,
             weights_only: config.weights_only,
+            overwrite: config.overwrite,
             schedule: Schedule::new(policy),
             filter,
             history: Vec::new(),
             saved: Vec::new(),
+            completed: Vec::new(),
+            writer: Writer::Idle(Box::new(committer)),
+            pool,
+            warned_over_budget: false,
             warnings: Vec::new(),
+            uploader,
+            policy_stats,
+            fit_failures: Vec::new(),
+            on_upload_failure: config.on_upload_failure,
+            upload_timeout,
+            closed: false,
         })
     }
 
     /// The local folder checkpoints go to.
     pub fn folder(&self) -> &Path {
-        &self.folder
+        &self.naming.folder
     }
 
     /// Checkpoints this process wrote and still keeps, oldest first (Composer's
-    /// `saved_checkpoints`, with their timestamps).
+    /// `saved_checkpoints`, with their timestamps). A save behind training joins the list once
+    /// it is durable and a later call into the saver noticed ([`CheckpointSaver::flush`] waits
+    /// for it).
     pub fn saved_checkpoints(&self) -> &[SavedCheckpoint] {
         &self.saved
+    }
+
+    /// Saves written behind training that finished since the last call, in save order (a
+    /// synchronous save is returned by the call that took it instead): with the returned
+    /// [`Taken::Staged`], each save is reported once, as taken and as written.
+    pub fn take_completed(&mut self) -> Vec<SavedCheckpoint> {
+        std::mem::take(&mut self.completed)
+    }
+
+    /// Whether saves are written behind training (`async_save`).
+    pub fn is_async(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// What staging has done so far; `None` without `async_save`.
+    pub fn staging_stats(&self) -> Option<StagingStats> {
+        self.pool.as_ref().map(StagingPool::stats)
     }
 
     /// Every checkpoint of this run so far, persisted in each checkpoint (Composer's
@@ -251,32 +344,7 @@ impl CheckpointSaver {
     /// `latest_filename` with time variables names a new link at each save, as in Composer.
     pub fn latest_path(&self) -> Option<PathBuf> {
         let newest = self.saved.last().map(|s| &s.timestamp);
-        self.latest_link(&self.vars(newest))
-    }
-
-    /// The `latest` link a save at `vars`' timestamp moves (the leading `/` stripped, as Composer
-    /// does). `None` without a `latest_filename`, or when it has time variables and `vars` no
-    /// timestamp.
-    fn latest_link(&self, vars: &Vars<'_>) -> Option<PathBuf> {
-        let t = self.latest_filename.as_ref()?;
-        if vars.timestamp.is_none() && !t.is_constant_in_time() {
-            return None;
-        }
-        Some(self.folder.join(t.render(vars).trim_start_matches('/')))
-    }
-
-    /// The checkpoints the folder holds under this saver's filename template, oldest first.
-    fn scan(&self) -> Result<Vec<scan::Found>> {
-        scan::checkpoints(&self.folder, &self.filename, &self.vars(None))
-            .map_err(Error::io("list", &self.folder))
-    }
-
-    fn vars<'a>(&'a self, ts: Option<&'a Timestamp>) -> Vars<'a> {
-        Vars {
-            run_name: &self.run_name,
-            ranks: self.ranks,
-            timestamp: ts,
-        }
+        self.naming.latest_link(&self.naming.vars(newest))
     }
 
     fn ensure_open(&self) -> Result<()> {
@@ -286,36 +354,52 @@ impl CheckpointSaver {
         Ok(())
     }
 
+    /// With `async_save`, allocate the staging buffers for storages of these byte sizes now and
+    /// touch their pages, so the first save does not pay for that (on this project's VM, a
+    /// first copy into fresh memory was 3–6 times slower than into reused memory). Call it
+    /// before training; the buffers still grow if a state needs more. A state over the budget
+    /// gets a warning, and its saves are written synchronously. Without `async_save`, nothing.
+    pub fn reserve_staging(&mut self, sizes: impl IntoIterator<Item = u64>) -> Result<()> {
+        self.flush()?;
+        let Some(pool) = &mut self.pool else {
+            return Ok(());
+        };
+        if let Err(over) = pool.reserve(sizes) {
+            self.warn_over_budget(over.need, over.budget, None);
+        }
+        Ok(())
+    }
+
     /// `FIT_START`: create the folder, remove a crashed run's temporary files, and (unless
     /// `overwrite`) refuse a folder holding checkpoints from this run's future (§12). Ranks other
     /// than 0 only read: the folder may be shared, and its temporary files may be rank 0's.
     pub fn fit_start(&mut self, now: &Timestamp) -> Result<()> {
         self.ensure_open()?;
+        // A save still in flight has a temporary file the clean-up would take for a leftover.
+        self.flush()?;
         self.fit_failures.clear();
+        let folder = &self.naming.folder;
         if self.role == Role::Writer {
-            fs::create_dir_all(&self.folder)
-                .map_err(Error::io("create the checkpoint folder", &self.folder))?;
-            durable::remove_leftovers(&self.folder).map_err(Error::io("clean", &self.folder))?;
+            fs::create_dir_all(folder)
+                .map_err(Error::io("create the checkpoint folder", folder))?;
+            durable::remove_leftovers(folder).map_err(Error::io("clean", folder))?;
         }
-        if let Some(remote) = &self.remote {
+        if let Some(uploader) = &self.uploader {
             // Bad credentials or a missing bucket fail now, not after the first checkpoint.
-            remote
-                .uploader
-                .store()
-                .check_access(Duration::from_secs(30))?;
+            uploader.store().check_access(Duration::from_secs(30))?;
         }
         if !self.overwrite {
-            let found = self.scan()?;
+            let found = self.naming.scan()?;
             match scan::future_conflict(&found, now) {
                 Ok(None) => {}
                 Ok(Some(path)) => return Err(Error::FutureCheckpoint { path }),
                 Err(e) => {
                     return Err(Error::Io {
                         action: "compare the checkpoints of",
-                        path: self.folder.clone(),
+                        path: folder.clone(),
                         source: std::io::Error::other(format!(
                             "checkpoint.filename '{}': {e}",
-                            self.filename
+                            self.naming.filename
                         )),
                     });
                 }
@@ -325,14 +409,19 @@ impl CheckpointSaver {
     }
 
     /// A checkpoint event: ask the policy and, when a save is due, take the snapshot and save.
-    /// `snapshot` runs only when a checkpoint is written.
+    /// `snapshot` runs only when a checkpoint is written. A save behind training that failed
+    /// since the last call is returned first (as [`Error::WrittenBehind`]), before the policy is
+    /// asked, as are failed uploads with `on_failure = "fail"`.
     pub fn on_event(
         &mut self,
         state: &TrainingState<'_>,
         event: Event,
         snapshot: impl FnOnce() -> Result<Snapshot, SnapshotError>,
-    ) -> Result<Option<SavedCheckpoint>> {
+    ) -> Result<Option<Taken>> {
         self.ensure_open()?;
+        if !self.writer.is_writing() {
+            self.flush()?;
+        }
         self.check_uploads()?;
         if !self.schedule.should_save(state, event)? {
             return Ok(None);
@@ -345,27 +434,33 @@ impl CheckpointSaver {
     /// "skip"` refused to let an unfiltered checkpoint be written (a warning says so), and on
     /// ranks other than 0, which run `snapshot` (building a state dict is collective in PyTorch,
     /// so a rank that skipped it would leave rank 0 waiting) and write nothing.
+    ///
+    /// With `async_save`, a save first waits for the one in flight (one at a time, so saves and
+    /// `latest` stay in order; if that one failed, its error is returned and this save is not
+    /// taken), then copies the snapshot's tensors into staging and returns [`Taken::Staged`]
+    /// while a writer thread does the rest.
     pub fn save(
         &mut self,
         timestamp: &Timestamp,
         event: Event,
         snapshot: impl FnOnce() -> Result<Snapshot, SnapshotError>,
-    ) -> Result<Option<SavedCheckpoint>> {
+    ) -> Result<Option<Taken>> {
         self.ensure_open()?;
+        let began = Instant::now();
+        self.flush()?;
+        let waited = began.elapsed();
         let started = Instant::now();
         self.schedule.saved_at(timestamp.batch);
-        let name = self.filename.render(&self.vars(Some(timestamp)));
-        let path = self.folder.join(name.trim_start_matches('/'));
+        let path = self.naming.checkpoint_path(timestamp);
         self.history
             .push((path.to_string_lossy().into_owned(), *timestamp));
         if self.role == Role::Follower {
             snapshot().map_err(Error::Snapshot)?;
             return Ok(None);
         }
-        let result = self.write(&path, timestamp, snapshot);
-        let bytes = match result {
-            Ok(Written::Bytes(bytes)) => bytes,
-            Ok(Written::Skipped(why)) => {
+        let tree = match self.snapshot(timestamp, snapshot) {
+            Ok(Filtered::Keep(tree)) => tree,
+            Ok(Filtered::Skip(why)) => {
                 self.history.pop();
                 self.warnings.push(format!(
                     "{} was not saved: {why} (on_error = \"skip\"; the previous checkpoint stays latest)",
@@ -378,66 +473,159 @@ impl CheckpointSaver {
                 return Err(e);
             }
         };
-        if self.num_checkpoints_to_keep != 0
-            && let Some(link) = self.latest_link(&self.vars(Some(timestamp)))
-        {
-            latest::swap(&link, &path).map_err(Error::io("move the latest pointer", &link))?;
-        }
-        self.upload(&path, timestamp)?;
-        let saved = SavedCheckpoint {
+        let job = WriteJob {
+            path,
+            timestamp: *timestamp,
+            tree,
+            started,
+        };
+        let mut pending = Pending {
             timestamp: *timestamp,
             event,
-            path,
-            bytes,
-            seconds: started.elapsed().as_secs_f64(),
+            path: job.path.clone(),
+            blocked_seconds: 0.0,
+            waited_seconds: waited.as_secs_f64(),
         };
-        self.saved.push(saved.clone());
-        self.rotate()?;
-        Ok(Some(saved))
+        let job = match self.stage(job) {
+            Staged::Copied(job, staged_bytes, copy_seconds) => {
+                pending.blocked_seconds = began.elapsed().as_secs_f64();
+                let taken = pending.staged(staged_bytes, copy_seconds);
+                if let Err(e) = self.writer.start(job, pending) {
+                    self.history.pop();
+                    return Err(e);
+                }
+                return Ok(Some(Taken::Staged(taken)));
+            }
+            Staged::Synchronous(job) => job,
+        };
+        let outcome = self.writer.idle()?.save(job);
+        let saved = self.settle(pending, outcome, Some(began))?;
+        Ok(saved.map(Taken::Written))
     }
 
-    /// Build, filter and durably write the checkpoint dict.
-    fn write(
+    /// Take the snapshot, build Composer's checkpoint dict around it and run the filter, on the
+    /// training thread: the filter sees the same tree whether the save is written now or behind
+    /// training, and only what it keeps is copied into staging.
+    fn snapshot(
         &mut self,
-        path: &Path,
         ts: &Timestamp,
         snapshot: impl FnOnce() -> Result<Snapshot, SnapshotError>,
-    ) -> Result<Written> {
+    ) -> Result<Filtered> {
         let snapshot = snapshot().map_err(Error::Snapshot)?;
-        let mut tree = checkpoint::build(
+        let tree = checkpoint::build(
             snapshot,
             ts,
-            &self.run_name,
+            &self.naming.run_name,
             &self.history,
             self.weights_only,
         );
-        if let Some(filter) = self.filter.as_mut() {
-            let mut warnings = Vec::new();
-            let filtered = filter.filter(tree, &mut warnings);
-            self.warnings.extend(warnings);
-            tree = match filtered? {
-                Filtered::Keep(tree) => tree,
-                Filtered::Skip(why) => return Ok(Written::Skipped(why.to_string())),
-            };
-            restore_state_key(&mut tree);
-        }
-        let replace = if self.overwrite {
-            Replace::Allowed
-        } else {
-            Replace::Never
+        let Some(filter) = self.filter.as_mut() else {
+            return Ok(Filtered::Keep(tree));
         };
-        let format = self.format;
-        let written = durable::try_write_durably(path, replace, |file| {
-            cairn_format::write_checkpoint(path, format, &tree, file)
-        });
-        match written {
-            Ok(Ok(bytes)) => Ok(Written::Bytes(bytes)),
-            Ok(Err(format)) => Err(format.into()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
-                path: path.to_path_buf(),
-            }),
-            Err(e) => Err(Error::io("save", path)(e)),
+        let mut warnings = Vec::new();
+        let filtered = filter.filter(tree, &mut warnings);
+        self.warnings.extend(warnings);
+        Ok(match filtered? {
+            Filtered::Keep(mut tree) => {
+                restore_state_key(&mut tree);
+                Filtered::Keep(tree)
+            }
+            skip => skip,
+        })
+    }
+
+    /// With `async_save`, copy the job's tensors into the staging buffers, so that training may
+    /// change its own as soon as the save returns. A state over the budget is written
+    /// synchronously (with a warning, once).
+    fn stage(&mut self, mut job: WriteJob) -> Staged {
+        let Some(pool) = &mut self.pool else {
+            return Staged::Synchronous(job);
+        };
+        let before = pool.stats();
+        match pool.stage(&mut job.tree) {
+            Ok(bytes) => {
+                let copy_seconds = pool.stats().copy_seconds - before.copy_seconds;
+                Staged::Copied(job, bytes, copy_seconds)
+            }
+            Err(over) => {
+                let path = job.path.clone();
+                self.warn_over_budget(over.need, over.budget, Some(&path));
+                Staged::Synchronous(job)
+            }
         }
+    }
+
+    fn warn_over_budget(&mut self, need: u64, budget: u64, path: Option<&Path>) {
+        if std::mem::replace(&mut self.warned_over_budget, true) {
+            return;
+        }
+        let what = path.map_or("the state".to_owned(), |p| p.display().to_string());
+        self.warnings.push(format!(
+            "{what} needs {} MiB of staging, more than staging_budget_mib = {}: saves of this size are written synchronously, with training waiting for them",
+            need.div_ceil(1 << 20),
+            budget >> 20
+        ));
+    }
+
+    /// Wait for the save being written behind training, if any. Its failure is returned here
+    /// (as [`Error::WrittenBehind`], naming the checkpoint); once written it joins
+    /// [`CheckpointSaver::saved_checkpoints`] and [`CheckpointSaver::take_completed`].
+    pub fn flush(&mut self) -> Result<()> {
+        let Some((pending, outcome)) = self.writer.wait() else {
+            return Ok(());
+        };
+        let path = pending.path.clone();
+        self.settle(pending, outcome, None)
+            .map(|_| ())
+            .map_err(|source| Error::WrittenBehind {
+                path,
+                source: Box::new(source),
+            })
+    }
+
+    /// Record what became of a save: a durable checkpoint joins the saved ones (and the
+    /// completed ones, when it was written behind training), retention's deletions leave them;
+    /// a checkpoint that was not written leaves the history. `began`: a synchronous save, held
+    /// training from then until now.
+    fn settle(
+        &mut self,
+        taken: Pending,
+        outcome: Outcome,
+        began: Option<Instant>,
+    ) -> Result<Option<SavedCheckpoint>> {
+        let (bytes, seconds, deleted, retention) = match outcome {
+            Outcome::Failed { durable, error } => {
+                if !durable {
+                    let path = taken.path.to_string_lossy();
+                    if let Some(i) = self.history.iter().rposition(|(p, _)| *p == path) {
+                        self.history.remove(i);
+                    }
+                }
+                return Err(error);
+            }
+            Outcome::Committed {
+                bytes,
+                seconds,
+                deleted,
+                retention,
+            } => (bytes, seconds, deleted, retention),
+        };
+        let saved = SavedCheckpoint {
+            timestamp: taken.timestamp,
+            event: taken.event,
+            path: taken.path,
+            bytes,
+            seconds,
+            blocked_seconds: began.map_or(taken.blocked_seconds, |b| b.elapsed().as_secs_f64()),
+            waited_seconds: taken.waited_seconds,
+        };
+        self.saved.push(saved.clone());
+        if began.is_none() {
+            self.completed.push(saved.clone());
+        }
+        self.saved.retain(|s| !deleted.contains(&s.path));
+        retention?;
+        Ok(Some(saved))
     }
 
     /// Find the checkpoint to continue from, load it, and continue its history: the local
@@ -449,20 +637,21 @@ impl CheckpointSaver {
     /// Ranks other than 0 look for rank 0's checkpoints (the names rank 0 writes, in a folder they
     /// share) and never download: that is rank 0's part.
     pub fn resume(&mut self) -> Result<Option<ResumePoint>> {
+        self.flush()?;
         let writer = Vars {
-            ranks: Role::writer_ranks(self.ranks),
-            ..self.vars(None)
+            ranks: Role::writer_ranks(self.naming.ranks),
+            ..self.naming.vars(None)
         };
-        let latest = match &self.latest_filename {
+        let latest = match &self.naming.latest_filename {
             None => Ok(None),
             Some(t) if !t.is_constant_in_time() => Err(format!(
                 "latest_filename '{t}' has time variables, so no single link names the newest checkpoint"
             )),
-            Some(_) => Ok(self.latest_link(&writer)),
+            Some(_) => Ok(self.naming.latest_link(&writer)),
         };
         let search = resume::Search {
-            folder: &self.folder,
-            filename: &self.filename,
+            folder: &self.naming.folder,
+            filename: &self.naming.filename,
             latest,
             vars: writer,
         };
@@ -490,51 +679,26 @@ impl CheckpointSaver {
     /// Download the checkpoint the remote `latest` pointer names into the local folder: the
     /// pointer's name and the local path. `None` when the saver does not upload, has no remote
     /// pointer, or the store holds none yet.
-    fn download_remote_latest(&self) -> Result<Option<(String, PathBuf)>> {
-        let Some(remote) = &self.remote else {
+    fn download_remote_latest(&mut self) -> Result<Option<(String, PathBuf)>> {
+        let Some(uploader) = &self.uploader else {
             return Ok(None);
         };
-        let Some(template) = &remote.latest_remote_file_name else {
+        let committer = self.writer.idle()?;
+        let Some(template) = committer
+            .remote
+            .as_ref()
+            .and_then(|r| r.latest_remote_file_name.as_ref())
+        else {
             return Ok(None);
         };
         let name = template
-            .render(&self.vars(None))
+            .render(&self.naming.vars(None))
             .trim_start_matches('/')
             .to_owned();
-        fs::create_dir_all(&self.folder)
-            .map_err(Error::io("create the checkpoint folder", &self.folder))?;
-        let path = crate::remote::download_latest(remote.uploader.store(), &name, &self.folder)?;
+        let folder = &self.naming.folder;
+        fs::create_dir_all(folder).map_err(Error::io("create the checkpoint folder", folder))?;
+        let path = crate::remote::download_latest(uploader.store(), &name, folder)?;
         Ok(path.map(|p| (name, p)))
-    }
-
-    /// Hand a durable checkpoint to the uploader (it returns at once; the upload runs in the
-    /// background and the remote `latest` follows once the object is confirmed).
-    fn upload(&mut self, path: &Path, timestamp: &Timestamp) -> Result<()> {
-        let vars = Vars {
-            run_name: &self.run_name,
-            ranks: self.ranks,
-            timestamp: Some(timestamp),
-        };
-        let Some(remote) = self.remote.as_mut() else {
-            return Ok(());
-        };
-        let object_name = remote
-            .remote_file_name
-            .render(&vars)
-            .trim_start_matches('/')
-            .to_owned();
-        let latest_pointer = remote
-            .latest_remote_file_name
-            .as_ref()
-            .map(|t| t.render(&vars).trim_start_matches('/').to_owned());
-        remote.uploader.enqueue(UploadJob {
-            local_path: path.to_path_buf(),
-            object_name,
-            latest_pointer,
-            sequence: remote.sequence,
-        })?;
-        remote.sequence += 1;
-        Ok(())
     }
 
     /// Upload failures since the last event: with `on_failure = "fail"` the first event after
@@ -554,90 +718,39 @@ impl CheckpointSaver {
         }
     }
 
-    /// Upload failures since the last call, recorded for retention and for `fit_end`.
+    /// Upload failures since the last call, recorded for `fit_end` (retention asks the uploader
+    /// itself whether a file's upload failed).
     fn collect_upload_failures(&mut self) -> Vec<UploadFailure> {
-        let Some(remote) = &self.remote else {
+        let Some(uploader) = &self.uploader else {
             return Vec::new();
         };
-        let new = remote.uploader.poll_failures();
-        for failure in &new {
-            self.failed_uploads.insert(failure.local_path.clone());
-            self.fit_failures.push(failure.clone());
-        }
+        let new = uploader.poll_failures();
+        self.fit_failures.extend(new.iter().cloned());
         new
     }
 
-    fn upload_status(&self, path: &Path) -> UploadStatus {
-        if self.failed_uploads.contains(path) {
-            return UploadStatus::Failed;
-        }
-        self.remote
-            .as_ref()
-            .map_or(UploadStatus::NotTracked, |r| r.uploader.status(path))
-    }
-
-    /// May retention delete this local file now? Never while it is uploading; with
-    /// `num_checkpoints_to_keep = 0` (remote-only) never if its upload failed.
-    fn may_delete(&self, path: &Path) -> bool {
-        match self.upload_status(path) {
-            UploadStatus::InFlight => false,
-            UploadStatus::Failed => self.num_checkpoints_to_keep != 0,
-            UploadStatus::Uploaded | UploadStatus::NotTracked => true,
-        }
-    }
-
-    /// Keep the `num_checkpoints_to_keep` most recently written checkpoints in the folder,
-    /// counting those of earlier runs, never deleting the one `latest` names, the newest this
-    /// saver wrote, or one still being uploaded. "Most recently written" is the files' write
-    /// order, not their names' counters: an earlier run's `ep5` is older than this run's `ep2`.
+    /// Apply retention now (the committer's, with the training thread's bookkeeping).
     fn rotate(&mut self) -> Result<()> {
-        let Ok(keep) = usize::try_from(self.num_checkpoints_to_keep) else {
-            return Ok(());
-        };
-        let mut pinned = Vec::new();
-        if keep > 0 {
-            if let Some(link) = self.latest_path() {
-                let target =
-                    latest::resolve(&link).map_err(Error::io("read the latest pointer", &link))?;
-                pinned.extend(target.and_then(|p| p.canonicalize().ok()));
-            }
-            pinned.extend(self.saved.last().and_then(|s| s.path.canonicalize().ok()));
-        }
-        let mut found = self.scan()?;
-        scan::by_write_order(&mut found);
-        let excess = found.len().saturating_sub(keep);
-        let mut deleted = false;
-        for f in found.into_iter().take(excess) {
-            let is_pinned = f
-                .path
-                .canonicalize()
-                .ok()
-                .is_some_and(|p| pinned.contains(&p));
-            if is_pinned || !self.may_delete(&f.path) {
-                continue;
-            }
-            delete_checkpoint(&f.path).map_err(Error::io("delete old checkpoint", &f.path))?;
-            self.saved.retain(|s| s.path != f.path);
-            deleted = true;
-        }
-        if deleted {
-            durable::sync_dir(&self.folder).map_err(Error::io("sync", &self.folder))?;
-        }
-        Ok(())
+        let mut deleted = Vec::new();
+        let result = self.writer.idle()?.rotate(&mut deleted);
+        self.saved.retain(|s| !deleted.contains(&s.path));
+        result
     }
 
-    /// `FIT_END`: wait for the uploads (each bounded by `upload_timeout_in_seconds`; the remote
-    /// `latest` is written after the object it names), then apply the retention that had to wait
-    /// for them. Nothing is saved here: Composer never saves at the end by itself; the interval's
-    /// final save already happened at the last event. Returns the upload totals so far, or
+    /// `FIT_END`: wait for the save in flight (returning its failure, naming the checkpoint),
+    /// then for the uploads (each bounded by `upload_timeout_in_seconds`; the remote `latest` is
+    /// written after the object it names), then apply the retention that had to wait for them.
+    /// Nothing is saved here: Composer never saves at the end by itself; the interval's final
+    /// save already happened at the last event. Returns the upload totals so far, or
     /// [`Error::UploadsFailed`] with every upload that failed since `fit_start`. The saver keeps
     /// uploading if training starts again (`fit_start` ... `fit_end` once more).
     pub fn fit_end(&mut self) -> Result<Option<UploadReport>> {
         self.ensure_open()?;
-        let Some(remote) = &self.remote else {
+        self.flush()?;
+        let Some(uploader) = &self.uploader else {
             return Ok(None);
         };
-        remote.uploader.wait(None);
+        uploader.wait(None);
         self.collect_upload_failures();
         self.rotate()?;
         if !self.fit_failures.is_empty() {
@@ -649,33 +762,60 @@ impl CheckpointSaver {
     /// The store this saver uploads to (`[remote] url`, or a `folder` given as a URL); `None`
     /// when it does not upload (no `remote_file_name`, or a rank other than 0).
     pub fn upload_url(&self) -> Option<&str> {
-        self.remote.as_ref().map(|r| r.uploader.store().url())
+        self.uploader.as_ref().map(|u| u.store().url())
     }
 
     /// The upload totals so far, with every failure; `None` when the saver does not upload.
     pub fn upload_report(&self) -> Option<UploadReport> {
-        self.remote.as_ref().map(|r| r.uploader.report())
+        self.uploader.as_ref().map(|u| u.report())
     }
 
-    /// Composer's `post_close`: give the uploads in flight until `upload_timeout_in_seconds` to
-    /// finish (the remote `latest` names the newest checkpoint confirmed by then; one still
-    /// running after that is abandoned and listed as failed), apply the retention that waited
-    /// for them, and remove the staging folder of a `folder` given as a URL. Call it when
-    /// training stops, also when it stops with an error: dropping the saver abandons uploads at
-    /// once. Returns the final upload totals; an `Err` only when local cleanup failed. Later
-    /// calls do nothing and return `None`.
+    /// Composer's `post_close`: wait for the save in flight behind training, give the uploads in
+    /// flight until `upload_timeout_in_seconds` to finish (the remote `latest` names the newest
+    /// checkpoint confirmed by then; one still running after that is abandoned and listed as
+    /// failed), apply the retention that waited for them, and remove the staging folder of a
+    /// `folder` given as a URL. Call it when training stops, also when it stops with an error:
+    /// dropping the saver abandons uploads at once. Returns the final upload totals; an `Err`
+    /// when the save in flight failed (after everything else was done) or local cleanup failed.
+    /// Later calls do nothing and return `None`.
     pub fn close(&mut self) -> Result<Option<UploadReport>> {
         if self.closed {
             return Ok(None);
         }
         self.closed = true;
-        let report = self
-            .remote
-            .take()
-            .map(|r| r.uploader.close(Some(self.upload_timeout)));
-        for failure in report.iter().flat_map(|r| &r.failures) {
-            self.failed_uploads.insert(failure.local_path.clone());
+        let in_flight = self.flush();
+        let report = self.close_uploads();
+        let cleanup = self.close_folders();
+        in_flight?;
+        cleanup?;
+        Ok(report)
+    }
+
+    /// Stop the uploader (see [`CheckpointSaver::close`]): the final totals.
+    fn close_uploads(&mut self) -> Option<UploadReport> {
+        let uploader = self.uploader.take()?;
+        // The committer's handle goes first, so this one is the last and may close it.
+        if let Ok(committer) = self.writer.idle() {
+            committer.remote = None;
         }
+        let report = match Arc::try_unwrap(uploader) {
+            Ok(uploader) => uploader.close(Some(self.upload_timeout)),
+            // Only a lost writer still holds it: wait as long, and report.
+            Err(shared) => {
+                shared.wait(Some(self.upload_timeout));
+                shared.report()
+            }
+        };
+        if let Ok(committer) = self.writer.idle() {
+            committer
+                .failed_uploads
+                .extend(report.failures.iter().map(|f| f.local_path.clone()));
+        }
+        Some(report)
+    }
+
+    /// The retention that waited for uploads, and the staging folder's removal.
+    fn close_folders(&mut self) -> Result<()> {
         if self.role == Role::Writer && self.staging.is_none() {
             self.rotate()?;
         }
@@ -685,29 +825,76 @@ impl CheckpointSaver {
                 .remove()
                 .map_err(Error::io("remove the staging folder", dir))?;
         }
-        Ok(report)
+        Ok(())
     }
 }
 
-impl Drop for CheckpointSaver {
-    /// Dropped without [`CheckpointSaver::close`]: uploads are abandoned at once (dropping never
-    /// blocks). The staging folder is removed only if nothing was still uploading from it;
-    /// otherwise the next saver's start removes it.
-    fn drop(&mut self) {
-        let idle = self
-            .remote
-            .as_ref()
-            .is_none_or(|r| r.uploader.pending() == 0);
-        if idle && let Some(staging) = self.staging.take() {
-            let _ = staging.remove();
+/// A save as the training thread took it, until the committer says what became of it.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    timestamp: Timestamp,
+    event: Event,
+    path: PathBuf,
+    /// Known when it returns to training (for a synchronous save, only once it is written).
+    blocked_seconds: f64,
+    waited_seconds: f64,
+}
+
+impl Pending {
+    /// What training is told of it when it was staged.
+    fn staged(&self, staged_bytes: u64, copy_seconds: f64) -> StagedCheckpoint {
+        StagedCheckpoint {
+            timestamp: self.timestamp,
+            event: self.event,
+            path: self.path.clone(),
+            blocked_seconds: self.blocked_seconds,
+            waited_seconds: self.waited_seconds,
+            staged_bytes,
+            copy_seconds,
         }
     }
 }
 
-/// Retention's delete (a failpoint sits just before it).
-fn delete_checkpoint(path: &Path) -> io::Result<()> {
-    cairn_format::failpoint!("rotate::before-delete");
-    fs::remove_file(path)
+/// What [`CheckpointSaver::stage`] made of a job.
+enum Staged {
+    /// Copied into staging (bytes, seconds): to be written behind training.
+    Copied(WriteJob, u64, f64),
+    /// To be written now.
+    Synchronous(WriteJob),
+}
+
+/// `staging_budget_mib` when the config leaves it unset: half the machine's memory shared by
+/// its local ranks, at most 32 GiB (torchsnapshot's per-rank budget is 0.6 of free memory over
+/// the local ranks, at most 32 GiB).
+fn default_staging_budget(ranks: Ranks) -> u64 {
+    const CAP: u64 = 32 << 30;
+    // SAFETY: `sysconf` takes no pointers.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let total = u64::try_from(pages).unwrap_or(0) * u64::try_from(page).unwrap_or(0);
+    let ranks_here = u64::from(ranks.local_world_size.max(1));
+    match total {
+        0 => CAP / 8,
+        total => (total / 2 / ranks_here).min(CAP),
+    }
+}
+
+impl Drop for CheckpointSaver {
+    /// Dropped without [`CheckpointSaver::close`]: a save in flight finishes on its own thread,
+    /// uploads are abandoned at once (dropping never blocks). The staging folder is removed only
+    /// if nothing was still writing or uploading from it; otherwise the next saver's start
+    /// removes it.
+    fn drop(&mut self) {
+        let idle = matches!(self.writer, Writer::Idle(_))
+            && self.uploader.as_ref().is_none_or(|u| u.pending() == 0);
+        if idle && let Some(staging) = self.staging.take() {
+            let _ = staging.remove();
+        }
+    }
 }
 
 /// Where checkpoints are written locally, and where they are uploaded.

@@ -1,0 +1,310 @@
+//! What a save does once its snapshot is taken and filtered: the checkpoint is written durably,
+//! then Composer's steps after `torch.save` (`_save_checkpoint` in
+//! `composer/callbacks/checkpoint_saver.py`): the `latest` link moves to it, its upload is queued,
+//! and retention runs.
+//!
+//! A [`Committer`] owns what those steps touch. It runs on the training thread for a synchronous
+//! save and on the background writer for a save behind training (`async_save`), never on both at
+//! once: the writer's thread takes it and hands it back with the [`Outcome`], so "one save in
+//! flight" is a matter of ownership, not of locks.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_format::durable::{self, Replace};
+use cairn_format::{CheckpointFormat, Value};
+use cairn_policy::{Ranks, Timestamp};
+
+use crate::error::{Error, Result};
+use crate::local::{latest, scan};
+use crate::remote::{UploadJob, UploadStatus, Uploader};
+use crate::template::{Template, Vars};
+
+/// How a saver names things: both the training thread and the writer need it.
+#[derive(Clone, Debug)]
+pub(crate) struct Naming {
+    pub run_name: String,
+    pub ranks: Ranks,
+    /// The local folder checkpoints go to.
+    pub folder: PathBuf,
+    pub filename: Template,
+    pub latest_filename: Option<Template>,
+}
+
+impl Naming {
+    pub fn vars<'a>(&'a self, timestamp: Option<&'a Timestamp>) -> Vars<'a> {
+        Vars {
+            run_name: &self.run_name,
+            ranks: self.ranks,
+            timestamp,
+        }
+    }
+
+    /// Where the checkpoint taken at `timestamp` goes.
+    pub fn checkpoint_path(&self, timestamp: &Timestamp) -> PathBuf {
+        let name = self.filename.render(&self.vars(Some(timestamp)));
+        self.folder.join(name.trim_start_matches('/'))
+    }
+
+    /// The `latest` link a save at `vars`' timestamp moves (the leading `/` stripped, as Composer
+    /// does). `None` without a `latest_filename`, or when it has time variables and `vars` no
+    /// timestamp.
+    pub fn latest_link(&self, vars: &Vars<'_>) -> Option<PathBuf> {
+        let t = self.latest_filename.as_ref()?;
+        if vars.timestamp.is_none() && !t.is_constant_in_time() {
+            return None;
+        }
+        Some(self.folder.join(t.render(vars).trim_start_matches('/')))
+    }
+
+    /// The checkpoints the folder holds under the filename template, oldest first.
+    pub fn scan(&self) -> Result<Vec<scan::Found>> {
+        scan::checkpoints(&self.folder, &self.filename, &self.vars(None))
+            .map_err(Error::io("list", &self.folder))
+    }
+}
+
+/// The remote half of a save: every checkpoint is uploaded as `remote_file_name`, and the remote
+/// `latest` pointer moves only after the object it names is confirmed.
+pub(crate) struct RemoteNames {
+    /// Shared with the training thread, which polls it for failures at every event.
+    pub uploader: Arc<Uploader>,
+    pub remote_file_name: Template,
+    pub latest_remote_file_name: Option<Template>,
+    /// Orders the remote `latest` updates: a later save's pointer never loses to an earlier one.
+    pub sequence: u64,
+}
+
+/// A checkpoint to write.
+pub(crate) struct WriteJob {
+    pub path: PathBuf,
+    pub timestamp: Timestamp,
+    /// The checkpoint dict as the filter left it (for a save behind training, its storages are in
+    /// staging buffers, which go back to the pool when this is dropped).
+    pub tree: Value,
+    /// When the save began, after any wait for the previous one: its `seconds` count from here.
+    pub started: Instant,
+}
+
+/// What became of a [`WriteJob`].
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The checkpoint is not saved. `durable`: its file is complete under its name all the same
+    /// (a step after the write failed), so the run's history keeps it.
+    Failed { durable: bool, error: Error },
+    /// The checkpoint is durable, `latest` names it and its upload is queued; retention ran, and
+    /// `retention` says whether it failed partway.
+    Committed {
+        bytes: u64,
+        /// From [`WriteJob::started`] to the upload being queued.
+        seconds: f64,
+        /// The checkpoints retention deleted.
+        deleted: Vec<PathBuf>,
+        retention: Result<()>,
+    },
+}
+
+/// Writes checkpoints and takes the steps after: see the module docs.
+pub(crate) struct Committer {
+    pub naming: Naming,
+    pub format: CheckpointFormat,
+    pub overwrite: bool,
+    pub num_checkpoints_to_keep: i64,
+    pub remote: Option<RemoteNames>,
+    /// Local files whose upload failed, recorded when the uploader is closed (until then it says
+    /// so itself): with `num_checkpoints_to_keep = 0` they are the only copy.
+    pub failed_uploads: HashSet<PathBuf>,
+    /// The newest checkpoint this saver wrote: retention never deletes it.
+    pub newest: Option<(PathBuf, Timestamp)>,
+}
+
+impl Committer {
+    /// Write `job`'s checkpoint durably, then [`Committer::commit`] it.
+    pub fn save(&mut self, job: WriteJob) -> Outcome {
+        let WriteJob {
+            path,
+            timestamp,
+            tree,
+            started,
+            ..
+        } = job;
+        let bytes = match self.write(&path, &tree) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                return Outcome::Failed {
+                    durable: false,
+                    error,
+                };
+            }
+        };
+        // The staging buffers go back to the pool as soon as the bytes are on disk.
+        drop(tree);
+        self.commit(path, timestamp, bytes, started)
+    }
+
+    /// Write the checkpoint dict durably: a temporary file, fsync, rename, folder fsync. On any
+    /// failure nothing is left under `path` and the previous checkpoint is untouched.
+    fn write(&self, path: &Path, tree: &Value) -> Result<u64> {
+        let replace = if self.overwrite {
+            Replace::Allowed
+        } else {
+            Replace::Never
+        };
+        let format = self.format;
+        let written = durable::try_write_durably(path, replace, |file| {
+            cairn_format::write_checkpoint(path, format, tree, file)
+        });
+        match written {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(format)) => Err(format.into()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
+                path: path.to_path_buf(),
+            }),
+            Err(e) => Err(Error::io("save", path)(e)),
+        }
+    }
+
+    /// Composer's steps after a checkpoint file is durable, in its order: the `latest` link moves
+    /// to it, its upload is queued (the remote `latest` follows once the object is confirmed), it
+    /// becomes the newest checkpoint, and retention runs.
+    pub fn commit(
+        &mut self,
+        path: PathBuf,
+        timestamp: Timestamp,
+        bytes: u64,
+        started: Instant,
+    ) -> Outcome {
+        let linked = self
+            .move_latest(&path, &timestamp)
+            .and_then(|()| self.upload(&path, &timestamp));
+        if let Err(error) = linked {
+            return Outcome::Failed {
+                durable: true,
+                error,
+            };
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        self.newest = Some((path, timestamp));
+        let mut deleted = Vec::new();
+        let retention = self.rotate(&mut deleted);
+        Outcome::Committed {
+            bytes,
+            seconds,
+            deleted,
+            retention,
+        }
+    }
+
+    /// Point the local `latest` at `path` (atomically; not with `num_checkpoints_to_keep = 0`,
+    /// whose checkpoints exist locally only until uploaded).
+    fn move_latest(&self, path: &Path, timestamp: &Timestamp) -> Result<()> {
+        if self.num_checkpoints_to_keep == 0 {
+            return Ok(());
+        }
+        if let Some(link) = self.naming.latest_link(&self.naming.vars(Some(timestamp))) {
+            latest::swap(&link, path).map_err(Error::io("move the latest pointer", &link))?;
+        }
+        Ok(())
+    }
+
+    /// Hand a durable checkpoint to the uploader (it returns at once; the upload runs in the
+    /// background and the remote `latest` follows once the object is confirmed).
+    fn upload(&mut self, path: &Path, timestamp: &Timestamp) -> Result<()> {
+        let vars = self.naming.vars(Some(timestamp));
+        let Some(remote) = self.remote.as_mut() else {
+            return Ok(());
+        };
+        let object_name = remote
+            .remote_file_name
+            .render(&vars)
+            .trim_start_matches('/')
+            .to_owned();
+        let latest_pointer = remote
+            .latest_remote_file_name
+            .as_ref()
+            .map(|t| t.render(&vars).trim_start_matches('/').to_owned());
+        remote.uploader.enqueue(UploadJob {
+            local_path: path.to_path_buf(),
+            object_name,
+            latest_pointer,
+            sequence: remote.sequence,
+        })?;
+        remote.sequence += 1;
+        Ok(())
+    }
+
+    fn upload_status(&self, path: &Path) -> UploadStatus {
+        if self.failed_uploads.contains(path) {
+            return UploadStatus::Failed;
+        }
+        self.remote
+            .as_ref()
+            .map_or(UploadStatus::NotTracked, |r| r.uploader.status(path))
+    }
+
+    /// May retention delete this local file now? Never while it is uploading; with
+    /// `num_checkpoints_to_keep = 0` (remote-only) never if its upload failed.
+    fn may_delete(&self, path: &Path) -> bool {
+        match self.upload_status(path) {
+            UploadStatus::InFlight => false,
+            UploadStatus::Failed => self.num_checkpoints_to_keep != 0,
+            UploadStatus::Uploaded | UploadStatus::NotTracked => true,
+        }
+    }
+
+    /// Keep the `num_checkpoints_to_keep` most recently written checkpoints in the folder,
+    /// counting those of earlier runs, never deleting the one `latest` names, the newest this
+    /// saver wrote, or one still being uploaded. "Most recently written" is the files' write
+    /// order, not their names' counters: an earlier run's `ep5` is older than this run's `ep2`.
+    /// What it deleted goes into `deleted`, also when it fails partway.
+    pub fn rotate(&mut self, deleted: &mut Vec<PathBuf>) -> Result<()> {
+        let Ok(keep) = usize::try_from(self.num_checkpoints_to_keep) else {
+            return Ok(());
+        };
+        let mut pinned = Vec::new();
+        if keep > 0 {
+            let newest = self.newest.as_ref().map(|(_, ts)| ts);
+            if let Some(link) = self.naming.latest_link(&self.naming.vars(newest)) {
+                let target =
+                    latest::resolve(&link).map_err(Error::io("read the latest pointer", &link))?;
+                pinned.extend(target.and_then(|p| p.canonicalize().ok()));
+            }
+            pinned.extend(
+                self.newest
+                    .as_ref()
+                    .and_then(|(p, _)| p.canonicalize().ok()),
+            );
+        }
+        let mut found = self.naming.scan()?;
+        scan::by_write_order(&mut found);
+        let excess = found.len().saturating_sub(keep);
+        let before = deleted.len();
+        for f in found.into_iter().take(excess) {
+            let is_pinned = f
+                .path
+                .canonicalize()
+                .ok()
+                .is_some_and(|p| pinned.contains(&p));
+            if is_pinned || !self.may_delete(&f.path) {
+                continue;
+            }
+            delete_checkpoint(&f.path).map_err(Error::io("delete old checkpoint", &f.path))?;
+            deleted.push(f.path);
+        }
+        if deleted.len() > before {
+            durable::sync_dir(&self.naming.folder)
+                .map_err(Error::io("sync", &self.naming.folder))?;
+        }
+        Ok(())
+    }
+}
+
+/// Retention's delete (a failpoint sits just before it).
+fn delete_checkpoint(path: &Path) -> io::Result<()> {
+    cairn_format::failpoint!("rotate::before-delete");
+    fs::remove_file(path)
+}
