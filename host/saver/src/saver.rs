@@ -305,6 +305,12 @@ impl CheckpointSaver {
         self.pool.is_some()
     }
 
+    /// Whether a save is being written behind training right now (its outcome is collected by
+    /// the next call into the saver once this is false).
+    pub fn is_writing(&self) -> bool {
+        self.writer.is_writing()
+    }
+
     /// What staging has done so far; `None` without `async_save`.
     pub fn staging_stats(&self) -> Option<StagingStats> {
         self.pool.as_ref().map(StagingPool::stats)

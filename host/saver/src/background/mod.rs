@@ -14,6 +14,7 @@
 pub mod pool;
 
 use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
 use std::thread::{self, JoinHandle};
 
 use crate::commit::{Committer, Outcome, WriteJob};
@@ -62,13 +63,21 @@ impl Writer {
         let thread = thread::Builder::new()
             .name("cairn-writer".into())
             .spawn(move || {
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| committer.save(job)))
-                    .unwrap_or_else(|panic| Outcome::Failed {
+                let save = || match writer_starts(&job.path) {
+                    Ok(()) => committer.save(job),
+                    Err(error) => Outcome::Failed {
+                        durable: false,
+                        error,
+                    },
+                };
+                let outcome = panic::catch_unwind(AssertUnwindSafe(save)).unwrap_or_else(|panic| {
+                    Outcome::Failed {
                         durable: false,
                         error: Error::WriterPanicked {
                             message: panic_message(panic.as_ref()),
                         },
-                    });
+                    }
+                });
                 (committer, outcome)
             });
         match thread {
@@ -109,6 +118,17 @@ impl Writer {
         };
         Some((taken, outcome))
     }
+}
+
+/// The writer thread begins `path` (failpoint `writer::start`: a test holds, slows down or fails a
+/// save behind training here; only those saves reach it).
+fn writer_starts(path: &Path) -> Result<()> {
+    cairn_format::failpoint!("writer::start", |source| Error::Io {
+        action: "save",
+        path: path.to_path_buf(),
+        source,
+    });
+    Ok(())
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

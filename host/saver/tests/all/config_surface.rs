@@ -187,6 +187,12 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
                 .boxed()
         }
         "on_failure" => string(&["fail", "warn"]).boxed(),
+        "async_save" => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+        "staging_budget_mib" => {
+            prop::sample::select(&[1i64, 64, 4096, 0, -1, 1 << 20, (1 << 20) + 1][..])
+                .prop_map(|n| n.to_string())
+                .boxed()
+        }
         "on_error" => string(&["fail", "skip", "save"]).boxed(),
         _ => any_value().boxed(),
     };
@@ -207,6 +213,8 @@ fn document() -> impl Strategy<Value = String> {
         "ignore_keys",
         "num_concurrent_uploads",
         "upload_timeout_in_seconds",
+        "async_save",
+        "staging_budget_mib",
     ];
     let entries = prop::collection::vec(
         prop::sample::select(CHECKPOINT_KEYS).prop_flat_map(|k| (Just(k), value_for(k))),
@@ -269,9 +277,10 @@ fn files(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A refusal cairn makes on purpose: a repeated name with `overwrite = false`.
+/// A refusal cairn makes on purpose: a repeated name with `overwrite = false` (also when the
+/// save behind training that ran into it reports it).
 fn refuses_to_replace(e: &Error) -> bool {
-    match e {
+    match e.cause() {
         Error::AlreadyExists { .. } => true,
         Error::UploadsFailed(failures) => failures
             .iter()
@@ -281,6 +290,8 @@ fn refuses_to_replace(e: &Error) -> bool {
 }
 
 fn run(config: &Config) -> Result<(), Error> {
+    // Saves behind training reach the writer's failpoint, which the async tests configure.
+    let _fp = config.async_save.then(crate::async_save::scenario);
     let mut saver = CheckpointSaver::new(config)?;
     let result = fit(&mut saver, Timestamp::default(), "6ba").and_then(|_| saver.fit_end());
     let closed = saver.close();
