@@ -122,6 +122,7 @@ impl Writer {
 
 /// The writer thread begins `path` (failpoint `writer::start`: a test holds, slows down or fails a
 /// save behind training here; only those saves reach it).
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
 fn writer_starts(path: &Path) -> Result<()> {
     cairn_format::failpoint!("writer::start", |source| Error::Io {
         action: "save",
