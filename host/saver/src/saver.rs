@@ -9,6 +9,13 @@
 //! writes (see [`Role`]). [`CheckpointSaver::close`] is Composer's `post_close`: call it when
 //! training stops, however it stops, so that uploads in flight finish.
 //!
+//! A save reads as Composer's sequence: the policy decides ([`CheckpointSaver::on_event`]), the
+//! snapshot is taken and filtered ([`CheckpointSaver::save`]), then the [`Committer`] writes the
+//! file durably and takes the steps after it (`latest`, upload, retention: `commit.rs`). With
+//! `async_save` the snapshot's tensors are copied into staging first and the committer runs on a
+//! writer thread behind training (`background/`), one save at a time; its outcome is collected
+//! by the next call into the saver.
+//!
 //! ```no_run
 //! use cairn::format::{Dict, Tensor};
 //! use cairn::policy::{Event, MaxDuration, Ranks, Time, Timestamp, TrainingState};
@@ -250,7 +257,8 @@ impl CheckpointSaver {
             failed_uploads: Default::default(),
             newest: None,
         };
-        let pool = config.async_save.then(|| {
+        // Only the writer stages: the other ranks take part in the snapshot and write nothing.
+        let pool = (config.async_save && role == Role::Writer).then(|| {
             let budget = config
                 .staging_budget_mib
                 .map_or_else(|| default_staging_budget(ranks), |mib| mib << 20);
@@ -300,7 +308,7 @@ impl CheckpointSaver {
         std::mem::take(&mut self.completed)
     }
 
-    /// Whether saves are written behind training (`async_save`).
+    /// Whether saves are written behind training (`async_save` on the rank that writes).
     pub fn is_async(&self) -> bool {
         self.pool.is_some()
     }
