@@ -153,6 +153,37 @@ def test_safetensors_output_loads_with_the_safetensors_layout(cairn, tmp_path):
     assert vals.tolist() == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("ext", [".pt", ".pt.zst", ".tar"])
+def test_shared_objects_stay_shared_through_cairn(cairn, tmp_path, ext):
+    """torch.save writes an object referenced twice once (memo) and torch.load gives it back
+    once: a 'billion laughs' of 40 levels is 2^40 lists as a tree. cairn reads it as a graph,
+    writes it back the same way, and torch.load sees the same identities."""
+    level = [torch.arange(4, dtype=torch.float32)]
+    for _ in range(40):
+        level = [level, level]
+    big = torch.zeros(1 << 20)
+    src = tmp_path / "shared.pt"
+    torch.save({"laughs": level, "aliases": [big] * 1000, "pair": (level, level)}, src)
+    out = str(tmp_path / f"out{ext}")
+    cairn("filter", src, "-o", out, "--ignore-keys", "no-such-key")
+    cairn("verify", out)
+    # The 1,000 references to one tensor are rebuilt one by one (~130 bytes each).
+    assert os.path.getsize(out) < os.path.getsize(src) + 256 * 1024
+    back = load_weights_only(decompress(out, str(tmp_path)))
+    node = back["laughs"]
+    for _ in range(40):
+        assert node[0] is node[1]
+        node = node[0]
+    assert torch.equal(node[0], torch.arange(4, dtype=torch.float32))
+    # A tensor referenced again is written again over the same storage (one record).
+    ptr = back["aliases"][0].untyped_storage().data_ptr()
+    assert all(t.untyped_storage().data_ptr() == ptr for t in back["aliases"])
+    assert back["pair"][0] is back["pair"][1] is back["laughs"]
+    entries = json.loads(cairn("inspect", "--json", out).stdout)["entries"]
+    # The aliases; laughs: its tensor and one shared entry per level; the pair (a tuple).
+    assert len(entries) == 1000 + 41 + 1, len(entries)
+
+
 @pytest.mark.parametrize("tool,ext", [("gzip", "gz"), ("bzip2", "bz2"), ("lz4", "lz4"), ("lzma", "lzma"),
                                       ("xz", "xz"), ("zstd", "zst")])
 def test_compressed_files_match_the_tools_composer_runs(cairn, tmp_path, tool, ext):

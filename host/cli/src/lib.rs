@@ -5,11 +5,13 @@
 //! It is a library too, only so the benchmarks (`host/bench`) reuse the simulated trainer.
 
 mod cmd;
+mod out;
 mod plural;
 pub mod policy_config;
 pub mod rusage;
 pub mod train;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The operator's platform file: ceilings, defaults and confinement every job's config must
+    /// respect (read before any job's config).
+    #[arg(long, global = true, value_name = "FILE", env = "CAIRN_PLATFORM")]
+    platform: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,15 +57,23 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of stdout went away (`cairn inspect FILE | head`): nothing is wrong.
+        Err(err) if out::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // The error and its causes, each cause only if its text is not already in the line
-            // (cairn's errors name their cause in their own sentence).
-            eprintln!("cairn: {}", cairn::remote::error_chain(err.as_ref()));
+            // (cairn's errors name their cause in their own sentence). Messages may quote text a
+            // checkpoint or a guest chose: print it inert.
+            let mut stderr = std::io::stderr();
+            let line = cairn::remote::error_chain(err.as_ref());
+            let _ = writeln!(stderr, "cairn: {}", out::printable(&line));
             if let Some(backtrace) = policy_backtrace(&err) {
                 if std::env::var_os("CAIRN_BACKTRACE").is_some_and(|v| v == "1") {
-                    eprintln!("{backtrace}");
+                    let _ = writeln!(stderr, "{backtrace}");
                 } else {
-                    eprintln!("cairn: CAIRN_BACKTRACE=1 shows the policy's wasm backtrace");
+                    let _ = writeln!(
+                        stderr,
+                        "cairn: CAIRN_BACKTRACE=1 shows the policy's wasm backtrace"
+                    );
                 }
             }
             ExitCode::FAILURE
@@ -80,8 +94,12 @@ fn policy_backtrace(err: &anyhow::Error) -> Option<String> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => cmd::run::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Simulate(args) => cmd::simulate::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => {
+            cmd::run::run(args, cli.platform.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            cmd::simulate::run(args, cli.platform.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Filter(args) => cmd::filter::run(args),
         Command::Verify(args) => cmd::verify::run(args),

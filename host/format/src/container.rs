@@ -7,7 +7,7 @@
 //! files.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use crate::error::{FormatError, NameError};
 
@@ -122,7 +122,12 @@ impl CheckpointFormat {
             CheckpointFormat::Tar(None) => "tar",
             CheckpointFormat::Tar(Some(Compression::Gzip)) => "tar.gz",
             CheckpointFormat::Tar(Some(Compression::Bzip2)) => "tar.bz2",
-            CheckpointFormat::Tar(Some(_)) => "tar.lzma",
+            // Composer's `.tar.lzma` is xz (Python's tarfile); the others only come from
+            // reading by content.
+            CheckpointFormat::Tar(Some(Compression::Xz)) => "tar.lzma",
+            CheckpointFormat::Tar(Some(Compression::Lzma)) => "tar.lzma-alone",
+            CheckpointFormat::Tar(Some(Compression::Lz4)) => "tar.lz4",
+            CheckpointFormat::Tar(Some(Compression::Zstd)) => "tar.zst",
             CheckpointFormat::CompressedPt(c) => match c {
                 Compression::Gzip => "pt.gz",
                 Compression::Bzip2 => "pt.bz2",
@@ -139,6 +144,136 @@ impl fmt::Display for CheckpointFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// What a file's leading bytes say it is, before any decompression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outer {
+    /// A zip archive (a torch `.pt`).
+    Zip,
+    /// An uncompressed tar.
+    Tar,
+    /// A safetensors file.
+    Safetensors,
+    /// A compressed stream; what it holds is known only once decompressed.
+    Compressed(Compression),
+}
+
+/// What a decompressed stream's leading bytes say it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inner {
+    /// A zip archive (a torch `.pt`).
+    Zip,
+    /// A tar.
+    Tar,
+}
+
+/// Bytes [`detect`] and [`detect_inner`] want to see (a tar header is 512 bytes).
+pub const HEAD_LEN: usize = 512;
+
+/// The container a file's first bytes announce, whatever its name says; `file_len` is the
+/// file's size (a safetensors header must fit in it). `None`: no format cairn reads.
+///
+/// Magic numbers: zip `PK\x03\x04` (or `PK\x05\x06`, an empty archive), gzip `1f 8b`, zstd
+/// `28 b5 2f fd`, bzip2 `BZh1`..`BZh9`, xz `fd 37 7a 58 5a 00`, lz4 frame `04 22 4d 18`, tar
+/// (or legacy `02 21 4c 18`), tar `ustar` at offset 257 or a valid header checksum,
+/// safetensors a little-endian u64 header
+/// length followed by `{`, and last (it has no magic) lzma-alone: a properties byte below 225,
+/// a dictionary size between 4 KiB and 1.5 GiB, and a plausible size field.
+pub fn detect(head: &[u8], file_len: u64) -> Option<Outer> {
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Some(Outer::Zip);
+    }
+    let compression = if head.starts_with(&[0x1f, 0x8b]) {
+        Some(Compression::Gzip)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(Compression::Zstd)
+    } else if head.len() >= 4 && head.starts_with(b"BZh") && (b'1'..=b'9').contains(&head[3]) {
+        Some(Compression::Bzip2)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Some(Compression::Xz)
+    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18])
+        || head.starts_with(&[0x02, 0x21, 0x4c, 0x18])
+    {
+        // The lz4 frame format, or the legacy one (`lz4 -l`).
+        Some(Compression::Lz4)
+    } else {
+        None
+    };
+    if let Some(c) = compression {
+        return Some(Outer::Compressed(c));
+    }
+    if is_tar_header(head) {
+        return Some(Outer::Tar);
+    }
+    if is_safetensors(head, file_len) {
+        return Some(Outer::Safetensors);
+    }
+    if is_lzma_alone(head) {
+        return Some(Outer::Compressed(Compression::Lzma));
+    }
+    None
+}
+
+/// What the first bytes of a decompressed stream hold, if it is something cairn reads.
+pub fn detect_inner(head: &[u8]) -> Option<Inner> {
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        Some(Inner::Zip)
+    } else if is_tar_header(head) {
+        Some(Inner::Tar)
+    } else {
+        None
+    }
+}
+
+/// A tar header: `ustar` at 257 (POSIX and GNU), or an old-style header whose checksum holds.
+fn is_tar_header(head: &[u8]) -> bool {
+    if head.len() < 512 {
+        return false;
+    }
+    if &head[257..262] == b"ustar" {
+        return true;
+    }
+    // The checksum: the header's bytes summed with the checksum field read as spaces, stored
+    // in octal. An all-zero block (the end of an archive) is not a header.
+    let field = &head[148..156];
+    let text: String = field
+        .iter()
+        .take_while(|&&b| b != 0 && b != b' ')
+        .map(|&b| b as char)
+        .collect();
+    let Ok(stored) = u32::from_str_radix(text.trim_start(), 8) else {
+        return false;
+    };
+    let sum: u32 = head[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
+    sum == stored && head[..100].iter().any(|&b| b != 0)
+}
+
+fn is_safetensors(head: &[u8], file_len: u64) -> bool {
+    if head.len() < 9 {
+        return false;
+    }
+    let n = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+    n >= 2 && n.checked_add(8).is_some_and(|end| end <= file_len) && head[8] == b'{'
+}
+
+fn is_lzma_alone(head: &[u8]) -> bool {
+    if head.len() < 13 || head[0] >= 225 {
+        return false;
+    }
+    let dict = u32::from_le_bytes(head[1..5].try_into().unwrap_or_default());
+    let size = u64::from_le_bytes(head[5..13].try_into().unwrap_or_default());
+    (4096..=(3 << 29)).contains(&dict) && (size == u64::MAX || size < 1 << 48)
 }
 
 /// A compressing writer that must be [`Encoder::finish`]ed (dropping it loses the trailer).
@@ -220,12 +355,13 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
-/// A decompressing reader for `c`.
-pub fn decoder<'a, R: Read + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Read + 'a>> {
+/// A decompressing reader for `c`. Every compressor's stream may be several members or frames
+/// one after the other (as `cat a.gz b.gz` makes, and as the tools read them); all are read.
+pub fn decoder<'a, R: BufRead + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match c {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
-        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(r)),
+        Compression::Lz4 => Box::new(Lz4Frames(lz4_flex::frame::FrameDecoder::new(r))),
         Compression::Lzma => {
             let stream =
                 liblzma::stream::Stream::new_lzma_decoder(u64::MAX).map_err(io::Error::other)?;
@@ -234,6 +370,22 @@ pub fn decoder<'a, R: Read + 'a>(c: Compression, r: R) -> io::Result<Box<dyn Rea
         Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
     })
+}
+
+/// lz4 frames one after the other: `FrameDecoder` ends at the end of a frame, and reading on
+/// starts the next; only the end of the input ends the stream (before, a second frame was
+/// silently dropped).
+struct Lz4Frames<R: BufRead>(lz4_flex::frame::FrameDecoder<R>);
+
+impl<R: BufRead> Read for Lz4Frames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.0.read(buf)?;
+            if n > 0 || buf.is_empty() || self.0.get_mut().fill_buf()?.is_empty() {
+                return Ok(n);
+            }
+        }
+    }
 }
 
 /// The member a Composer tar holds.
@@ -358,6 +510,24 @@ mod tests {
     }
 
     #[test]
+    fn concatenated_members_are_all_read() {
+        for c in [Gzip, Bzip2, Lz4, Xz, Zstd] {
+            let mut packed = Vec::new();
+            for part in [&b"first "[..], b"", b"second"] {
+                let mut e = Encoder::new(c, Vec::new()).unwrap();
+                e.write_all(part).unwrap();
+                packed.extend(e.finish().unwrap());
+            }
+            let mut back = Vec::new();
+            decoder(c, &packed[..])
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, b"first second", "{c:?}");
+        }
+    }
+
+    #[test]
     fn lzma_is_the_alone_format_and_lz4_a_frame() {
         let mut e = Encoder::new(Lzma, Vec::new()).unwrap();
         e.write_all(b"x").unwrap();
@@ -369,6 +539,39 @@ mod tests {
         let mut e = Encoder::new(Lz4, Vec::new()).unwrap();
         e.write_all(b"x").unwrap();
         assert_eq!(&e.finish().unwrap()[..4], &[0x04, 0x22, 0x4d, 0x18]);
+    }
+
+    #[test]
+    fn every_compressor_is_recognised_by_its_bytes() {
+        for c in [Gzip, Bzip2, Lz4, Lzma, Xz, Zstd] {
+            let mut e = Encoder::new(c, Vec::new()).unwrap();
+            e.write_all(&[7u8; 600]).unwrap();
+            let packed = e.finish().unwrap();
+            let len = packed.len() as u64;
+            assert_eq!(detect(&packed, len), Some(Outer::Compressed(c)), "{c:?}");
+        }
+        let tar = tar_header(5).unwrap();
+        assert_eq!(detect(&tar, 1536), Some(Outer::Tar));
+        assert_eq!(detect_inner(&tar), Some(Inner::Tar));
+        let mut v7 = tar;
+        v7[257..263].fill(0);
+        v7[148..156].copy_from_slice(b"        ");
+        let sum: u32 = v7.iter().map(|&b| b as u32).sum();
+        v7[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        assert_eq!(
+            detect_inner(&v7),
+            Some(Inner::Tar),
+            "an old-style header by checksum"
+        );
+        assert_eq!(detect(b"PK\x03\x04rest", 100), Some(Outer::Zip));
+        let mut st = 2u64.to_le_bytes().to_vec();
+        st.extend_from_slice(b"{}");
+        assert_eq!(detect(&st, 10), Some(Outer::Safetensors));
+        assert_eq!(detect(&st, 9), None, "a header past the end of the file");
+        for junk in [&b""[..], b"\x80\x02}q\x00.", &[0u8; 512], b"hello world"] {
+            assert_eq!(detect(junk, junk.len() as u64), None, "{junk:?}");
+            assert_eq!(detect_inner(junk), None, "{junk:?}");
+        }
     }
 
     #[test]

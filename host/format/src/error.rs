@@ -41,6 +41,22 @@ pub enum FormatError {
         /// The fault.
         message: String,
     },
+    /// The file's content is no checkpoint format cairn reads.
+    #[error("{path} is not a checkpoint: {message}")]
+    Unrecognised {
+        /// The file.
+        path: PathBuf,
+        /// What its first bytes are.
+        message: String,
+    },
+    /// Reading the file would exceed a bound of [`crate::ReadLimits`].
+    #[error("{path} {message}")]
+    Limit {
+        /// The file.
+        path: PathBuf,
+        /// Which bound, and by how much.
+        message: String,
+    },
     /// The file could not be opened or read.
     #[error("{path} could not be read: {error}")]
     Read {
@@ -57,6 +73,27 @@ pub enum FormatError {
         /// The OS error.
         error: io::Error,
     },
+}
+
+impl FormatError {
+    /// True when the file was refused because reading it would exceed a bound (a decompression
+    /// bomb, a pickle past its budget, nesting past the depth limit) rather than because it is
+    /// damaged.
+    pub fn is_limit(&self) -> bool {
+        use crate::pt::pickle_read::PickleFault;
+        match self {
+            FormatError::Limit { .. } => true,
+            FormatError::Pt {
+                error: PtError::Limit(_),
+                ..
+            } => true,
+            FormatError::Pt {
+                error: PtError::Pickle(e),
+                ..
+            } => matches!(e.fault, PickleFault::TooDeep | PickleFault::TooLarge),
+            _ => false,
+        }
+    }
 }
 
 /// A checkpoint name that selects no format cairn can write.

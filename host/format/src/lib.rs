@@ -11,6 +11,8 @@ pub mod durable;
 mod error;
 pub mod failpoints;
 mod io;
+mod limits;
+mod prebuilt;
 mod pt;
 mod safetensors_io;
 pub mod state_dict;
@@ -19,7 +21,18 @@ mod tests;
 
 pub use container::{CheckpointFormat, Compression};
 pub use error::{FormatError, NameError};
-pub use io::{VerifyReport, format_of, read_checkpoint, verify_checkpoint, write_checkpoint};
+pub use io::{
+    CheckpointRead, VerifyReport, format_of, read_checkpoint, read_checkpoint_with,
+    verify_checkpoint, verify_checkpoint_with, write_checkpoint, write_prebuilt,
+};
+pub use limits::{
+    DEFAULT_MAX_EXPANDED_BYTES, DEFAULT_MAX_EXPANSION_RATIO, DEFAULT_MAX_PICKLE_BYTES,
+    DEFAULT_RATIO_FLOOR_BYTES, ReadLimits, human_bytes,
+};
+pub use prebuilt::{Prebuilt, PrebuiltError};
+pub use pt::pickle_read::{PickleError, PickleFault};
 pub use pt::{PtError, PtSummary, count_tensors};
 pub use safetensors_io::SafetensorsError;
-pub use state_dict::{DType, Dict, DictKind, Key, Object, Storage, Tensor, Value};
+pub use state_dict::{
+    DType, DepthError, Dict, DictKind, Key, MAX_DEPTH, Object, Shared, Storage, Tensor, Value,
+};

@@ -7,7 +7,11 @@
 //! (`state/model/fc.weight`) so other safetensors readers see sensible names. A file without
 //! `cairn.tree` (written by another tool) reads as a flat dict of its tensors. Views are written
 //! densely (safetensors cannot share storage), so shared storages are not shared after a round
-//! trip; the `.pt` format keeps that.
+//! trip; the `.pt` format keeps that. Shared subtrees ([`Shared`]) stay shared.
+//!
+//! The tree is a flat table of nodes, children before parents (version 2), so reading it takes
+//! one pass without recursion and a node can be used twice only if it is a shared handle;
+//! files with the nested encoding cairn wrote before (version 1) still read.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufWriter, Write};
@@ -17,7 +21,9 @@ use indexmap::IndexMap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
 use serde_json::{Value as Json, json};
 
-use crate::state_dict::{Construct, DType, Dict, DictKind, Key, Object, Tensor, Value};
+use crate::state_dict::{
+    Construct, DType, Dict, DictKind, Key, MAX_DEPTH, Object, Shared, Tensor, Value,
+};
 
 /// The `__metadata__` key holding the tree.
 pub const TREE_KEY: &str = "cairn.tree";
@@ -93,10 +99,15 @@ pub fn dense_bytes(t: &Tensor) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
-/// Tree → tagged JSON, collecting tensors under unique names.
+/// Tree → a flat table of tagged JSON nodes, children before parents, collecting tensors under
+/// unique names. A flat table keeps the JSON two levels deep whatever the tree's depth (a
+/// nested encoding trips JSON parsers' recursion limits), and lets a shared subtree be one
+/// node that several parents name.
 struct Encoder {
+    nodes: Vec<Json>,
     tensors: Vec<(String, Tensor)>,
     names: HashSet<String>,
+    shared: HashMap<usize, usize>,
 }
 
 impl Encoder {
@@ -110,7 +121,14 @@ impl Encoder {
         name
     }
 
-    fn value(&mut self, v: &Value, path: &str) -> Json {
+    fn push(&mut self, node: Json) -> usize {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Encode `v` (and what it holds); returns its node index. Recursion is bounded: the
+    /// caller checked the tree's depth.
+    fn value(&mut self, v: &Value, path: &str) -> usize {
         let child = |seg: &dyn std::fmt::Display| {
             if path.is_empty() {
                 seg.to_string()
@@ -118,7 +136,7 @@ impl Encoder {
                 format!("{path}/{seg}")
             }
         };
-        match v {
+        let node = match v {
             Value::None => Json::Null,
             Value::Bool(b) => json!(b),
             Value::Str(s) => json!(s),
@@ -148,7 +166,7 @@ impl Encoder {
                 let state = d
                     .state
                     .as_ref()
-                    .map_or(Json::Null, |s| self.value(s, &child(&"__state__")));
+                    .map_or(Json::Null, |s| json!(self.value(s, &child(&"__state__"))));
                 json!(["dict", kind, items, state])
             }
             Value::Tensor(t) => {
@@ -157,10 +175,20 @@ impl Encoder {
                 json!(["tensor", name, t.requires_grad, t.parameter])
             }
             Value::Object(o) => self.object(o, path),
-        }
+            Value::Shared(s) => {
+                if let Some(&i) = self.shared.get(&s.id()) {
+                    return i;
+                }
+                let inner = self.value(s.get(), path);
+                let i = self.push(json!(["shared", inner]));
+                self.shared.insert(s.id(), i);
+                return i;
+            }
+        };
+        self.push(node)
     }
 
-    fn seq(&mut self, items: &[Value], path: &str) -> Vec<Json> {
+    fn seq(&mut self, items: &[Value], path: &str) -> Vec<usize> {
         items
             .iter()
             .enumerate()
@@ -183,7 +211,10 @@ impl Encoder {
             Construct::Reduce(a) => json!(["reduce", self.seq(a, path)]),
             Construct::NewObj(a) => json!(["newobj", self.seq(a, path)]),
         };
-        let state = o.state.as_ref().map_or(Json::Null, |s| self.value(s, path));
+        let state = o
+            .state
+            .as_ref()
+            .map_or(Json::Null, |s| json!(self.value(s, path)));
         let list = self.seq(&o.list_items, path);
         let dict: Vec<Json> = o
             .dict_items
@@ -196,11 +227,16 @@ impl Encoder {
 
 /// Write `tree` as safetensors into `out`; returns bytes written.
 pub fn write(tree: &Value, out: &mut impl Write) -> Result<u64, SafetensorsError> {
+    tree.check_depth(MAX_DEPTH)
+        .map_err(|e| SafetensorsError::Unwritable(format!("the tree {e}")))?;
     let mut enc = Encoder {
+        nodes: Vec::new(),
         tensors: Vec::new(),
         names: HashSet::new(),
+        shared: HashMap::new(),
     };
-    let json_tree = enc.value(tree, "");
+    let root = enc.value(tree, "");
+    let json_tree = json!({"version": 2, "root": root, "nodes": enc.nodes});
     let mut infos = Vec::new();
     let mut payloads = Vec::new();
     let mut offset = 0usize;
@@ -259,8 +295,12 @@ pub fn read(data: &Bytes) -> Result<Value, SafetensorsError> {
     let tree = metadata.metadata().as_ref().and_then(|m| m.get(TREE_KEY));
     match tree {
         Some(text) => {
+            // serde_json refuses nesting past 128 levels, so parsing cannot overflow the stack.
             let json: Json =
                 serde_json::from_str(text).map_err(|e| SafetensorsError::Tree(e.to_string()))?;
+            if json.is_object() {
+                return read_table(&json, &tensors).map_err(SafetensorsError::Tree);
+            }
             Decoder { tensors: &tensors }
                 .value(&json, 0)
                 .map_err(SafetensorsError::Tree)
@@ -275,6 +315,205 @@ pub fn read(data: &Bytes) -> Result<Value, SafetensorsError> {
     }
 }
 
+/// One decoded node of the table: taken by its one parent, or a shared handle any parent may
+/// clone.
+enum Slot {
+    Value(Value),
+    Shared(Shared),
+    Taken,
+}
+
+/// Read the version-2 table: one forward pass, each node built from earlier ones.
+fn read_table(json: &Json, tensors: &IndexMap<String, Tensor>) -> Res<Value> {
+    if json.get("version").and_then(Json::as_u64) != Some(2) {
+        return Err("unknown tree version".into());
+    }
+    let nodes = json
+        .get("nodes")
+        .and_then(Json::as_array)
+        .ok_or("the tree has no node table")?;
+    let root = json
+        .get("root")
+        .and_then(Json::as_u64)
+        .ok_or("the tree has no root")? as usize;
+    let mut slots: Vec<Slot> = Vec::with_capacity(nodes.len());
+    let mut depths: Vec<usize> = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        let mut table = Table {
+            slots: &mut slots,
+            depths: &depths,
+            at: i,
+            deepest: None,
+        };
+        let (slot, depth) = table.node(node, tensors)?;
+        if depth > MAX_DEPTH {
+            return Err(format!("the tree nests deeper than {MAX_DEPTH} levels"));
+        }
+        slots.push(slot);
+        depths.push(depth);
+    }
+    if root + 1 != slots.len() {
+        return Err("the root is not the last node".into());
+    }
+    match slots.pop() {
+        Some(Slot::Value(v)) => Ok(v),
+        Some(Slot::Shared(s)) => Ok(Value::Shared(s)),
+        _ => Err("the tree has no root".into()),
+    }
+}
+
+/// Decoding node `at` of the table.
+struct Table<'a> {
+    slots: &'a mut Vec<Slot>,
+    depths: &'a [usize],
+    at: usize,
+    /// The deepest child met so far.
+    deepest: Option<usize>,
+}
+
+impl Table<'_> {
+    /// The value of an earlier node, taken (or cloned, for a shared handle).
+    fn take(&mut self, j: &Json) -> Res<Value> {
+        let j = j.as_u64().ok_or("a node reference is not an index")? as usize;
+        if j >= self.at {
+            return Err(format!(
+                "node {} refers to node {j}, which is not before it",
+                self.at
+            ));
+        }
+        self.deepest = self.deepest.max(Some(self.depths[j]));
+        match std::mem::replace(&mut self.slots[j], Slot::Taken) {
+            Slot::Value(v) => Ok(v),
+            Slot::Shared(s) => {
+                self.slots[j] = Slot::Shared(s.clone());
+                Ok(Value::Shared(s))
+            }
+            Slot::Taken => Err(format!("node {j} is used twice but is not shared")),
+        }
+    }
+
+    fn seq(&mut self, j: Option<&Json>) -> Res<Vec<Value>> {
+        let items = j.and_then(Json::as_array).ok_or("expected a list")?;
+        items.iter().map(|x| self.take(x)).collect()
+    }
+
+    fn node(&mut self, j: &Json, tensors: &IndexMap<String, Tensor>) -> Res<(Slot, usize)> {
+        let value = match j {
+            Json::Null => Value::None,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::String(s) => Value::Str(s.clone()),
+            Json::Array(a) => {
+                let tag = a.first().and_then(Json::as_str).ok_or("untagged node")?;
+                if tag == "shared" {
+                    let inner = self.take(a.get(1).ok_or("'shared' lacks its node")?)?;
+                    let depth = self.deepest.unwrap_or(0);
+                    return Ok((Slot::Shared(Shared::new(inner)), depth));
+                }
+                self.tagged(tag, a, tensors)?
+            }
+            other => return Err(format!("unexpected {other}")),
+        };
+        // A container is one level above its deepest child; leaves and empty ones are level 0.
+        let depth = self.deepest.map_or(0, |d| d + 1);
+        Ok((Slot::Value(value), depth))
+    }
+
+    fn tagged(&mut self, tag: &str, a: &[Json], tensors: &IndexMap<String, Tensor>) -> Res<Value> {
+        let s = |i: usize| {
+            a.get(i)
+                .and_then(Json::as_str)
+                .ok_or(format!("'{tag}' lacks field {i}"))
+        };
+        let hex = |i: usize| s(i).and_then(|h| hex::decode(h).map_err(|e| e.to_string()));
+        Ok(match tag {
+            "int" => Value::Int(a.get(1).and_then(Json::as_i64).ok_or("bad int")?),
+            "bigint" => Value::BigInt(hex(1)?),
+            "float" => Value::Float(s(1)?.parse().map_err(|_| "bad float")?),
+            "bytes" => Value::Bytes(hex(1)?),
+            "list" => Value::List(self.seq(a.get(1))?),
+            "tuple" => Value::Tuple(self.seq(a.get(1))?),
+            "dict" => {
+                let mut d = if a.get(1).and_then(Json::as_str) == Some("ordered") {
+                    Dict::ordered()
+                } else {
+                    Dict::new()
+                };
+                for item in a
+                    .get(2)
+                    .and_then(Json::as_array)
+                    .ok_or("dict without items")?
+                {
+                    let pair = item
+                        .as_array()
+                        .filter(|p| p.len() == 2)
+                        .ok_or("bad dict item")?;
+                    let key = match &pair[0] {
+                        Json::String(s) => Key::Str(s.clone()),
+                        Json::Number(n) => Key::Int(n.as_i64().ok_or("bad int key")?),
+                        _ => return Err("bad dict key".into()),
+                    };
+                    let value = self.take(&pair[1])?;
+                    d.entries.insert(key, value);
+                }
+                if let Some(state) = a.get(3).filter(|s| !s.is_null()) {
+                    d.state = Some(Box::new(self.take(state)?));
+                }
+                Value::Dict(d)
+            }
+            "tensor" => {
+                let name = s(1)?;
+                let mut t = tensors
+                    .get(name)
+                    .cloned()
+                    .ok_or(format!("tensor '{name}' is missing"))?;
+                t.requires_grad = a.get(2).and_then(Json::as_bool).unwrap_or(false);
+                t.parameter = a.get(3).and_then(Json::as_bool).unwrap_or(false);
+                Value::Tensor(t)
+            }
+            "object" => {
+                let c = a
+                    .get(3)
+                    .and_then(Json::as_array)
+                    .ok_or("bad object construct")?;
+                let construct = match c.first().and_then(Json::as_str) {
+                    Some("global") => Construct::Global,
+                    Some("reduce") => Construct::Reduce(self.seq(c.get(1))?),
+                    Some("newobj") => Construct::NewObj(self.seq(c.get(1))?),
+                    _ => return Err("bad object construct".into()),
+                };
+                let state = match a.get(4) {
+                    None | Some(Json::Null) => None,
+                    Some(j) => Some(self.take(j)?),
+                };
+                let list_items = self.seq(a.get(5))?;
+                let dict_items = a
+                    .get(6)
+                    .and_then(Json::as_array)
+                    .ok_or("bad object items")?
+                    .iter()
+                    .map(|p| {
+                        let p = p
+                            .as_array()
+                            .filter(|p| p.len() == 2)
+                            .ok_or("bad object item")?;
+                        Ok((self.take(&p[0])?, self.take(&p[1])?))
+                    })
+                    .collect::<Res<Vec<_>>>()?;
+                Value::Object(Box::new(Object {
+                    module: s(1)?.to_owned(),
+                    name: s(2)?.to_owned(),
+                    construct,
+                    state,
+                    list_items,
+                    dict_items,
+                }))
+            }
+            _ => return Err(format!("unknown tag '{tag}'")),
+        })
+    }
+}
+
+/// The nested encoding (version 1) cairn wrote before the node table.
 struct Decoder<'a> {
     tensors: &'a IndexMap<String, Tensor>,
 }
@@ -283,7 +522,7 @@ type Res<T> = Result<T, String>;
 
 impl Decoder<'_> {
     fn value(&self, j: &Json, depth: usize) -> Res<Value> {
-        if depth > 400 {
+        if depth > MAX_DEPTH {
             return Err("nests too deeply".into());
         }
         Ok(match j {

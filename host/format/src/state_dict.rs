@@ -8,9 +8,20 @@
 //! Tensors keep their bytes in [`Storage`], a reference-counted buffer: tensors that share a
 //! storage in PyTorch share one `Storage` here (compared by identity), so the writer can emit
 //! one record for both, exactly as `torch.save` does.
+//!
+//! A subtree that appears in several places is a [`Shared`] node, held once: the reader makes one
+//! where a pickle fetches a memoised container or object again (`BINGET`), and the writer emits
+//! it once and then refers to it (`BINPUT`/`BINGET`, as `torch.save` writes an object it has seen
+//! before), so a graph never turns into a tree whose size an attacker chooses (the pickle
+//! "billion laughs").
+//!
+//! Trees are at most [`MAX_DEPTH`] containers deep: the reader refuses deeper pickles and the
+//! writers deeper trees ([`Value::check_depth`]), so every recursive walk of a tree is bounded;
+//! dropping a tree never recurses (see `impl Drop for Value`), whatever built it.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use indexmap::IndexMap;
@@ -128,8 +139,25 @@ impl Dict {
     }
 }
 
+/// How many containers (dicts, lists, tuples, objects) may enclose a node: the reader refuses
+/// deeper pickles and the writers deeper trees, so a tree cairn writes is one it can read back,
+/// and every recursive walk of a tree stays far inside a thread's stack (a level of the pickle
+/// reader and writer takes ~5 KiB of stack in a debug build; 100 levels fit in a quarter of a
+/// 2 MiB thread stack). Real checkpoints nest about ten levels (a Composer checkpoint's
+/// `state/optimizers/Adam/state/0/exp_avg` is six); `Shared` nodes do not count (they cannot
+/// nest directly, see [`Shared::new`]).
+pub const MAX_DEPTH: usize = 100;
+
+/// A tree nested deeper than [`MAX_DEPTH`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("nests more than {limit} containers deep (a dict, list, tuple or object inside another)")]
+pub struct DepthError {
+    /// The limit that was exceeded.
+    pub limit: usize,
+}
+
 /// One node of a checkpoint tree.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum Value {
     /// `dict` / `OrderedDict`
     Dict(Dict),
@@ -152,15 +180,136 @@ pub enum Value {
     /// `bytes`
     Bytes(Vec<u8>),
     /// `None`
+    #[default]
     None,
     /// An object cairn does not model, kept as the recipe that rebuilds it.
     Object(Box<Object>),
+    /// A subtree that appears in more than one place (one Python object referenced twice).
+    Shared(Shared),
+}
+
+/// A subtree held once and referenced from several places of a tree; clones share it.
+///
+/// It is how a checkpoint keeps Python's object identity: `torch.save` writes an object it has
+/// already written as a reference to the first copy (a pickle memo `BINGET`), and `torch.load`
+/// gives back the same object in both places. cairn's reader turns such a reference to a
+/// container or object into a `Shared`, its writers emit the subtree once and refer to it, and
+/// `cairn inspect` lists it once. Equality compares the contents; [`Shared::same`] compares
+/// identity.
+#[derive(Clone)]
+pub struct Shared(Arc<Value>);
+
+impl Shared {
+    /// Share `value`. A `Shared` of a `Shared` is the same handle (no chain of handles, so a
+    /// walk descends one container per two steps at most).
+    pub fn new(value: Value) -> Shared {
+        if let Value::Shared(s) = &value {
+            return s.clone();
+        }
+        Shared(Arc::new(value))
+    }
+
+    /// The shared subtree.
+    pub fn get(&self) -> &Value {
+        &self.0
+    }
+
+    /// True when both handles name the same subtree.
+    pub fn same(&self, other: &Shared) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// A stable identity while the subtree lives, for writers that emit it once.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// A mutable subtree, copied first when another handle still shares it (copy on write:
+    /// editing one place of a tree never changes another behind the caller's back).
+    pub fn make_mut(&mut self) -> &mut Value {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl fmt::Debug for Shared {
+    /// The kind and identity only: printing the contents at every place would be exponential
+    /// for a graph that shares shared subtrees (use [`Shared::get`] to print one).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Shared({}@{:#x})", self.get().kind(), self.id())
+    }
+}
+
+impl PartialEq for Shared {
+    /// The same subtree, or equal contents.
+    fn eq(&self, other: &Shared) -> bool {
+        self.same(other) || self.get() == other.get()
+    }
+}
+
+/// A placeholder left behind when [`Value`]'s drop takes a shared subtree out of its handle.
+static EMPTY: LazyLock<Arc<Value>> = LazyLock::new(|| Arc::new(Value::None));
+
+impl Drop for Value {
+    /// Without this, dropping a tree recurses once per level, and a tree thousands of levels
+    /// deep (built from a hostile filter's answer, say) overflows the stack. The children of a
+    /// container are moved to a heap stack instead, so every node is dropped childless.
+    fn drop(&mut self) {
+        if !has_children(self) {
+            return;
+        }
+        let mut pending = Vec::new();
+        take_children(self, &mut pending);
+        while let Some(mut v) = pending.pop() {
+            take_children(&mut v, &mut pending);
+        }
+    }
+}
+
+/// Does dropping `v` drop other values? (Leaves and empty containers return at once.)
+fn has_children(v: &Value) -> bool {
+    match v {
+        Value::Dict(d) => !d.entries.is_empty() || d.state.is_some(),
+        Value::List(items) | Value::Tuple(items) => !items.is_empty(),
+        Value::Object(_) | Value::Shared(_) => true,
+        _ => false,
+    }
+}
+
+/// Move the values `v` owns onto `out`, leaving `v` childless.
+fn take_children(v: &mut Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Dict(d) => {
+            out.extend(d.entries.drain(..).map(|(_, x)| x));
+            if let Some(s) = d.state.take() {
+                out.push(*s);
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => out.append(items),
+        Value::Object(o) => {
+            if let Construct::Reduce(args) | Construct::NewObj(args) = &mut o.construct {
+                out.append(args);
+            }
+            out.extend(o.state.take());
+            out.append(&mut o.list_items);
+            for (k, x) in o.dict_items.drain(..) {
+                out.push(k);
+                out.push(x);
+            }
+        }
+        Value::Shared(s) => {
+            let arc = std::mem::replace(&mut s.0, EMPTY.clone());
+            // Only the last handle owns the subtree; earlier ones just let go.
+            out.extend(Arc::into_inner(arc));
+        }
+        _ => {}
+    }
 }
 
 impl Value {
-    /// The kind names of the CLI contract (`cairn inspect --json`).
+    /// The kind names of the CLI contract (`cairn inspect --json`); a shared subtree has the
+    /// kind of what it holds.
     pub fn kind(&self) -> &'static str {
-        match self {
+        match self.resolved() {
             Value::Dict(_) => "dict",
             Value::List(_) => "list",
             Value::Tuple(_) => "tuple",
@@ -172,18 +321,51 @@ impl Value {
             Value::Bytes(_) => "bytes",
             Value::None => "none",
             Value::Object(_) => "object",
+            Value::Shared(_) => unreachable!("resolved() never returns a Shared"),
         }
     }
 
-    /// The dict inside, if this is one.
-    pub fn as_dict(&self) -> Option<&Dict> {
+    /// This node, or the subtree a [`Value::Shared`] holds.
+    pub fn resolved(&self) -> &Value {
         match self {
+            Value::Shared(s) => s.get(),
+            v => v,
+        }
+    }
+
+    /// The dict inside (through a shared handle too), if this is one.
+    pub fn as_dict(&self) -> Option<&Dict> {
+        match self.resolved() {
             Value::Dict(d) => Some(d),
             _ => None,
         }
     }
 
-    /// The dict inside, mutably, if this is one.
+    /// The dict inside, by value, if this is one. (`Value` implements `Drop`, so a pattern
+    /// cannot move a dict out of it; this can.) A shared dict is copied if others still
+    /// share it.
+    pub fn into_dict(mut self) -> Option<Dict> {
+        match &mut self {
+            Value::Dict(d) => Some(std::mem::take(d)),
+            Value::Shared(s) => s.make_mut().as_dict_mut().map(std::mem::take),
+            _ => None,
+        }
+    }
+
+    /// The items of a list, by value, if this is one (see [`Value::into_dict`]).
+    pub fn into_list(mut self) -> Option<Vec<Value>> {
+        match &mut self {
+            Value::List(items) => Some(std::mem::take(items)),
+            Value::Shared(s) => match s.make_mut() {
+                Value::List(items) => Some(std::mem::take(items)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The dict inside, mutably, if this is one (not through a shared handle: use
+    /// [`Shared::make_mut`] to edit a shared subtree deliberately).
     pub fn as_dict_mut(&mut self) -> Option<&mut Dict> {
         match self {
             Value::Dict(d) => Some(d),
@@ -191,11 +373,11 @@ impl Value {
         }
     }
 
-    /// Walk `path` (string keys / list indices) down from this node.
+    /// Walk `path` (string keys / list indices) down from this node, through shared subtrees.
     pub fn get_path(&self, path: &[&str]) -> Option<&Value> {
         let mut node = self;
         for seg in path {
-            node = match node {
+            node = match node.resolved() {
                 Value::Dict(d) => d.entries.iter().find(|(k, _)| k.to_string() == *seg)?.1,
                 Value::List(l) => l.get(seg.parse::<usize>().ok()?)?,
                 _ => return None,
@@ -207,31 +389,48 @@ impl Value {
     /// Call `f` on every tensor of the tree, wherever it sits (dict values and `BUILD` state,
     /// list and tuple items, the arguments, state and items of an [`Object`]), so a caller can
     /// re-point storages, as a save behind training does when it copies them into staging.
+    ///
+    /// A shared subtree is re-pointed once and stays shared: every handle to it ends up naming
+    /// the same new subtree, so the file written from the result keeps the aliasing.
     pub fn for_each_tensor_mut(&mut self, f: &mut dyn FnMut(&mut Tensor)) {
+        self.tensors_mut(f, &mut HashMap::new());
+    }
+
+    fn tensors_mut(&mut self, f: &mut dyn FnMut(&mut Tensor), done: &mut HashMap<usize, Shared>) {
         match self {
+            Value::Shared(s) => {
+                let id = s.id();
+                if let Some(new) = done.get(&id) {
+                    *s = new.clone();
+                    return;
+                }
+                let mut inner = s.get().clone();
+                inner.tensors_mut(f, done);
+                let new = Shared::new(inner);
+                done.insert(id, new.clone());
+                *s = new;
+            }
             Value::Tensor(t) => f(t),
             Value::Dict(d) => {
-                d.entries
-                    .values_mut()
-                    .for_each(|v| v.for_each_tensor_mut(f));
+                d.entries.values_mut().for_each(|v| v.tensors_mut(f, done));
                 if let Some(s) = &mut d.state {
-                    s.for_each_tensor_mut(f);
+                    s.tensors_mut(f, done);
                 }
             }
             Value::List(items) | Value::Tuple(items) => {
-                items.iter_mut().for_each(|v| v.for_each_tensor_mut(f));
+                items.iter_mut().for_each(|v| v.tensors_mut(f, done));
             }
             Value::Object(o) => {
                 if let Construct::Reduce(args) | Construct::NewObj(args) = &mut o.construct {
-                    args.iter_mut().for_each(|v| v.for_each_tensor_mut(f));
+                    args.iter_mut().for_each(|v| v.tensors_mut(f, done));
                 }
                 o.state
                     .iter_mut()
                     .chain(&mut o.list_items)
-                    .for_each(|v| v.for_each_tensor_mut(f));
+                    .for_each(|v| v.tensors_mut(f, done));
                 for (k, v) in &mut o.dict_items {
-                    k.for_each_tensor_mut(f);
-                    v.for_each_tensor_mut(f);
+                    k.tensors_mut(f, done);
+                    v.tensors_mut(f, done);
                 }
             }
             Value::Int(_)
@@ -242,6 +441,86 @@ impl Value {
             | Value::Bytes(_)
             | Value::None => {}
         }
+    }
+
+    /// The values this node holds directly, in writing order (dict keys are not values).
+    pub fn children(&self) -> Vec<&Value> {
+        match self {
+            Value::Dict(d) => d.entries.values().chain(d.state.as_deref()).collect(),
+            Value::List(items) | Value::Tuple(items) => items.iter().collect(),
+            Value::Object(o) => {
+                let args = match &o.construct {
+                    Construct::Reduce(a) | Construct::NewObj(a) => &a[..],
+                    Construct::Global => &[],
+                };
+                let mut out: Vec<&Value> = args.iter().collect();
+                out.extend(o.state.iter());
+                out.extend(o.list_items.iter());
+                for (k, x) in &o.dict_items {
+                    out.push(k);
+                    out.push(x);
+                }
+                out
+            }
+            Value::Shared(s) => vec![s.get()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// How many containers deep the tree is: 0 for a leaf or an empty container, else one
+    /// more than its deepest child; a shared handle adds nothing. Computed without recursion
+    /// and visiting each shared subtree once, so it is linear in the size of the graph.
+    pub fn depth(&self) -> usize {
+        let mut memo: HashMap<usize, usize> = HashMap::new();
+        // Post-order over (node, children-visited?) with an explicit stack.
+        let mut stack: Vec<(&Value, bool)> = vec![(self, false)];
+        let mut results: Vec<usize> = Vec::new();
+        while let Some((v, expanded)) = stack.pop() {
+            if let Value::Shared(s) = v
+                && let Some(&d) = memo.get(&s.id())
+            {
+                results.push(d);
+                continue;
+            }
+            let children = v.children();
+            if !expanded {
+                stack.push((v, true));
+                for c in children.iter().rev() {
+                    stack.push((c, false));
+                }
+                continue;
+            }
+            let deepest = (0..children.len())
+                .map(|_| results.pop().unwrap_or(0))
+                .max();
+            let d = match (v, deepest) {
+                (Value::Shared(s), d) => {
+                    let d = d.unwrap_or(0);
+                    memo.insert(s.id(), d);
+                    d
+                }
+                (_, Some(d)) => d + 1,
+                (_, None) => 0,
+            };
+            results.push(d);
+        }
+        results.pop().unwrap_or(0)
+    }
+
+    /// `Ok` when the tree nests at most `limit` containers deep (see [`Value::depth`]); a
+    /// writer checks this first so its own recursion is bounded.
+    pub fn check_depth(&self, limit: usize) -> Result<(), DepthError> {
+        if self.depth() <= limit {
+            Ok(())
+        } else {
+            Err(DepthError { limit })
+        }
+    }
+}
+
+impl From<Shared> for Value {
+    fn from(s: Shared) -> Self {
+        Value::Shared(s)
     }
 }
 

@@ -9,11 +9,15 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value as Json;
 
-use crate::container::CheckpointFormat;
+use std::io::Write;
+
+use crate::container::{self, CheckpointFormat, Compression, Encoder};
 use crate::pt::zip::{CrcWriter, Plan, crc_of, read_entries};
 use crate::pt::{PtPlan, read_pt, verify_pt};
-use crate::state_dict::{Construct, DType, Dict, Key, Object, Tensor, Value};
-use crate::{read_checkpoint, verify_checkpoint, write_checkpoint};
+use crate::state_dict::{Construct, DType, Dict, Key, MAX_DEPTH, Object, Shared, Tensor, Value};
+use crate::{
+    ReadLimits, read_checkpoint, read_checkpoint_with, verify_checkpoint, write_checkpoint,
+};
 
 const EXTENSIONS: [&str; 13] = [
     "pt",
@@ -132,7 +136,8 @@ fn strided_views_round_trip_in_safetensors_as_dense_tensors() {
     let tree = Value::Dict(Dict::new().with("col", col));
     let path = dir.path().join("w.safetensors");
     write_to(&path, &tree);
-    let Some(Value::Tensor(t)) = read_checkpoint(&path).unwrap().get_path(&["col"]).cloned() else {
+    let back = read_checkpoint(&path).unwrap();
+    let Some(Value::Tensor(t)) = back.get_path(&["col"]) else {
         panic!()
     };
     assert_eq!(
@@ -471,15 +476,24 @@ fn absurd_storage_sizes_are_errors() {
 }
 
 #[test]
-fn unknown_names_are_refused_before_reading() {
-    let err = read_checkpoint(Path::new("x.pt.foo"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("unknown compressor"), "{err}");
-    let err = read_checkpoint(Path::new("x.tar.zst"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("tarfile extension"), "{err}");
+fn names_are_not_trusted_when_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.pt");
+    write_to(&real, &sample_tree());
+    for name in ["x.pt.foo", "x.tar.zst", "x.pt.gz", "x.safetensors"] {
+        let path = dir.path().join(name);
+        std::fs::copy(&real, &path).unwrap();
+        let read = read_checkpoint_with(&path, &ReadLimits::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(read.tree, sample_tree(), "{name}");
+        assert_eq!(read.report.format, CheckpointFormat::Pt, "{name}");
+        let note = read.report.mismatch(&path).unwrap();
+        assert!(
+            note.contains(name) && note.contains("by its content"),
+            "{note}"
+        );
+    }
+    assert_eq!(verify_checkpoint(&real).unwrap().mismatch(&real), None);
 }
 
 #[test]
@@ -498,6 +512,439 @@ fn damaged_compressed_files_are_errors() {
         let err = read_checkpoint(&path).unwrap_err().to_string();
         assert!(err.contains("c."), "{ext}: {err}");
     }
+}
+
+// ---------- the name is only for writing ----------
+
+#[test]
+fn every_format_reads_under_any_name_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = sample_tree();
+    for ext in EXTENSIONS {
+        let real = dir.path().join(format!("ep1.{ext}"));
+        write_to(&real, &tree);
+        let want = CheckpointFormat::from_name(&real.to_string_lossy()).unwrap();
+        // A store object under the default `.pt` name, and a name with no extension.
+        for name in ["renamed.pt", "latest-rank0"] {
+            let path = dir.path().join(format!("{}-{name}", ext.replace('.', "_")));
+            std::fs::copy(&real, &path).unwrap();
+            let read = read_checkpoint_with(&path, &ReadLimits::default())
+                .unwrap_or_else(|e| panic!("{ext} as {name}: {e}"));
+            assert_eq!(read.tree, tree, "{ext} as {name}");
+            // Composer's `.tar.lzma` is xz, which is how the content reads back.
+            assert_eq!(read.report.format, want, "{ext} as {name}");
+            assert_eq!(read.report.named, Some(CheckpointFormat::Pt));
+            assert_eq!(
+                read.report.mismatch(&path).is_some(),
+                want != CheckpointFormat::Pt
+            );
+        }
+    }
+}
+
+#[test]
+fn a_link_is_named_by_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    write_to(&dir.path().join("ep1.pt.gz"), &sample_tree());
+    let link = dir.path().join("latest-rank0.pt");
+    std::os::unix::fs::symlink("ep1.pt.gz", &link).unwrap();
+    let report = verify_checkpoint(&link).unwrap();
+    assert_eq!(
+        report.format,
+        CheckpointFormat::CompressedPt(Compression::Gzip)
+    );
+    assert_eq!(report.named, Some(report.format));
+    assert_eq!(report.mismatch(&link), None);
+}
+
+#[test]
+fn only_regular_files_are_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ep1.pt");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a plain mkfifo on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let err = read_checkpoint(&fifo).unwrap_err().to_string();
+    assert!(err.contains("a FIFO"), "{err}");
+    let err = read_checkpoint(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("a device"), "{err}");
+    let err = read_checkpoint(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("a folder"), "{err}");
+}
+
+// ---------- decompression bombs ----------
+
+/// `body` compressed with `c`.
+fn compress(c: Compression, body: &[u8]) -> Vec<u8> {
+    let mut e = Encoder::new(c, Vec::new()).unwrap();
+    e.write_all(body).unwrap();
+    e.finish().unwrap()
+}
+
+/// `n` bytes of zeros after `head`, compressed with `c` in 16 MiB steps (never all in memory).
+fn compressed_zeros(c: Compression, head: &[u8], n: u64) -> Vec<u8> {
+    let mut e = Encoder::new(c, Vec::new()).unwrap();
+    e.write_all(head).unwrap();
+    let zeros = vec![0u8; 16 << 20];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(zeros.len() as u64) as usize;
+        e.write_all(&zeros[..k]).unwrap();
+        left -= k as u64;
+    }
+    e.finish().unwrap()
+}
+
+const ALL_COMPRESSIONS: [Compression; 6] = [
+    Compression::Gzip,
+    Compression::Bzip2,
+    Compression::Lz4,
+    Compression::Lzma,
+    Compression::Xz,
+    Compression::Zstd,
+];
+
+#[test]
+fn zeros_and_text_are_refused_before_anything_is_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    for c in ALL_COMPRESSIONS {
+        for (what, bytes) in [
+            ("zeros", compressed_zeros(c, b"", 8 << 20)),
+            (
+                "text",
+                compress(c, &b"this is not a checkpoint\n".repeat(1000)),
+            ),
+        ] {
+            let path = dir.path().join(format!("{what}.pt.{}", c.extension()));
+            std::fs::write(&path, bytes).unwrap();
+            // A cap far below what the stream holds: the structure check answers first.
+            let limits = ReadLimits {
+                max_expanded_bytes: 4096,
+                ratio_floor_bytes: 4096,
+                ..ReadLimits::default()
+            };
+            let start = Instant::now();
+            let err = read_checkpoint_with(&path, &limits).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("holds neither a torch archive nor a tar"),
+                "{c:?} {what}: {err}"
+            );
+            assert!(!err.is_limit(), "{err}");
+            eprintln!("{c:?} {what}: refused in {:?}", start.elapsed());
+        }
+    }
+}
+
+#[test]
+fn a_well_formed_start_does_not_buy_unbounded_expansion() {
+    let dir = tempfile::tempdir().unwrap();
+    let zip_head = b"PK\x03\x04\x14\x00\x00\x00\x00\x00";
+    let tar_head = container::tar_header(1 << 30).unwrap();
+    // Zeros behind a valid start, in every compressor: refused at the bound, with a floor of
+    // 1 MiB here (the default 64 MiB floor is exercised below with zstd, which is fast to
+    // write in a debug build).
+    let limits = ReadLimits {
+        ratio_floor_bytes: 1 << 20,
+        ..ReadLimits::default()
+    };
+    for c in ALL_COMPRESSIONS {
+        for (what, head) in [("pt", &zip_head[..]), ("tar", &tar_head[..])] {
+            let bytes = compressed_zeros(c, head, 12 << 20);
+            let path = dir.path().join(format!("bomb-{what}.{}", c.extension()));
+            let allowed = limits.expansion_allowed(bytes.len() as u64);
+            assert!(
+                allowed < 12 << 20,
+                "{c:?}: {} bytes compress too little",
+                bytes.len()
+            );
+            std::fs::write(&path, bytes).unwrap();
+            let err = read_checkpoint_with(&path, &limits).unwrap_err();
+            assert!(err.is_limit(), "{c:?} {what}: {err}");
+            let text = err.to_string();
+            assert!(text.contains("decompression bomb"), "{text}");
+        }
+    }
+    let bytes = compressed_zeros(Compression::Zstd, zip_head, 256 << 20);
+    let path = dir.path().join("zeros-256m.pt.zst");
+    let len = bytes.len();
+    std::fs::write(&path, bytes).unwrap();
+    let start = Instant::now();
+    let err = read_checkpoint(&path).unwrap_err();
+    assert!(err.to_string().contains("expands past 64 MiB"), "{err}");
+    eprintln!(
+        "a {len}-byte zstd bomb (256 MiB) refused at 64 MiB in {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn the_ratio_and_the_cap_both_bind_and_are_configurable() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real checkpoint of 4 MiB of incompressible-looking floats, zstd-compressed.
+    let values: Vec<f32> = (0..1u64 << 20)
+        .map(|i| ((i * 7919) % 10007) as f32 * 1e-3)
+        .collect();
+    let tree = Value::Dict(Dict::new().with("w", Tensor::from_f32(vec![1 << 20], &values)));
+    let path = dir.path().join("ep1.pt.zst");
+    write_to(&path, &tree);
+    assert_eq!(
+        read_checkpoint(&path).unwrap(),
+        tree,
+        "the defaults read it"
+    );
+    let cap = ReadLimits {
+        max_expanded_bytes: 1 << 20,
+        ratio_floor_bytes: 0,
+        ..ReadLimits::default()
+    };
+    let err = read_checkpoint_with(&path, &cap).unwrap_err();
+    assert!(err.is_limit() && err.to_string().contains("1 MiB"), "{err}");
+    let ratio = ReadLimits {
+        max_expansion_ratio: 1,
+        ratio_floor_bytes: 0,
+        ..ReadLimits::default()
+    };
+    let err = read_checkpoint_with(&path, &ratio).unwrap_err();
+    assert!(
+        err.is_limit() && err.to_string().contains("at most 1x"),
+        "{err}"
+    );
+    let pickle = ReadLimits {
+        max_pickle_bytes: 64,
+        ..ReadLimits::default()
+    };
+    let err = read_checkpoint_with(&path, &pickle).unwrap_err();
+    assert!(
+        err.is_limit() && err.to_string().contains("pickle (data.pkl)"),
+        "{err}"
+    );
+    let st = dir.path().join("w.safetensors");
+    write_to(&st, &tree);
+    let err = read_checkpoint_with(&st, &pickle).unwrap_err();
+    assert!(
+        err.is_limit() && err.to_string().contains("safetensors header"),
+        "{err}"
+    );
+}
+
+// ---------- nesting and sharing ----------
+
+/// A torch archive around `pickle` (protocol 2 header and STOP added), with `storages`.
+fn pickle_file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+    let mut pickle = b"\x80\x02".to_vec();
+    pickle.extend_from_slice(body);
+    pickle.push(b'.');
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        make_zip(&[
+            ("archive/data.pkl", &pickle),
+            ("archive/byteorder", b"little"),
+            ("archive/version", b"3\n"),
+        ]),
+    )
+    .unwrap();
+    path
+}
+
+/// Read `path` on a thread with a 1 MiB stack (half a spawned thread's default), so a reader
+/// that recursed per level would overflow here first.
+fn read_on_small_stack(path: PathBuf) -> Result<Value, String> {
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || read_checkpoint(&path).map_err(|e| e.to_string()))
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deep_pickles_are_refused_whatever_the_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100_000;
+    let rep = |b: &[u8], k: usize| b.repeat(k);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("lists", [rep(b"]", n), rep(b"a", n - 1)].concat()),
+        ("tuples", [rep(b"(", n), rep(b"t", n)].concat()),
+        (
+            "dicts",
+            [rep(b"}X\x01\x00\x00\x00k", n), b"N".to_vec(), rep(b"s", n)].concat(),
+        ),
+        (
+            "objects",
+            [
+                rep(b"ccollections\nCounter\n(", n),
+                b"}".to_vec(),
+                rep(b"tR", n),
+            ]
+            .concat(),
+        ),
+        (
+            "sets",
+            [rep(b"(", n), rep(b"\x91", n)].concat(), // FROZENSET nested
+        ),
+        (
+            "dict-states",
+            [rep(b"}", n), b"N".to_vec(), rep(b"b", n)].concat(), // BUILD state chains
+        ),
+    ];
+    for (what, body) in cases {
+        let path = pickle_file(dir.path(), &format!("deep-{what}.pt"), &body);
+        let start = Instant::now();
+        let err = read_on_small_stack(path).unwrap_err();
+        assert!(
+            err.contains("nests deeper than 100 levels"),
+            "{what}: {err}"
+        );
+        eprintln!(
+            "deep {what} ({} KiB): refused in {:?}",
+            body.len() >> 10,
+            start.elapsed()
+        );
+    }
+    // Exactly at the limit still reads, on the same small stack.
+    let ok = [
+        rep(b"]", MAX_DEPTH),
+        b"K\x01".to_vec(),
+        rep(b"a", MAX_DEPTH),
+    ]
+    .concat();
+    let v = read_on_small_stack(pickle_file(dir.path(), "deep-ok.pt", &ok)).unwrap();
+    assert_eq!(v.depth(), MAX_DEPTH);
+    let over = [
+        rep(b"]", MAX_DEPTH + 1),
+        b"K\x01".to_vec(),
+        rep(b"a", MAX_DEPTH + 1),
+    ]
+    .concat();
+    assert!(read_on_small_stack(pickle_file(dir.path(), "deep-over.pt", &over)).is_err());
+}
+
+#[test]
+fn deep_trees_are_refused_by_every_writer_and_dropped_without_recursion() {
+    std::thread::Builder::new()
+        .stack_size(128 << 10)
+        .spawn(|| {
+            let mut v = Value::Int(1);
+            for i in 0..1_000_000 {
+                v = match i % 3 {
+                    0 => Value::List(vec![v]),
+                    1 => Value::Dict(Dict::new().with("k", v)),
+                    _ => Value::Tuple(vec![v]),
+                };
+            }
+            assert!(v.check_depth(MAX_DEPTH).is_err());
+            let err = PtPlan::new(&v, "x").err().unwrap().to_string();
+            assert!(err.contains("more than 100 containers deep"), "{err}");
+            let mut out = Vec::new();
+            let err = crate::safetensors_io::write(&v, &mut out)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more than 100 containers deep"), "{err}");
+            drop(v);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// The pickle "billion laughs": L0 = [] (or {}), Li = [L(i-1), L(i-1)], each memoised.
+fn laughs_pickle(levels: u32, dicts: bool) -> Vec<u8> {
+    let put = |i: u32| [&b"r"[..], &i.to_le_bytes()].concat();
+    let get = |i: u32| [&b"j"[..], &i.to_le_bytes()].concat();
+    let mut p = b"}X\x06\x00\x00\x00laughs".to_vec();
+    p.extend_from_slice(if dicts { b"}" } else { b"]" });
+    p.extend(put(0));
+    for i in 1..=levels {
+        p.extend_from_slice(b"0");
+        if dicts {
+            p.extend_from_slice(b"}(X\x01\x00\x00\x00a");
+            p.extend(get(i - 1));
+            p.extend_from_slice(b"X\x01\x00\x00\x00b");
+            p.extend(get(i - 1));
+            p.extend_from_slice(b"u");
+        } else {
+            p.extend_from_slice(b"](");
+            p.extend(get(i - 1));
+            p.extend(get(i - 1));
+            p.extend_from_slice(b"e");
+        }
+        p.extend(put(i));
+    }
+    p.extend_from_slice(b"s");
+    p
+}
+
+#[test]
+fn billion_laughs_read_and_write_back_as_small_graphs() {
+    let dir = tempfile::tempdir().unwrap();
+    for dicts in [false, true] {
+        let levels = 60;
+        let path = pickle_file(dir.path(), "laughs.pt", &laughs_pickle(levels, dicts));
+        let start = Instant::now();
+        let tree = read_on_small_stack(path.clone()).unwrap();
+        assert_eq!(tree.depth(), levels as usize + 1);
+        let mut tensors = 0;
+        crate::count_tensors(&tree, &mut |_| tensors += 1);
+        // Written back: once per level, then referenced (BINGET), as torch.save would.
+        let out = dir.path().join("laughs-out.pt.zst");
+        write_to(&out, &tree);
+        let back = read_checkpoint(&out).unwrap();
+        assert_eq!(back.depth(), levels as usize + 1);
+        let plan = PtPlan::new(&back, "x").unwrap();
+        assert!(plan.total_len() < 4096, "{} bytes", plan.total_len());
+        let st = dir.path().join("laughs.safetensors");
+        write_to(&st, &back);
+        assert_eq!(read_checkpoint(&st).unwrap().depth(), levels as usize + 1);
+        eprintln!(
+            "laughs (dicts: {dicts}) read, written and read back in {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn one_large_value_referenced_many_times_is_written_once() {
+    let big = Shared::new(Value::Bytes(vec![7u8; 8 << 20]));
+    let refs: Vec<Value> = (0..10_000).map(|_| Value::Shared(big.clone())).collect();
+    let tree = Value::Dict(Dict::new().with("aliases", Value::List(refs)));
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["pt", "pt.zst", "tar", "safetensors"] {
+        let path = dir.path().join(format!("aliases.{ext}"));
+        let bytes = write_to(&path, &tree);
+        // 8 MiB once (safetensors stores bytes as hex: twice that), not 10,000 times.
+        assert!(bytes < 17 << 20, "{ext}: {bytes} bytes");
+        let back = read_checkpoint(&path).unwrap();
+        let Some(Value::List(items)) = back.get_path(&["aliases"]) else {
+            panic!()
+        };
+        let (Value::Shared(a), Value::Shared(b)) = (&items[0], &items[9_999]) else {
+            panic!("{ext}: not shared ({})", items[0].kind())
+        };
+        assert!(a.same(b), "{ext}");
+    }
+}
+
+#[test]
+fn memoised_keys_and_strings_count_against_the_budget() {
+    // One 256 KiB string, memoised, used as the key of 8,000 distinct dicts: 2 GiB of keys.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = b"]X\x00\x00\x04\x00".to_vec();
+    p.extend(std::iter::repeat_n(b'K', 256 << 10));
+    p.extend_from_slice(b"r\x00\x00\x00\x000(");
+    for _ in 0..8_000 {
+        p.extend_from_slice(b"}j\x00\x00\x00\x00Ns");
+    }
+    p.extend_from_slice(b"e");
+    let path = pickle_file(dir.path(), "keys.pt", &p);
+    let err = read_checkpoint(&path).unwrap_err();
+    assert!(
+        err.is_limit() && err.to_string().contains("too much data"),
+        "{err}"
+    );
 }
 
 // ---------- mutation fuzzing ----------
@@ -555,6 +1002,87 @@ proptest! {
         let mut p = b"\x80\x02".to_vec();
         p.extend_from_slice(&bytes);
         let _ = read_pt(&Bytes::from(sample_pickle_zip(&p)));
+    }
+
+    /// Containers built, memoised, fetched again, nested and closed in random order: sharing,
+    /// cycles, depth and the budgets are exercised together.
+    #[test]
+    fn random_memo_graphs_never_panic(ops in prop::collection::vec(0u8..14, 0..400)) {
+        let mut p = b"\x80\x02".to_vec();
+        for op in ops {
+            match op {
+                0 => p.push(b']'),
+                1 => p.push(b'}'),
+                2 => p.push(b'('),
+                3 => p.push(b'a'),
+                4 => p.push(b'e'),
+                5 => p.push(b's'),
+                6 => p.push(b'u'),
+                7 => p.extend_from_slice(b"q\x00"),
+                8 => p.extend_from_slice(b"h\x00"),
+                9 => p.extend_from_slice(b"q\x01"),
+                10 => p.extend_from_slice(b"h\x01"),
+                11 => p.push(b't'),
+                12 => p.extend_from_slice(b"K\x07"),
+                _ => p.push(b'2'),
+            }
+        }
+        p.push(b'.');
+        let start = Instant::now();
+        if let Ok(v) = read_pt(&Bytes::from(sample_pickle_zip(&p))) {
+            // Whatever was read can be written and read back.
+            prop_assert!(v.depth() <= MAX_DEPTH);
+            let mut buf = Vec::new();
+            PtPlan::new(&v, "r").unwrap().write_to(&mut buf).unwrap();
+            let back = read_pt(&Bytes::from(buf)).unwrap();
+            prop_assert_eq!(back.depth(), v.depth());
+        }
+        prop_assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn mutated_laughs_and_deep_pickles_never_panic(
+        laughs in any::<bool>(),
+        edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8),
+    ) {
+        let body = if laughs {
+            laughs_pickle(30, edits.len() % 2 == 0)
+        } else {
+            [b"]".repeat(MAX_DEPTH), b"K\x01".to_vec(), b"a".repeat(MAX_DEPTH)].concat()
+        };
+        let mut p = b"\x80\x02".to_vec();
+        p.extend_from_slice(&body);
+        p.push(b'.');
+        let data = Bytes::from(sample_pickle_zip(&mutate(p, &edits)));
+        let start = Instant::now();
+        let _ = read_pt(&data);
+        prop_assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
+
+    /// Compressed and tar containers, damaged anywhere: an error or a tree, never a panic, and
+    /// never more staged than the bound allows.
+    #[test]
+    fn mutated_compressed_and_tar_checkpoints_never_panic(
+        which in 0usize..5,
+        edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
+    ) {
+        let ext = ["pt.zst", "pt.gz", "tar", "tar.bz2", "pt.lz4"][which];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("m.{ext}"));
+        write_to(&path, &sample_tree());
+        let bytes = mutate(std::fs::read(&path).unwrap(), &edits);
+        std::fs::write(&path, bytes).unwrap();
+        let limits = ReadLimits { ratio_floor_bytes: 1 << 20, ..ReadLimits::default() };
+        let start = Instant::now();
+        match read_checkpoint_with(&path, &limits) {
+            Ok(read) => prop_assert_eq!(read.tree, sample_tree()),
+            Err(e) => prop_assert!(e.to_string().contains("m."), "{}", e),
+        }
+        prop_assert!(start.elapsed() < Duration::from_secs(5));
     }
 }
 

@@ -334,6 +334,34 @@ impl PolicyError {
         )
     }
 
+    /// The policy at fault, as messages name it (the component's file); `None` for a built-in
+    /// interval or glob list.
+    pub fn policy(&self) -> Option<String> {
+        match self {
+            PolicyError::Interval(_) | PolicyError::Glob(_) => None,
+            PolicyError::Read { path, .. } => Some(path.display().to_string()),
+            PolicyError::Empty { policy }
+            | PolicyError::NotWasm { policy }
+            | PolicyError::CoreModule { policy }
+            | PolicyError::Invalid { policy, .. }
+            | PolicyError::WrongVersion { policy, .. }
+            | PolicyError::WrongWorld { policy, .. }
+            | PolicyError::MissingExport { policy, .. }
+            | PolicyError::UnknownImport { policy, .. }
+            | PolicyError::InitRefused { policy, .. }
+            | PolicyError::FilterRefused { policy, .. }
+            | PolicyError::OutOfFuel { policy, .. }
+            | PolicyError::DeadlineExceeded { policy, .. }
+            | PolicyError::MemoryLimit { policy, .. }
+            | PolicyError::StackOverflow { policy, .. }
+            | PolicyError::Trap { policy, .. }
+            | PolicyError::InvalidResult { policy, .. }
+            | PolicyError::InvalidData { policy, .. }
+            | PolicyError::Instantiate { policy, .. }
+            | PolicyError::Host { policy, .. } => Some(policy.clone()),
+        }
+    }
+
     /// A short, stable name of the cause, for summaries and tests.
     pub fn kind(&self) -> &'static str {
         match self {

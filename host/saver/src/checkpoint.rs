@@ -61,10 +61,10 @@ pub fn build(
         }
         return Value::Dict(Dict::new().with("state", state));
     }
-    let mut callbacks = match given.remove(&Key::from("callbacks")) {
-        Some(Value::Dict(d)) => d,
-        _ => Dict::new(),
-    };
+    let mut callbacks = given
+        .remove(&Key::from("callbacks"))
+        .and_then(Value::into_dict)
+        .unwrap_or_default();
     callbacks.insert("CheckpointSaver", saver_state(history));
     given.insert("callbacks", callbacks);
     given.insert(
@@ -140,24 +140,80 @@ pub fn timedelta(d: Duration) -> Value {
     }))
 }
 
-fn duration_of(v: &Value) -> Option<Duration> {
-    match v {
+/// The largest counter (batches, samples, tokens, ...) read back from a checkpoint: 2^53, the
+/// largest integer a float holds exactly (Composer's time arithmetic mixes the two), far past
+/// any real run, and far enough from `u64::MAX` that a resumed run's additions cannot overflow.
+pub const MAX_COUNTER: u64 = 1 << 53;
+
+/// The longest wall-clock duration read back from a checkpoint: 10^10 seconds (about 317
+/// years); a resumed run adds its own time to it, which must not overflow a `Duration`.
+pub const MAX_WALL_CLOCK_SECS: u64 = 10_000_000_000;
+
+/// A duration from what a checkpoint holds: a `datetime.timedelta` (days, seconds,
+/// microseconds, each possibly negative, as Python normalises them), a float or an int of
+/// seconds. Out-of-range values (negative, NaN, infinite, past [`MAX_WALL_CLOCK_SECS`]) are
+/// errors, whoever wrote them (a filter may legally set `1e300`).
+fn duration_of(v: &Value) -> Result<Duration, String> {
+    let too_big = || format!("is beyond {MAX_WALL_CLOCK_SECS} seconds");
+    let negative = || "is negative".to_owned();
+    match v.resolved() {
         Value::Object(o) if o.module == "datetime" && o.name == "timedelta" => {
             let Construct::Reduce(args) = &o.construct else {
-                return None;
+                return Err("is a timedelta without its (days, seconds, microseconds)".into());
             };
-            let part = |i: usize| match args.get(i) {
-                Some(Value::Int(n)) => Some(*n),
-                None => Some(0),
-                _ => None,
+            let part = |i: usize| match args.get(i).map(Value::resolved) {
+                Some(Value::Int(n)) => Ok(i128::from(*n)),
+                None => Ok(0),
+                Some(other) => Err(format!(
+                    "is a timedelta whose argument {i} is a {}, not an int",
+                    other.kind()
+                )),
             };
             let micros = part(0)? * 86_400_000_000 + part(1)? * 1_000_000 + part(2)?;
-            u64::try_from(micros).ok().map(Duration::from_micros)
+            if micros < 0 {
+                return Err(negative());
+            }
+            if micros > i128::from(MAX_WALL_CLOCK_SECS) * 1_000_000 {
+                return Err(too_big());
+            }
+            Ok(Duration::from_micros(micros as u64))
         }
-        Value::Float(x) if *x >= 0.0 && x.is_finite() => Some(Duration::from_secs_f64(*x)),
-        Value::Int(n) => u64::try_from(*n).ok().map(Duration::from_secs),
-        _ => None,
+        Value::Float(x) if x.is_nan() => Err("is NaN".into()),
+        Value::Float(x) if *x < 0.0 => Err(negative()),
+        Value::Float(x) if *x > MAX_WALL_CLOCK_SECS as f64 => Err(too_big()),
+        Value::Float(x) => Ok(Duration::from_secs_f64(*x)),
+        Value::Int(n) if *n < 0 => Err(negative()),
+        Value::Int(n) if *n as u64 > MAX_WALL_CLOCK_SECS => Err(too_big()),
+        Value::Int(n) => Ok(Duration::from_secs(*n as u64)),
+        other => Err(format!(
+            "is a {}, not a timedelta or a number of seconds",
+            other.kind()
+        )),
     }
+}
+
+/// A counter from what a checkpoint holds: an int in `0..=MAX_COUNTER`.
+fn counter_of(v: &Value) -> Result<u64, String> {
+    match v.resolved() {
+        Value::Int(n) if *n < 0 => Err(format!("is {n}, a negative count")),
+        Value::Int(n) if *n as u64 > MAX_COUNTER => {
+            Err(format!("is {n}, beyond {MAX_COUNTER} (2^53)"))
+        }
+        Value::Int(n) => Ok(*n as u64),
+        Value::BigInt(_) => Err(format!("is an int beyond {MAX_COUNTER} (2^53)")),
+        other => Err(format!("is a {}, not an int", other.kind())),
+    }
+}
+
+/// A value read back from a checkpoint that cairn cannot continue from: the key (a `/` path)
+/// and what is wrong with it, in words that follow the key (`state/timestamp/... is NaN`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key} {problem}")]
+pub struct BadValue {
+    /// Where the value is.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
 }
 
 /// After a filter ran over a full checkpoint dict, put `state` back if it was removed: Composer
@@ -170,18 +226,46 @@ pub fn restore_state_key(tree: &mut Value) {
     }
 }
 
-/// The timestamp a checkpoint was taken at (`state/timestamp/Timestamp`), if it has one.
-pub fn read_timestamp(tree: &Value) -> Option<Timestamp> {
-    let d = tree
-        .get_path(&["state", "timestamp", "Timestamp"])?
-        .as_dict()?;
-    let int = |k: &str| match d.get(k) {
-        Some(Value::Int(n)) => u64::try_from(*n).ok(),
-        None => Some(0),
-        _ => None,
+/// Where a checkpoint keeps its timestamp.
+const TIMESTAMP_PATH: [&str; 3] = ["state", "timestamp", "Timestamp"];
+/// Where a checkpoint keeps the saver's history.
+const HISTORY_PATH: [&str; 4] = [
+    "state",
+    "callbacks",
+    "CheckpointSaver",
+    "all_saved_checkpoints_to_timestamp",
+];
+
+/// The timestamp a checkpoint was taken at (`state/timestamp/Timestamp`); `Ok(None)` when it
+/// has none, an error naming the key when a field is out of range (a negative or huge counter,
+/// a NaN or enormous wall clock, a value of the wrong type).
+pub fn read_timestamp(tree: &Value) -> Result<Option<Timestamp>, BadValue> {
+    let Some(node) = tree.get_path(&TIMESTAMP_PATH) else {
+        return Ok(None);
     };
-    let dur = |k: &str| d.get(k).map_or(Some(Duration::ZERO), duration_of);
-    Some(Timestamp {
+    timestamp_of(node, &TIMESTAMP_PATH.join("/")).map(Some)
+}
+
+/// Composer's `Timestamp.state_dict()` read back; absent fields are zero (older Composers
+/// wrote fewer).
+fn timestamp_of(node: &Value, at: &str) -> Result<Timestamp, BadValue> {
+    let Some(d) = node.as_dict() else {
+        return Err(BadValue {
+            key: at.to_owned(),
+            problem: format!("is a {}, not a dict", node.kind()),
+        });
+    };
+    let bad = |k: &str| {
+        let key = format!("{at}/{k}");
+        move |problem| BadValue { key, problem }
+    };
+    let int = |k: &str| d.get(k).map_or(Ok(0), counter_of).map_err(bad(k));
+    let dur = |k: &str| {
+        d.get(k)
+            .map_or(Ok(Duration::ZERO), duration_of)
+            .map_err(bad(k))
+    };
+    Ok(Timestamp {
         iteration: int("iteration")?,
         epoch: int("epoch")?,
         batch: int("batch")?,
@@ -199,30 +283,46 @@ pub fn read_timestamp(tree: &Value) -> Option<Timestamp> {
     })
 }
 
-/// The saver history a checkpoint carries (it persists across resumes, as in Composer).
-pub fn read_history(tree: &Value) -> Vec<(String, Timestamp)> {
-    let Some(Value::List(items)) = tree.get_path(&[
-        "state",
-        "callbacks",
-        "CheckpointSaver",
-        "all_saved_checkpoints_to_timestamp",
-    ]) else {
-        return Vec::new();
+/// The saver history a checkpoint carries (it persists across resumes, as in Composer): each
+/// entry a `(path, timestamp)` pair, checked like the checkpoint's own timestamp. An entry of
+/// another shape is an error naming it (a checkpoint with no history has an empty one).
+pub fn read_history(tree: &Value) -> Result<Vec<(String, Timestamp)>, BadValue> {
+    let Some(node) = tree.get_path(&HISTORY_PATH) else {
+        return Ok(Vec::new());
+    };
+    let at = HISTORY_PATH.join("/");
+    let Value::List(items) = node.resolved() else {
+        return Err(BadValue {
+            key: at,
+            problem: format!("is a {}, not a list", node.kind()),
+        });
     };
     items
         .iter()
-        .filter_map(|item| match item {
-            Value::Tuple(pair) | Value::List(pair) => match pair.as_slice() {
-                [Value::Str(path), ts @ Value::Dict(_)] => {
-                    let wrapped = Value::Dict(Dict::new().with(
-                        "state",
-                        Dict::new().with("timestamp", Dict::new().with("Timestamp", ts.clone())),
-                    ));
-                    read_timestamp(&wrapped).map(|t| (path.clone(), t))
-                }
-                _ => None,
-            },
-            _ => None,
+        .enumerate()
+        .map(|(i, item)| {
+            let at = format!("{at}/{i}");
+            match item.resolved() {
+                Value::Tuple(pair) | Value::List(pair) => match pair.as_slice() {
+                    [path, ts] => match path.resolved() {
+                        Value::Str(path) => {
+                            Ok((path.clone(), timestamp_of(ts, &format!("{at}/1"))?))
+                        }
+                        other => Err(BadValue {
+                            key: format!("{at}/0"),
+                            problem: format!("is a {}, not a checkpoint path", other.kind()),
+                        }),
+                    },
+                    _ => Err(BadValue {
+                        key: at,
+                        problem: format!("holds {} items, not (path, timestamp)", pair.len()),
+                    }),
+                },
+                other => Err(BadValue {
+                    key: at,
+                    problem: format!("is a {}, not a (path, timestamp) pair", other.kind()),
+                }),
+            }
         })
         .collect()
 }
@@ -284,8 +384,8 @@ mod tests {
             ]
         );
         assert!(tree.get_path(&["rng"]).is_some());
-        assert_eq!(read_timestamp(&tree), Some(ts()));
-        assert_eq!(read_history(&tree), history);
+        assert_eq!(read_timestamp(&tree), Ok(Some(ts())));
+        assert_eq!(read_history(&tree), Ok(history));
     }
 
     #[test]
@@ -315,9 +415,99 @@ mod tests {
         assert_eq!(empty, Value::Dict(Dict::new().with("state", Dict::new())));
     }
 
+    /// A checkpoint whose timestamp has `key` set to `value`.
+    fn with_timestamp_field(key: &str, value: Value) -> Value {
+        let mut t = timestamp_dict(&ts());
+        t.insert(key, value);
+        Value::Dict(Dict::new().with(
+            "state",
+            Dict::new().with("timestamp", Dict::new().with("Timestamp", t)),
+        ))
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_key() {
+        let td = |d: i64, s: i64, us: i64| {
+            Value::Object(Box::new(Object {
+                module: "datetime".into(),
+                name: "timedelta".into(),
+                construct: Construct::Reduce(vec![Value::Int(d), Value::Int(s), Value::Int(us)]),
+                state: None,
+                list_items: Vec::new(),
+                dict_items: Vec::new(),
+            }))
+        };
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("total_wct", Value::Float(1e300), "beyond"),
+            ("total_wct", Value::Float(f64::NAN), "NaN"),
+            ("total_wct", Value::Float(f64::INFINITY), "beyond"),
+            ("total_wct", Value::Float(-1.0), "negative"),
+            ("total_wct", Value::Int(-5), "negative"),
+            ("total_wct", Value::Int(i64::MAX), "beyond"),
+            ("epoch_wct", td(i64::MAX, i64::MAX, i64::MAX), "beyond"),
+            ("epoch_wct", td(i64::MIN, 0, 0), "negative"),
+            ("batch_wct", Value::from("soon"), "not a timedelta"),
+            ("batch", Value::Int(i64::MAX), "beyond"),
+            ("batch", Value::Int(-1), "negative"),
+            ("sample", Value::BigInt(vec![0; 20]), "beyond"),
+            ("epoch", Value::Float(1.0), "not an int"),
+        ];
+        for (key, value, want) in cases {
+            let err = read_timestamp(&with_timestamp_field(key, value.clone())).unwrap_err();
+            assert_eq!(
+                err.key,
+                format!("state/timestamp/Timestamp/{key}"),
+                "{value:?}"
+            );
+            assert!(err.problem.contains(want), "{key} = {value:?}: {err}");
+        }
+        // Python normalises a timedelta to days >= any, 0 <= seconds < 86400, 0 <= us < 1e6;
+        // a negative day with positive seconds is still a valid non-negative total.
+        let ok = read_timestamp(&with_timestamp_field(
+            "total_wct",
+            td(-1, 86_400, 1_000_000),
+        ));
+        assert_eq!(ok.unwrap().unwrap().total_wct, Duration::from_secs(1));
+        let ok = read_timestamp(&with_timestamp_field("total_wct", Value::Float(2.5)));
+        assert_eq!(ok.unwrap().unwrap().total_wct, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn a_damaged_history_entry_is_an_error_naming_it() {
+        let tree = build(snapshot(), &ts(), "run", &[("a.pt".into(), ts())], false);
+        assert_eq!(read_history(&tree).unwrap().len(), 1);
+        let mut bad = build(snapshot(), &ts(), "run", &[], false);
+        let list = Value::List(vec![
+            Value::Tuple(vec![
+                Value::from("a.pt"),
+                Value::Dict(timestamp_dict(&ts())),
+            ]),
+            Value::Tuple(vec![Value::Int(3), Value::Dict(timestamp_dict(&ts()))]),
+        ]);
+        bad.as_dict_mut()
+            .unwrap()
+            .get_mut("state")
+            .unwrap()
+            .as_dict_mut()
+            .unwrap()
+            .get_mut("callbacks")
+            .unwrap()
+            .as_dict_mut()
+            .unwrap()
+            .insert(
+                "CheckpointSaver",
+                Dict::new().with("all_saved_checkpoints_to_timestamp", list),
+            );
+        let err = read_history(&bad).unwrap_err();
+        assert_eq!(
+            err.key,
+            "state/callbacks/CheckpointSaver/all_saved_checkpoints_to_timestamp/1/0"
+        );
+    }
+
     #[test]
     fn timedeltas_are_days_seconds_microseconds() {
-        let Value::Object(o) = timedelta(Duration::from_micros(90_061_000_001)) else {
+        let Value::Object(o) = &timedelta(Duration::from_micros(90_061_000_001)) else {
             panic!()
         };
         assert_eq!(

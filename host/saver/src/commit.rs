@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_format::durable::{self, Replace};
-use cairn_format::{CheckpointFormat, Value};
+use cairn_format::{CheckpointFormat, FormatError, Prebuilt, Value};
 use cairn_policy::{Ranks, Timestamp};
 
 use crate::error::{Error, Result};
@@ -83,11 +83,25 @@ pub(crate) struct RemoteNames {
 pub(crate) struct WriteJob {
     pub path: PathBuf,
     pub timestamp: Timestamp,
-    /// The checkpoint dict as the filter left it (for a save behind training, its storages are in
-    /// staging buffers, which go back to the pool when this is dropped).
-    pub tree: Value,
+    /// What goes in the file (for a save behind training, its storages are in staging buffers,
+    /// which go back to the pool when this is dropped).
+    pub content: Content,
     /// When the save began, after any wait for the previous one: its `seconds` count from here.
     pub started: Instant,
+    /// Whether retention runs after it (a caller that still hands the file on runs it later).
+    pub rotate: bool,
+}
+
+/// What a [`WriteJob`] writes.
+pub(crate) enum Content {
+    /// The checkpoint dict as the filter left it, in the saver's format.
+    Tree(Value),
+    /// A pickle made by the caller with its records (cairn's Python package), written verbatim;
+    /// `archive` is the zip folder of a plain `.pt`.
+    Prebuilt {
+        checkpoint: Prebuilt,
+        archive: Option<String>,
+    },
 }
 
 /// What became of a [`WriteJob`].
@@ -128,11 +142,23 @@ impl Committer {
         let WriteJob {
             path,
             timestamp,
-            tree,
+            content,
             started,
-            ..
+            rotate,
         } = job;
-        let bytes = match self.write(&path, &tree) {
+        let format = self.format;
+        let written = match &content {
+            Content::Tree(tree) => self.write(&path, |file| {
+                cairn_format::write_checkpoint(&path, format, tree, file)
+            }),
+            Content::Prebuilt {
+                checkpoint,
+                archive,
+            } => self.write(&path, |file| {
+                cairn_format::write_prebuilt(&path, format, checkpoint, archive.as_deref(), file)
+            }),
+        };
+        let bytes = match written {
             Ok(bytes) => bytes,
             Err(error) => {
                 return Outcome::Failed {
@@ -142,23 +168,24 @@ impl Committer {
             }
         };
         // The staging buffers go back to the pool as soon as the bytes are on disk.
-        drop(tree);
-        self.commit(path, timestamp, bytes, started)
+        drop(content);
+        self.commit(path, timestamp, bytes, started, rotate)
     }
 
-    /// Write the checkpoint dict durably: a temporary file, fsync, rename, folder fsync. On any
-    /// failure nothing is left under `path` and the previous checkpoint is untouched.
-    fn write(&self, path: &Path, tree: &Value) -> Result<u64> {
+    /// Create `path` durably with what `write` puts in it: a temporary file, fsync, rename,
+    /// folder fsync (never replacing a checkpoint unless `overwrite`). On any failure nothing is
+    /// left under `path` and the previous checkpoint is untouched.
+    fn write(
+        &self,
+        path: &Path,
+        write: impl FnOnce(&mut fs::File) -> std::result::Result<u64, FormatError>,
+    ) -> Result<u64> {
         let replace = if self.overwrite {
             Replace::Allowed
         } else {
             Replace::Never
         };
-        let format = self.format;
-        let written = durable::try_write_durably(path, replace, |file| {
-            cairn_format::write_checkpoint(path, format, tree, file)
-        });
-        match written {
+        match durable::try_write_durably(path, replace, write) {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(format)) => Err(format.into()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
@@ -170,13 +197,14 @@ impl Committer {
 
     /// Composer's steps after a checkpoint file is durable, in its order: the `latest` link moves
     /// to it, its upload is queued (the remote `latest` follows once the object is confirmed), it
-    /// becomes the newest checkpoint, and retention runs.
+    /// becomes the newest checkpoint, and retention runs (when `rotate`).
     pub fn commit(
         &mut self,
         path: PathBuf,
         timestamp: Timestamp,
         bytes: u64,
         started: Instant,
+        rotate: bool,
     ) -> Outcome {
         let linked = self
             .move_latest(&path, &timestamp)
@@ -190,7 +218,11 @@ impl Committer {
         let seconds = started.elapsed().as_secs_f64();
         self.newest = Some((path, timestamp));
         let mut deleted = Vec::new();
-        let retention = self.rotate(&mut deleted);
+        let retention = if rotate {
+            self.rotate(&mut deleted)
+        } else {
+            Ok(())
+        };
         Outcome::Committed {
             bytes,
             seconds,

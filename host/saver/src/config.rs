@@ -19,10 +19,11 @@ use thiserror::Error;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use cairn_format::CheckpointFormat;
+use cairn_format::{CheckpointFormat, ReadLimits};
 use cairn_policy::{MaxDuration, PolicySpec, SandboxConfig, Time};
 
 use crate::names;
+use crate::platform::Platform;
 use crate::remote::store::{self, url_scheme};
 pub use crate::run_name::RunNameOrigin;
 use crate::template::{Template, Var, Vars};
@@ -69,6 +70,91 @@ pub struct ConfigFile {
     /// Limits for every policy component of this job.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Bounds on reading checkpoint files (resume, local or remote).
+    #[serde(default)]
+    pub read: ReadSection,
+}
+
+/// `[read]`: how much work reading one checkpoint may cost, whoever wrote it (see
+/// `cairn_format::ReadLimits`). Not under `[checkpoint]`, whose keys are exactly Composer's
+/// `CheckpointSaver` arguments: these bound every file the job reads, like `[sandbox]` bounds
+/// every component it runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadSection {
+    /// A compressed checkpoint may expand at most this many times its size.
+    #[serde(default = "read_defaults::ratio")]
+    pub max_expansion_ratio: Spanned<i64>,
+    /// ... and to at most this many MiB in all.
+    #[serde(default = "read_defaults::expanded")]
+    pub max_expanded_mib: Spanned<i64>,
+    /// Expansion allowed whatever the ratio, in MiB.
+    #[serde(default = "read_defaults::floor")]
+    pub expansion_floor_mib: Spanned<i64>,
+    /// The largest pickle (`data.pkl`) read, in MiB.
+    #[serde(default = "read_defaults::pickle")]
+    pub max_pickle_mib: Spanned<i64>,
+}
+
+mod read_defaults {
+    use cairn_format::ReadLimits;
+    use toml::Spanned;
+
+    fn spanned(n: u64) -> Spanned<i64> {
+        Spanned::new(0..0, n as i64)
+    }
+    pub fn ratio() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_expansion_ratio)
+    }
+    pub fn expanded() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_expanded_bytes >> 20)
+    }
+    pub fn floor() -> Spanned<i64> {
+        spanned(ReadLimits::default().ratio_floor_bytes >> 20)
+    }
+    pub fn pickle() -> Spanned<i64> {
+        spanned(ReadLimits::default().max_pickle_bytes >> 20)
+    }
+}
+
+impl Default for ReadSection {
+    fn default() -> Self {
+        ReadSection {
+            max_expansion_ratio: read_defaults::ratio(),
+            max_expanded_mib: read_defaults::expanded(),
+            expansion_floor_mib: read_defaults::floor(),
+            max_pickle_mib: read_defaults::pickle(),
+        }
+    }
+}
+
+impl ReadSection {
+    fn limits(&self, at: &Locator<'_>) -> Result<ReadLimits, ConfigError> {
+        let positive = |key: &str, v: &Spanned<i64>, max: i64| {
+            let n = *v.get_ref();
+            if (1..=max).contains(&n) {
+                Ok(n as u64)
+            } else {
+                Err(at.at(
+                    v,
+                    format!("read.{key} must be between 1 and {max}, not {n}"),
+                ))
+            }
+        };
+        // MiB values up to 2^40 (an exbibyte) keep the byte counts far from overflow.
+        Ok(ReadLimits {
+            max_expansion_ratio: positive(
+                "max_expansion_ratio",
+                &self.max_expansion_ratio,
+                1 << 40,
+            )?,
+            max_expanded_bytes: positive("max_expanded_mib", &self.max_expanded_mib, 1 << 40)?
+                << 20,
+            ratio_floor_bytes: positive("expansion_floor_mib", &self.expansion_floor_mib, 1 << 40)?
+                << 20,
+            max_pickle_bytes: positive("max_pickle_mib", &self.max_pickle_mib, 1 << 40)? << 20,
+        })
+    }
 }
 
 /// A string that may be disabled with `false` (Composer's `None`).
@@ -292,6 +378,8 @@ pub struct Config {
     pub staging_budget_mib: Option<u64>,
     /// Policy limits.
     pub sandbox: SandboxConfig,
+    /// Bounds on reading checkpoint files.
+    pub read: ReadLimits,
 }
 
 impl Config {
@@ -362,6 +450,13 @@ impl<'a> ConfigDocument<'a> {
 
     /// Check the saver's keys; any table left that the saver does not know is an error.
     pub fn check(self) -> Result<Config, ConfigError> {
+        self.check_with(None)
+    }
+
+    /// [`ConfigDocument::check`], then the operator's platform file: its `[sandbox]` defaults
+    /// fill the keys this file leaves out, and anything the platform does not allow is refused
+    /// with the key's place in this file.
+    pub fn check_with(self, platform: Option<&Platform>) -> Result<Config, ConfigError> {
         let mut keys = Vec::new();
         key_spans(self.table.get_ref(), "", &mut keys);
         let raw =
@@ -372,8 +467,84 @@ impl<'a> ConfigDocument<'a> {
                 };
                 self.at.error(e.span(), message)
             })?;
-        raw.validate(&self.at, self.base)
+        let mut config = raw.validate(&self.at, self.base)?;
+        if let Some(platform) = platform {
+            let at = |key: &str, message: String| {
+                let span = keys.iter().find(|(_, k)| k == key).map(|(s, _)| s.clone());
+                self.at.error(span, message)
+            };
+            let set = |k: &str| keys.iter().any(|(_, key)| *key == format!("sandbox.{k}"));
+            platform.apply(&mut config, &set, &at)?;
+            confine(platform, &config, &at)?;
+        }
+        Ok(config)
     }
+}
+
+/// Refuse what a platform does not let this config reach: its folder, its store, its components.
+fn confine(
+    platform: &Platform,
+    config: &Config,
+    at: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let vars = crate::template::Vars {
+        run_name: &config.run_name,
+        ranks: cairn_policy::Ranks::from_env(),
+        timestamp: None,
+    };
+    let folder = config.folder.render(&vars);
+    platform
+        .check_folder(&folder)
+        .map_err(|m| at("checkpoint.folder", m))?;
+    if config.remote_file_name.is_some() && !crate::remote::is_remote_url(&folder) {
+        platform
+            .check_remote(&config.remote_url)
+            .map_err(|m| at("remote.url", m))?;
+    }
+    for name in [&config.filename]
+        .into_iter()
+        .chain(config.latest_filename.as_ref())
+    {
+        if name.source().split('/').any(|s| s == "..") {
+            let key = if std::ptr::eq(name, &config.filename) {
+                "checkpoint.filename"
+            } else {
+                "checkpoint.latest_filename"
+            };
+            return Err(at(
+                key,
+                format!(
+                    "{key} '{name}' climbs out of the checkpoint folder with '..', which the platform does not allow"
+                ),
+            ));
+        }
+    }
+    let components = [
+        (
+            "checkpoint.save_interval",
+            match &config.save_interval {
+                SaveIntervalSpec::Wasm(spec) => Some(spec),
+                SaveIntervalSpec::Time(_) => None,
+            },
+        ),
+        (
+            "checkpoint.ignore_keys",
+            match &config.ignore_keys {
+                IgnoreKeysSpec::Wasm(spec) => Some(spec),
+                _ => None,
+            },
+        ),
+    ];
+    for (key, spec) in components {
+        if let Some(spec) = spec {
+            let (digest, len) = cairn_policy::identify_component(&spec.wasm)
+                .map_err(|e| at(key, format!("{key}: {e}")))?;
+            platform
+                .check_component(&spec.wasm, &digest, len)
+                .map_err(|m| at(key, format!("{key}: {m}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Every key of `table` (dotted from the top: `checkpoint.num_concurrent_uploads`) with the span of
@@ -487,11 +658,6 @@ impl ConfigFile {
         )?;
         CheckpointFormat::from_name(filename.source())
             .map_err(|e| at.at(&c.filename, format!("checkpoint.filename: {e}")))?;
-        checked(
-            "filename",
-            c.filename.span(),
-            names::check_changes_in_time(&filename, c.overwrite),
-        )?;
         let latest_filename = maybe("latest_filename", &c.latest_filename)?;
         if let Some(latest) = &latest_filename {
             let s = c.latest_filename.span();
@@ -547,16 +713,7 @@ impl ConfigFile {
                 s.clone(),
                 names::check_object_name(name, &run_name, ""),
             )?;
-            checked(
-                "remote_file_name",
-                s.clone(),
-                names::check_compression(name),
-            )?;
-            checked(
-                "remote_file_name",
-                s,
-                names::check_changes_in_time(name, c.overwrite),
-            )?;
+            checked("remote_file_name", s, names::check_compression(name))?;
         }
         if let Some(name) = &latest_remote_file_name {
             let s = span_of(&c.latest_remote_file_name);
@@ -630,6 +787,7 @@ impl ConfigFile {
             async_save: c.async_save,
             staging_budget_mib,
             sandbox: self.sandbox,
+            read: self.read.limits(at)?,
             folder,
             filename,
         })
@@ -767,6 +925,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "cairn.toml", Path::new("."))
+    }
+
+    #[test]
+    fn read_limits_have_defaults_and_are_checked() {
+        assert_eq!(parse("").unwrap().read, ReadLimits::default());
+        let c =
+            parse("[read]\nmax_expansion_ratio = 8\nmax_expanded_mib = 100\nmax_pickle_mib = 1\n")
+                .unwrap();
+        assert_eq!(c.read.max_expansion_ratio, 8);
+        assert_eq!(c.read.max_expanded_bytes, 100 << 20);
+        assert_eq!(c.read.max_pickle_bytes, 1 << 20);
+        let e = parse("[read]\nmax_expansion_ratio = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cairn.toml:2:23") && e.contains("read.max_expansion_ratio"),
+            "{e}"
+        );
+        let e = parse("[read]\nmax_ratio = 3\n").unwrap_err().to_string();
+        assert!(e.contains("max_ratio"), "{e}");
     }
 
     #[test]
@@ -911,6 +1089,14 @@ on_error = "skip"
         }
     }
 
+    /// A name without time variables is Composer's too (a job that saves once, at the end, needs
+    /// no more); a second save under it is refused then, and the first checkpoint kept.
+    #[test]
+    fn constant_names_load() {
+        parse("[checkpoint]\nfilename = \"final.pt\"\nsave_interval = \"1dur\"\n").unwrap();
+        parse("[checkpoint]\nremote_file_name = \"{run_name}/m.pt\"\n").unwrap();
+    }
+
     fn error(text: &str) -> String {
         match parse(text) {
             Ok(_) => panic!("{text:?} should fail"),
@@ -1000,11 +1186,6 @@ on_error = "skip"
             (
                 "[checkpoint]\nfilename = \"ck.pt\"\noverwrite = true\nlatest_filename = \"ck.pt\"\n",
                 "would replace that checkpoint",
-            ),
-            ("[checkpoint]\nfilename = \"ck.pt\"\n", "no time variable"),
-            (
-                "[checkpoint]\nremote_file_name = \"{run_name}/m.pt\"\n",
-                "no time variable",
             ),
             ("run_name = \"\"\n", "run_name is empty"),
             (

@@ -23,6 +23,7 @@ mod error;
 mod gate;
 mod local;
 mod names;
+pub mod platform;
 pub mod remote;
 mod resume;
 mod role;
@@ -36,12 +37,14 @@ pub use cairn_policy as policy;
 
 pub use background::pool::{StagingPool, StagingStats, TooLarge};
 pub use checkpoint::{
-    Snapshot, build as build_checkpoint, read_history, read_timestamp, restore_state_key, timedelta,
+    BadValue, MAX_COUNTER, MAX_WALL_CLOCK_SECS, Snapshot, build as build_checkpoint, read_history,
+    read_timestamp, restore_state_key, timedelta,
 };
 pub use config::{Config, ConfigDocument, ConfigError, OnUploadFailure, RunNameOrigin};
 pub use error::{Error, Result, SnapshotError};
 pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
+pub use platform::Platform;
 pub use resume::{ResumePoint, ResumeReason};
-pub use saver::{CheckpointSaver, SavedCheckpoint, StagedCheckpoint, Taken};
+pub use saver::{CheckpointSaver, PrebuiltOptions, SavedCheckpoint, StagedCheckpoint, Taken};
 pub use template::{Template, TemplateError, Var, Vars};

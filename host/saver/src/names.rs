@@ -103,18 +103,6 @@ pub(crate) fn check_object_name(
     Ok(())
 }
 
-/// With `overwrite = false` every checkpoint needs a name of its own: a name without any time
-/// variable is the same at every save, and the second save would be refused after the first was
-/// written (Composer silently overwrites it).
-pub(crate) fn check_changes_in_time(template: &Template, overwrite: bool) -> Result<(), String> {
-    if overwrite || !template.is_constant_in_time() {
-        return Ok(());
-    }
-    Err(format!(
-        "'{template}' has no time variable, so every checkpoint gets the same name, which overwrite = false never replaces: add {{batch}} (Composer's default names have {{epoch}} and {{batch}}) or set overwrite = true"
-    ))
-}
-
 /// Composer's constructor check of every name that "looks like a compressed pt" (its last two
 /// dot-parts are `pt` and something other than `symlink`): cairn must have that compressor.
 pub(crate) fn check_compression(template: &Template) -> Result<(), String> {
@@ -200,13 +188,6 @@ mod tests {
             let e = check_object_name(&t(bad), "run", "").unwrap_err();
             assert!(e.contains("not a valid object name"), "{bad}: {e}");
         }
-    }
-
-    #[test]
-    fn names_that_never_change_need_overwrite() {
-        assert!(check_changes_in_time(&t("ckpt-rank{rank}.pt"), false).is_err());
-        check_changes_in_time(&t("ckpt.pt"), true).unwrap();
-        check_changes_in_time(&t("ep{epoch}.pt"), false).unwrap();
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use cairn_format::Value;
+use cairn_format::{ReadLimits, Value};
 use cairn_policy::Timestamp;
 
 use crate::checkpoint::{read_history, read_timestamp};
@@ -102,22 +102,26 @@ pub(crate) struct Search<'a> {
     pub latest: Result<Option<PathBuf>, String>,
     /// Dist variables for the names.
     pub vars: Vars<'a>,
+    /// Bounds on reading each candidate.
+    pub limits: ReadLimits,
 }
 
 impl Search<'_> {
-    /// The checkpoint to continue from; `None` when the folder has none that verifies.
-    pub fn find(&self) -> Result<Option<ResumePoint>> {
+    /// The checkpoint to continue from; `None` when the folder has none that verifies. Every
+    /// candidate passed over (damaged, a decompression bomb, a value out of range) is added
+    /// to `passed_over` with why, also when none is found.
+    pub fn find(&self, passed_over: &mut Vec<(PathBuf, String)>) -> Result<Option<ResumePoint>> {
         let mut skipped = Vec::new();
         let mut written = self.newest_written_first()?;
         let (target, latest_problem) = self.latest_target();
         if let Some(target) = target {
-            match load(&target) {
+            match load(&target, &self.limits) {
                 Ok((tree, timestamp)) => {
                     let latest = point(target, tree, timestamp, ResumeReason::Latest);
                     let after = latest_mtime(&latest.path);
                     written.retain(|(p, m)| *m > after && !same_file(p, &latest.path));
                     for (path, _) in written {
-                        match load(&path) {
+                        match load(&path, &self.limits) {
                             Ok((tree, ts)) if continues(&tree, &latest) => {
                                 let reason = ResumeReason::WrittenAfterLatest {
                                     latest: latest.path.clone(),
@@ -141,7 +145,7 @@ impl Search<'_> {
         }
         let reason = ResumeReason::NewestWritten { latest_problem };
         for (path, _) in written {
-            match load(&path) {
+            match load(&path, &self.limits) {
                 Ok((tree, ts)) => {
                     let found = point(path, tree, ts, reason);
                     return Ok(Some(with_skipped(found, skipped)));
@@ -149,6 +153,7 @@ impl Search<'_> {
                 Err(e) => skipped.push((path, e.to_string())),
             }
         }
+        passed_over.extend(skipped);
         Ok(None)
     }
 
@@ -196,14 +201,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Does `tree` continue the run whose newest checkpoint is `latest`? Its history extends
 /// `latest`'s (every checkpoint of that run, `latest` itself included, with its timestamp).
 fn continues(tree: &Value, latest: &ResumePoint) -> bool {
-    let history = read_history(tree);
+    let history = read_history(tree).unwrap_or_default();
     !latest.history.is_empty()
         && history.len() > latest.history.len()
         && history.starts_with(&latest.history)
 }
 
 fn point(path: PathBuf, tree: Value, timestamp: Timestamp, reason: ResumeReason) -> ResumePoint {
-    let history = read_history(&tree);
+    // `load` checked the history; a damaged one was an error there.
+    let history = read_history(&tree).unwrap_or_default();
     ResumePoint {
         path,
         tree,
@@ -219,13 +225,22 @@ fn with_skipped(mut point: ResumePoint, skipped: Vec<(PathBuf, String)>) -> Resu
     point
 }
 
-/// Verify and read one checkpoint, with its timestamp.
-pub(crate) fn load(path: &Path) -> Result<(Value, Timestamp)> {
-    cairn_format::verify_checkpoint(path)?;
-    let tree = cairn_format::read_checkpoint(path)?;
-    let timestamp = read_timestamp(&tree).ok_or_else(|| Error::Resume {
+/// Read one checkpoint within `limits`, verifying it in the same pass (every CRC, the pickle,
+/// every storage record; a compressed file is decompressed once), and check every value resume
+/// reads back from it: the timestamp and the saver history, in range, or an error naming the
+/// file and the key.
+pub(crate) fn load(path: &Path, limits: &ReadLimits) -> Result<(Value, Timestamp)> {
+    let tree = cairn_format::read_checkpoint_with(path, limits)?.tree;
+    let bad = |e: crate::checkpoint::BadValue| Error::Resume {
         path: path.to_owned(),
-        reason: "it has no state/timestamp to resume from".into(),
-    })?;
+        reason: e.to_string(),
+    };
+    let timestamp = read_timestamp(&tree)
+        .map_err(bad)?
+        .ok_or_else(|| Error::Resume {
+            path: path.to_owned(),
+            reason: "it has no state/timestamp to resume from".into(),
+        })?;
+    read_history(&tree).map_err(bad)?;
     Ok((tree, timestamp))
 }

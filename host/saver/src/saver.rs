@@ -50,8 +50,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_format::CheckpointFormat;
 use cairn_format::durable;
+use cairn_format::{CheckpointFormat, FormatError, Prebuilt, PtError, ReadLimits, Value};
 use cairn_policy::{
     Event, Filtered, IgnoreGlobs, IntervalScheduler, KeyFilter, PolicyHost, PolicyStats, Ranks,
     RunInfo, SavePolicy, StatsHandle, Timestamp, TrainingState,
@@ -60,8 +60,10 @@ use cairn_policy::{
 use crate::background::Writer;
 use crate::background::pool::{StagingPool, StagingStats};
 use crate::checkpoint::{self, Snapshot, restore_state_key};
-use crate::commit::{Committer, Naming, Outcome, RemoteNames, WriteJob};
-use crate::config::{Config, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec};
+use crate::commit::{Committer, Content, Naming, Outcome, RemoteNames, WriteJob};
+use crate::config::{
+    Config, ConfigError, IgnoreKeysSpec, OnUploadFailure, RunNameOrigin, SaveIntervalSpec,
+};
 use crate::error::{Error, Result, SnapshotError};
 use crate::gate::Schedule;
 use crate::local::scan;
@@ -178,12 +180,37 @@ pub struct CheckpointSaver {
     uploader: Option<Arc<Uploader>>,
     /// Accounting of each WebAssembly policy (calls, fuel, time, peak memory, errors).
     policy_stats: Vec<(String, StatsHandle)>,
+    /// Bounds on reading a checkpoint to resume from.
+    read_limits: ReadLimits,
     /// Uploads that failed since the current `fit_start`: `fit_end` returns them as an error.
     fit_failures: Vec<UploadFailure>,
     on_upload_failure: OnUploadFailure,
     /// How long `close` gives uploads still in flight.
     upload_timeout: Duration,
     closed: bool,
+}
+
+/// How [`CheckpointSaver::save_prebuilt`] writes and commits a checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct PrebuiltOptions<'a> {
+    /// The zip folder of a plain `.pt` (`torch.save` names it `archive` when it writes to a file
+    /// object, as Composer's saver does); `None`: the file's stem, as for a path.
+    pub archive: Option<&'a str>,
+    /// Apply the configured `ignore_keys` (the caller may have applied its own instead).
+    pub filter: bool,
+    /// Apply retention now; `false` when the caller still hands the file to someone first, and
+    /// calls [`CheckpointSaver::rotate`] after.
+    pub rotate: bool,
+}
+
+impl Default for PrebuiltOptions<'_> {
+    fn default() -> Self {
+        PrebuiltOptions {
+            archive: Some("archive"),
+            filter: true,
+            rotate: true,
+        }
+    }
 }
 
 impl CheckpointSaver {
@@ -285,6 +312,7 @@ impl CheckpointSaver {
             on_upload_failure: config.on_upload_failure,
             upload_timeout,
             closed: false,
+            read_limits: config.read,
         })
     }
 
@@ -433,14 +461,18 @@ impl CheckpointSaver {
         snapshot: impl FnOnce() -> Result<Snapshot, SnapshotError>,
     ) -> Result<Option<Taken>> {
         self.ensure_open()?;
-        if !self.writer.is_writing() {
-            self.flush()?;
-        }
+        self.collect_written()?;
         self.check_uploads()?;
         if !self.schedule.should_save(state, event)? {
             return Ok(None);
         }
         self.save(&state.timestamp, event, snapshot)
+    }
+
+    /// Ask the configured `save_interval` alone, without the one-save-per-batch rule (for a caller
+    /// that keeps that rule itself, as Composer's `CheckpointSaver` does around its predicate).
+    pub fn should_save(&mut self, state: &TrainingState<'_>, event: Event) -> Result<bool> {
+        Ok(self.schedule.policy_mut().should_save(state, event)?)
     }
 
     /// Save now, bypassing the policy (Composer's `save_checkpoint_to_save_folder`); still
@@ -476,10 +508,7 @@ impl CheckpointSaver {
             Ok(Filtered::Keep(tree)) => tree,
             Ok(Filtered::Skip(why)) => {
                 self.history.pop();
-                self.warnings.push(format!(
-                    "{} was not saved: {why} (on_error = \"skip\"; the previous checkpoint stays latest)",
-                    path.display()
-                ));
+                self.skipped(&path, why);
                 return Ok(None);
             }
             Err(e) => {
@@ -490,11 +519,29 @@ impl CheckpointSaver {
         let job = WriteJob {
             path,
             timestamp: *timestamp,
-            tree,
+            content: Content::Tree(tree),
             started,
+            rotate: true,
         };
+        self.take(job, event, began, waited)
+    }
+
+    /// Write `job` now, or stage it and hand it to the writer thread (`async_save`). `began`:
+    /// when training started waiting, of which `waited` was for the previous save.
+    fn take(
+        &mut self,
+        job: WriteJob,
+        event: Event,
+        began: Instant,
+        waited: Duration,
+    ) -> Result<Option<Taken>> {
+        if self.pool.is_some() && !self.overwrite && fs::symlink_metadata(&job.path).is_ok() {
+            // Said now rather than behind training: the durable write would refuse it anyway.
+            self.forget(&job.path);
+            return Err(Error::AlreadyExists { path: job.path });
+        }
         let mut pending = Pending {
-            timestamp: *timestamp,
+            timestamp: job.timestamp,
             event,
             path: job.path.clone(),
             blocked_seconds: 0.0,
@@ -504,8 +551,9 @@ impl CheckpointSaver {
             Staged::Copied(job, staged_bytes, copy_seconds) => {
                 pending.blocked_seconds = began.elapsed().as_secs_f64();
                 let taken = pending.staged(staged_bytes, copy_seconds);
+                let path = job.path.clone();
                 if let Err(e) = self.writer.start(job, pending) {
-                    self.history.pop();
+                    self.forget(&path);
                     return Err(e);
                 }
                 return Ok(Some(Taken::Staged(taken)));
@@ -515,6 +563,97 @@ impl CheckpointSaver {
         let outcome = self.writer.idle()?.save(job);
         let saved = self.settle(pending, outcome, Some(began))?;
         Ok(saved.map(Taken::Written))
+    }
+
+    /// Save a checkpoint built by the caller: `checkpoint` is the finished pickle and its
+    /// storage records (cairn's Python package pickles the training state with Python's own
+    /// pickler, as `torch.save` does), `path` the name the caller gave it, which must be the one
+    /// this saver's `filename` renders at `timestamp` (or retention and the conflict scan would
+    /// not see it). The caller keeps the history (`all_saved_checkpoints_to_timestamp`) and the
+    /// one-save-per-batch rule; the saver does the rest as [`CheckpointSaver::save`] does: the
+    /// configured `ignore_keys` (on the pickle read back into a tree, only when there is one
+    /// and `options.filter` is set; otherwise the pickle is written as given), the durable
+    /// write, `latest`, the upload and, with `options.rotate`, retention; with `async_save` the
+    /// records are copied into staging and the rest happens behind training. The caller's
+    /// records are only read (it may drop them once this returns). `None` when the filter's
+    /// `on_error = "skip"` kept the checkpoint from being written (a warning says so), and on
+    /// ranks other than 0, which write nothing.
+    pub fn save_prebuilt(
+        &mut self,
+        path: &Path,
+        timestamp: &Timestamp,
+        event: Event,
+        checkpoint: &Prebuilt,
+        options: PrebuiltOptions<'_>,
+    ) -> Result<Option<Taken>> {
+        self.ensure_open()?;
+        let began = Instant::now();
+        self.flush()?;
+        let waited = began.elapsed();
+        let started = Instant::now();
+        let expected = self.checkpoint_path(timestamp);
+        if expected != path {
+            return Err(ConfigError {
+                file: path.display().to_string(),
+                location: String::new(),
+                message: format!(
+                    "is not the name checkpoint.filename '{}' gives at batch {} ({}), so retention and the conflict scan would not find it",
+                    self.naming.filename,
+                    timestamp.batch,
+                    expected.display()
+                ),
+            }
+            .into());
+        }
+        if self.role == Role::Follower {
+            return Ok(None);
+        }
+        let filter = options.filter && self.filter.is_some();
+        let format = self.writer.idle()?.format;
+        let content = if filter || format == CheckpointFormat::Safetensors {
+            let tree = checkpoint.tree().map_err(|error| FormatError::Pt {
+                path: path.to_path_buf(),
+                error: PtError::Pickle(error),
+            })?;
+            let tree = if filter {
+                match self.apply_filter(tree)? {
+                    Filtered::Keep(tree) => tree,
+                    Filtered::Skip(why) => {
+                        self.skipped(path, why);
+                        return Ok(None);
+                    }
+                }
+            } else {
+                tree
+            };
+            Content::Tree(tree)
+        } else {
+            Content::Prebuilt {
+                checkpoint: checkpoint.clone(),
+                archive: options.archive.map(str::to_owned),
+            }
+        };
+        let job = WriteJob {
+            path: path.to_path_buf(),
+            timestamp: *timestamp,
+            content,
+            started,
+            rotate: options.rotate,
+        };
+        self.take(job, event, began, waited)
+    }
+
+    /// Where the checkpoint taken at `timestamp` goes.
+    pub fn checkpoint_path(&self, timestamp: &Timestamp) -> PathBuf {
+        self.naming.checkpoint_path(timestamp)
+    }
+
+    /// A checkpoint the filter's `on_error = "skip"` kept from being written.
+    fn skipped(&mut self, path: &Path, why: impl std::fmt::Display) {
+        self.warnings.push(format!(
+            "{} was not saved: {why} (on_error = \"skip\"; the previous checkpoint stays latest)",
+            path.display()
+        ));
     }
 
     /// Take the snapshot, build Composer's checkpoint dict around it and run the filter, on the
@@ -533,6 +672,12 @@ impl CheckpointSaver {
             &self.history,
             self.weights_only,
         );
+        self.apply_filter(tree)
+    }
+
+    /// Run the configured `ignore_keys` over a checkpoint tree, restoring the `state` key the
+    /// filter may have removed.
+    fn apply_filter(&mut self, tree: Value) -> Result<Filtered> {
         let Some(filter) = self.filter.as_mut() else {
             return Ok(Filtered::Keep(tree));
         };
@@ -556,7 +701,11 @@ impl CheckpointSaver {
             return Staged::Synchronous(job);
         };
         let before = pool.stats();
-        match pool.stage(&mut job.tree) {
+        let staged = match &mut job.content {
+            Content::Tree(tree) => pool.stage(tree),
+            Content::Prebuilt { checkpoint, .. } => pool.stage_prebuilt(checkpoint),
+        };
+        match staged {
             Ok(bytes) => {
                 let copy_seconds = pool.stats().copy_seconds - before.copy_seconds;
                 Staged::Copied(job, bytes, copy_seconds)
@@ -581,6 +730,16 @@ impl CheckpointSaver {
         ));
     }
 
+    /// Collect the save written behind training if it has finished, without waiting: its
+    /// failure is returned here (as [`Error::WrittenBehind`]); once written it joins
+    /// [`CheckpointSaver::take_completed`]. What a caller polls between events.
+    pub fn collect_written(&mut self) -> Result<()> {
+        if self.writer.is_writing() {
+            return Ok(());
+        }
+        self.flush()
+    }
+
     /// Wait for the save being written behind training, if any. Its failure is returned here
     /// (as [`Error::WrittenBehind`], naming the checkpoint); once written it joins
     /// [`CheckpointSaver::saved_checkpoints`] and [`CheckpointSaver::take_completed`].
@@ -597,6 +756,14 @@ impl CheckpointSaver {
             })
     }
 
+    /// A checkpoint that was not written leaves the run's history.
+    fn forget(&mut self, path: &Path) {
+        let path = path.to_string_lossy();
+        if let Some(i) = self.history.iter().rposition(|(p, _)| *p == path) {
+            self.history.remove(i);
+        }
+    }
+
     /// Record what became of a save: a durable checkpoint joins the saved ones (and the
     /// completed ones, when it was written behind training), retention's deletions leave them;
     /// a checkpoint that was not written leaves the history. `began`: a synchronous save, held
@@ -610,10 +777,7 @@ impl CheckpointSaver {
         let (bytes, seconds, deleted, retention) = match outcome {
             Outcome::Failed { durable, error } => {
                 if !durable {
-                    let path = taken.path.to_string_lossy();
-                    if let Some(i) = self.history.iter().rposition(|(p, _)| *p == path) {
-                        self.history.remove(i);
-                    }
+                    self.forget(&taken.path);
                 }
                 return Err(error);
             }
@@ -668,13 +832,23 @@ impl CheckpointSaver {
             filename: &self.naming.filename,
             latest,
             vars: writer,
+            limits: self.read_limits,
         };
-        let mut found = search.find()?;
+        let mut passed_over = Vec::new();
+        let mut found = search.find(&mut passed_over)?;
+        // Nothing usable locally: say what was passed over, whatever happens next.
+        for (path, why) in passed_over {
+            self.warnings.push(format!(
+                "skipped damaged checkpoint {}: {why}",
+                path.display()
+            ));
+        }
         if found.is_none()
             && let Some((pointer, path)) = self.download_remote_latest()?
         {
-            let (tree, timestamp) = resume::load(&path)?;
-            let history = crate::checkpoint::read_history(&tree);
+            let (tree, timestamp) = resume::load(&path, &self.read_limits)?;
+            // `load` checked the history; a damaged one was an error there.
+            let history = crate::checkpoint::read_history(&tree).unwrap_or_default();
             found = Some(ResumePoint {
                 path,
                 tree,
@@ -693,7 +867,8 @@ impl CheckpointSaver {
     /// Download the checkpoint the remote `latest` pointer names into the local folder: the
     /// pointer's name and the local path. `None` when the saver does not upload, has no remote
     /// pointer, or the store holds none yet.
-    fn download_remote_latest(&mut self) -> Result<Option<(String, PathBuf)>> {
+    pub fn download_remote_latest(&mut self) -> Result<Option<(String, PathBuf)>> {
+        self.flush()?;
         let Some(uploader) = &self.uploader else {
             return Ok(None);
         };
@@ -718,7 +893,7 @@ impl CheckpointSaver {
     /// Upload failures since the last event: with `on_failure = "fail"` the first event after
     /// a failure returns it (Composer re-raises at the next `BATCH_END`); with `"warn"` they
     /// become warnings. Either way `fit_end` returns them.
-    fn check_uploads(&mut self) -> Result<()> {
+    pub fn check_uploads(&mut self) -> Result<()> {
         let new = self.collect_upload_failures();
         match self.on_upload_failure {
             OnUploadFailure::Fail if !new.is_empty() => Err(Error::UploadsFailed(new)),
@@ -743,8 +918,11 @@ impl CheckpointSaver {
         new
     }
 
-    /// Apply retention now (the committer's, with the training thread's bookkeeping).
-    fn rotate(&mut self) -> Result<()> {
+    /// Apply retention now, after the save in flight (see [`CheckpointSaver::save_prebuilt`]):
+    /// keep the `num_checkpoints_to_keep` most recently written checkpoints, counting earlier
+    /// runs', never the one `latest` names, the newest this saver wrote, or one uploading.
+    pub fn rotate(&mut self) -> Result<()> {
+        self.flush()?;
         let mut deleted = Vec::new();
         let result = self.writer.idle()?.rotate(&mut deleted);
         self.saved.retain(|s| !deleted.contains(&s.path));

@@ -116,6 +116,60 @@ pub fn python_policy() -> Option<PathBuf> {
         .clone()
 }
 
+/// Build the JavaScript every-n policy (when its sources changed) with the pinned componentize-js
+/// (`npm ci && npm run build` in `policies/js/every_n`) and return its path. npm must be on the
+/// machine: CI has Node 20; `CAIRN_SKIP_JS=1` skips the JS checks (with a loud message) instead.
+pub fn js_policy() -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let src = repo().join("policies/js/every_n");
+        let inputs = ["app.js", "package.json", "package-lock.json"]
+            .map(|f| std::fs::read(src.join(f)).unwrap());
+        let wit = std::fs::read(repo().join("wit/policy.wit")).unwrap();
+        let parts: Vec<&[u8]> = inputs
+            .iter()
+            .map(Vec::as_slice)
+            .chain([wit.as_slice()])
+            .collect();
+        let out_dir = policies_target().join("js");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let out = out_dir.join(format!("every_n_js-{:x}.wasm", fxhash(&parts)));
+        if out.is_file() {
+            return Ok(Some(out));
+        }
+        if std::env::var("CAIRN_SKIP_JS").is_ok_and(|v| v == "1") {
+            eprintln!("\n*** SKIPPING the JavaScript policy (CAIRN_SKIP_JS=1) ***\n");
+            return Ok(None);
+        }
+        for args in [
+            &["ci", "--no-audit", "--no-fund"][..],
+            &["run", "build"][..],
+        ] {
+            let status = Command::new("npm")
+                .args(args)
+                .current_dir(&src)
+                .output()
+                .map_err(|e| {
+                    format!("cannot run npm ({e}): install Node 20 and npm, or set CAIRN_SKIP_JS=1")
+                })?;
+            if !status.status.success() {
+                return Err(format!(
+                    "npm {} failed in {}:\n{}",
+                    args.join(" "),
+                    src.display(),
+                    String::from_utf8_lossy(&status.stderr)
+                ));
+            }
+        }
+        std::fs::rename(src.join("every_n_js.wasm"), &out).map_err(|e| e.to_string())?;
+        Ok(Some(out))
+    });
+    match built {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// A stable hash of the inputs (FNV-1a), to name build outputs.
 fn fxhash(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;

@@ -12,8 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::read::ReadArgs;
 use cairn::format::durable::{self, Replace};
-use cairn::format::{CheckpointFormat, format_of, read_checkpoint, write_checkpoint};
+use cairn::format::{CheckpointFormat, format_of, write_checkpoint};
 use cairn::policy::{Filtered, IgnoreGlobs, KeyFilter, PolicyHost, RunInfo, SandboxConfig};
 use cairn::restore_state_key;
 
@@ -38,6 +39,8 @@ pub struct Args {
     /// Replace OUT if it exists (even when it is IN).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    read: ReadArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -54,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => Box::new(IgnoreGlobs::new(&args.ignore_keys)?),
     };
-    let tree = read_checkpoint(&args.input)?;
+    let tree = args.read.read(&args.input)?.tree;
     let full = tree.as_dict().is_some_and(|d| d.get("state").is_some());
     let mut warnings = Vec::new();
     let mut tree = match filter.filter(tree, &mut warnings)? {

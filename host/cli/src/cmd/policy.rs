@@ -19,16 +19,33 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start a policy project: a save-interval policy ("save every n batches") with unit tests,
+    /// a job.toml and a check against the built-in interval, ready to build.
+    New {
+        /// The project's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// The language.
+        #[arg(long, value_enum)]
+        lang: super::policy_new::Lang,
+        /// Where to create it [default: ./NAME].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Run a `cairn policy` subcommand.
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { file, json } => check_file(file, json),
+        PolicyCommand::New { name, lang, dir } => {
+            super::policy_new::run(&name, lang, dir).map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 
 fn check_file(file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    // A closed stdout drops the report; the exit status still says whether the check passed.
+    let mut out = crate::out::Lines::stdout();
     let host = PolicyHost::default().with_log(std::sync::Arc::new(|_: &str| {}));
     let report = host.check(&file)?;
     let name = file.display().to_string();
@@ -59,7 +76,7 @@ fn check_file(file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
             "imports": imports,
             "problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         });
-        println!("{value}");
+        out.line(format_args!("{value}"));
         return Ok(if report.world.is_some() {
             ExitCode::SUCCESS
         } else {
@@ -86,7 +103,7 @@ fn check_file(file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     };
-    println!(
+    out.line(format_args!(
         "{name} implements cairn:policy/{}@0.1.0 (exports: {}{}).",
         world.name(),
         report.exports.join(", "),
@@ -95,14 +112,14 @@ fn check_file(file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
         } else {
             "; no init, so its config is ignored"
         }
-    );
+    ));
     if denied.is_empty() {
-        println!("It imports no WASI interface.");
+        out.line(format_args!("It imports no WASI interface."));
     } else {
-        println!(
+        out.line(format_args!(
             "cairn will deny every capability of its WASI imports (no files, environment, sockets; fixed clocks and randomness): {}.",
             denied.join(", ")
-        );
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,10 +3,10 @@
 //! real saver.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Under a platform file: the tenant each `--config` belongs to, once per `--config` in the
+    /// same order (or once for all) [default: $CAIRN_TENANT].
+    #[arg(long, value_name = "ID")]
+    tenant: Vec<String>,
     /// Print the job's TOML (the embedded default without --config) and exit without running.
     #[arg(long)]
     print_config: bool,
@@ -118,7 +122,7 @@ struct UploadSummary {
 }
 
 /// Run `cairn run`.
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(args: RunArgs, platform: Option<&Path>) -> Result<()> {
     if args.print_config {
         return print_config(&args.config);
     }
@@ -127,9 +131,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         eprintln!("cairn: running the embedded demo job (`cairn run --print-config` shows it)");
         vec![Job::embedded_default()]
     } else {
+        let tenants = tenants(&args)?;
         args.config
             .iter()
-            .map(|p| Job::load(p))
+            .zip(tenants)
+            .map(|(p, tenant)| {
+                let platform = platform
+                    .map(|f| cairn::Platform::load(f, tenant.as_deref()))
+                    .transpose()?;
+                Job::load(p, platform.as_ref())
+            })
             .collect::<Result<Vec<_>, _>>()?
     };
     for config in &mut configs {
@@ -189,6 +200,21 @@ pub fn run(args: RunArgs) -> Result<()> {
         failed.join(", ")
     );
     Ok(())
+}
+
+/// The tenant of each `--config`: `--tenant` once per config, once for all, or `$CAIRN_TENANT`.
+fn tenants(args: &RunArgs) -> Result<Vec<Option<String>>> {
+    let n = args.config.len();
+    Ok(match args.tenant.as_slice() {
+        [] => vec![super::simulate::tenant_env(); n],
+        [one] => vec![Some(one.clone()); n],
+        many if many.len() == n => many.iter().cloned().map(Some).collect(),
+        many => anyhow::bail!(
+            "--tenant is given {} times for {}: give it once, or once per --config in the same order",
+            many.len(),
+            crate::plural::count(n as u64, "config", "configs")
+        ),
+    })
 }
 
 /// `--print-config`: the text of each job file, or of the embedded default.
@@ -362,6 +388,14 @@ fn train_with(
         ..Summary::default()
     };
     summary.async_save = saver.is_async();
+    let spec = TrainerSpec {
+        max_duration: t.max_duration,
+        batches_per_epoch: t.batches_per_epoch,
+        samples_per_batch: t.samples_per_batch,
+        tokens_per_batch: t.tokens_per_batch,
+        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
+        epochs_per_iteration: t.epochs_per_iteration,
+    };
     let mut start = Default::default();
     if resume && let Some(point) = saver.resume()? {
         for (path, why) in &point.skipped {
@@ -377,9 +411,12 @@ fn train_with(
             point.timestamp.batch,
             point.reason
         );
-        model
-            .restore(&point.tree)
-            .with_context(|| format!("cannot resume from {}", point.path.display()))?;
+        model.restore(&point.path, &point.tree)?;
+        spec.check_resume(&point.timestamp)
+            .map_err(|reason| cairn::Error::Resume {
+                path: point.path.clone(),
+                reason,
+            })?;
         start = point.timestamp;
         summary.resumed_from = Some(point.path.display().to_string());
     }
@@ -390,14 +427,6 @@ fn train_with(
             .context("this folder holds an earlier run; to continue it, add --resume"),
         e => e.into(),
     })?;
-    let spec = TrainerSpec {
-        max_duration: t.max_duration,
-        batches_per_epoch: t.batches_per_epoch,
-        samples_per_batch: t.samples_per_batch,
-        tokens_per_batch: t.tokens_per_batch,
-        batch_duration: Duration::from_secs_f64(t.seconds_per_batch),
-        epochs_per_iteration: t.epochs_per_iteration,
-    };
     let progress = Progress::new(&spec, &start, interactive, &config.run_name);
     let mut metrics = vec![("loss".to_owned(), 0.0)];
     let loop_started = Instant::now();

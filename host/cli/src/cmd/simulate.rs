@@ -16,7 +16,7 @@ use cairn::policy::{
 };
 use cairn::{Schedule, Template};
 
-use crate::train::{Job, PlannedSave, Simulation, TrainerSpec};
+use crate::train::{Events, Job, PlannedSave, Simulation, TrainerSpec};
 
 /// Arguments of `cairn simulate`.
 #[derive(Debug, Args)]
@@ -60,6 +60,12 @@ pub struct SimulateArgs {
     /// One JSON object per save on stdout, and nothing else.
     #[arg(long)]
     json: bool,
+    /// The tenant whose job `--config` is, under a platform file [default: $CAIRN_TENANT].
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
+    /// Also draw the run's timeline with a mark at every save, as an SVG picture.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
 }
 
 /// One save in the `--json` contract.
@@ -94,8 +100,15 @@ impl<'a> From<&'a PlannedSave> for SaveJson<'a> {
 }
 
 /// Run `cairn simulate`.
-pub fn run(args: SimulateArgs) -> Result<()> {
-    let config = args.config.as_deref().map(Job::load).transpose()?;
+pub fn run(args: SimulateArgs, platform: Option<&std::path::Path>) -> Result<()> {
+    let platform = platform
+        .map(|p| cairn::Platform::load(p, args.tenant.as_deref().or(tenant_env().as_deref())))
+        .transpose()?;
+    let config = args
+        .config
+        .as_deref()
+        .map(|c| Job::load(c, platform.as_ref()))
+        .transpose()?;
     let (spec, schedule, filename, run_name) = resolve(&args, config.as_ref())?;
     let mut schedule = schedule;
     let sim = Simulation {
@@ -106,6 +119,15 @@ pub fn run(args: SimulateArgs) -> Result<()> {
         filename: &filename,
     };
     let saves = sim.run(&mut schedule)?;
+    if let Some(file) = &args.plot {
+        let total = Events::resume(sim.spec.clone(), sim.start)
+            .last()
+            .map_or(0, |t| t.timestamp.batch);
+        let title = format!("save_interval {}", schedule.describe());
+        let picture = crate::train::plot::svg(&saves, &sim.spec, total, &title);
+        std::fs::write(file, picture)
+            .with_context(|| format!("cannot write the plot {}", file.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &saves {
@@ -266,4 +288,9 @@ fn wasm_policy(
     Ok(Box::new(
         PolicyHost::default().save_policy(spec, sandbox, &run)?,
     ))
+}
+
+/// `CAIRN_TENANT`, the tenant id a platform's operator sets for a tenant's process.
+pub fn tenant_env() -> Option<String> {
+    std::env::var(cairn::platform::TENANT_ENV).ok()
 }

@@ -5,13 +5,18 @@
 //! or — where the filesystem has no symlinks — a small pointer file holding the relative name
 //! of the checkpoint. A remote pointer (`*.symlink`, in a `file://` store or a bucket mirrored
 //! on disk) holds the checkpoint's key relative to the store's root instead, and is resolved as
-//! the store resolves it. Sound files print one `ok` line on stdout; each problem prints one line on
-//! stderr, and any problem makes the exit status non-zero.
+//! the store resolves it. Sound files print one `ok` line on stdout; each problem prints one line
+//! on stderr, and any problem makes the exit status non-zero. A file is read by its content (a
+//! compressed file under a `.pt` name verifies, with a note on stderr that the name disagrees).
+//! If stdout is closed early (`cairn verify DIR | head -1`), checking goes on and the exit
+//! status still says whether every file was sound.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cairn::format::{CheckpointFormat, verify_checkpoint};
+use super::read::{ReadArgs, note_mismatch};
+use crate::out::{Lines, printable};
+use cairn::format::{CheckpointFormat, ReadLimits, verify_checkpoint_with};
 use cairn::remote::SYMLINK_SUFFIX;
 use cairn::remote::store::object_name;
 
@@ -20,6 +25,15 @@ use cairn::remote::store::object_name;
 pub struct Args {
     /// A checkpoint file or a checkpoint folder.
     path: PathBuf,
+    #[command(flatten)]
+    read: ReadArgs,
+}
+
+/// What one verification run carries: the bounds, where `ok` lines go, the problems found.
+struct Check {
+    limits: ReadLimits,
+    out: Lines,
+    problems: Vec<String>,
 }
 
 /// Largest file read as a `latest` pointer: a relative name, not a checkpoint.
@@ -30,38 +44,43 @@ const MAX_DEPTH: usize = 8;
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let meta = std::fs::metadata(&args.path)
         .map_err(|e| anyhow::anyhow!("{} cannot be checked: {e}", args.path.display()))?;
-    let mut problems = Vec::new();
+    let mut check = Check {
+        limits: args.read.limits(),
+        out: Lines::stdout(),
+        problems: Vec::new(),
+    };
     if meta.is_dir() {
-        verify_folder(&args.path, 0, &mut problems);
+        verify_folder(&args.path, 0, &mut check);
     } else {
-        verify_file(&args.path, &mut problems);
+        verify_file(&args.path, &mut check);
     }
-    for p in &problems {
-        eprintln!("cairn: {p}");
+    for p in &check.problems {
+        eprintln!("cairn: {}", printable(p));
     }
-    Ok(if problems.is_empty() {
+    Ok(if check.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-fn verify_file(path: &Path, problems: &mut Vec<String>) -> bool {
-    match verify_checkpoint(path) {
+fn verify_file(path: &Path, check: &mut Check) -> bool {
+    match verify_checkpoint_with(path, &check.limits) {
         Ok(r) => {
             let count = crate::plural::count;
-            println!(
+            check.out.line(format_args!(
                 "ok {} ({}, {}, {}, {})",
-                path.display(),
+                printable(&path.display().to_string()),
                 r.format,
                 count(r.file_bytes, "byte", "bytes"),
                 count(r.summary.tensors as u64, "tensor", "tensors"),
                 count(r.summary.storages as u64, "storage", "storages")
-            );
+            ));
+            note_mismatch(&r, path);
             true
         }
         Err(e) => {
-            problems.push(e.to_string());
+            check.problems.push(e.to_string());
             false
         }
     }
@@ -80,11 +99,13 @@ fn is_checkpoint_name(name: &str) -> bool {
 }
 
 /// Verify every checkpoint under `dir`; returns how many checkpoint entries were found.
-fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) -> usize {
+fn verify_folder(dir: &Path, depth: usize, check: &mut Check) -> usize {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            problems.push(format!("{} cannot be listed: {e}", dir.display()));
+            check
+                .problems
+                .push(format!("{} cannot be listed: {e}", dir.display()));
             return 0;
         }
     };
@@ -101,25 +122,28 @@ fn verify_folder(dir: &Path, depth: usize, problems: &mut Vec<String>) -> usize 
         };
         if name.ends_with(SYMLINK_SUFFIX) && meta.is_file() {
             found += 1;
-            check_remote_pointer(dir, &path, problems);
+            check_remote_pointer(dir, &path, check);
         } else if name.starts_with("latest") {
             found += 1;
-            check_latest(dir, &path, &meta, problems);
+            check_latest(dir, &path, &meta, check);
         } else if meta.is_dir() && depth < MAX_DEPTH {
-            found += verify_folder(&path, depth + 1, problems);
+            found += verify_folder(&path, depth + 1, check);
         } else if meta.is_file() && is_checkpoint_name(&name) {
             found += 1;
-            verify_file(&path, problems);
+            verify_file(&path, check);
         }
     }
     if found == 0 && depth == 0 {
-        problems.push(format!("{} holds no checkpoint files", dir.display()));
+        check
+            .problems
+            .push(format!("{} holds no checkpoint files", dir.display()));
     }
     found
 }
 
 /// A `latest` entry must name an existing, complete checkpoint.
-fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, problems: &mut Vec<String>) {
+fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, check: &mut Check) {
+    let problems = &mut check.problems;
     let target = if meta.file_type().is_symlink() {
         match std::fs::read_link(path) {
             Ok(t) => dir.join(t),
@@ -132,7 +156,7 @@ fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, problems: &mu
         }
     } else {
         // A regular checkpoint that happens to be named latest*: verify it as one.
-        verify_file(path, problems);
+        verify_file(path, check);
         return;
     };
     if !target.exists() {
@@ -149,13 +173,19 @@ fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, problems: &mu
             target.display()
         ));
     }
-    if let Err(e) = verify_checkpoint(&target) {
-        problems.push(format!(
+    match verify_checkpoint_with(&target, &check.limits) {
+        Err(e) => problems.push(format!(
             "{} points to a checkpoint that fails verification: {e}",
             path.display()
-        ));
-    } else {
-        println!("ok {} -> {}", path.display(), target.display());
+        )),
+        Ok(r) => {
+            check.out.line(format_args!(
+                "ok {} -> {}",
+                printable(&path.display().to_string()),
+                printable(&target.display().to_string())
+            ));
+            note_mismatch(&r, &target);
+        }
     }
 }
 
@@ -163,11 +193,11 @@ fn check_latest(dir: &Path, path: &Path, meta: &std::fs::Metadata, problems: &mu
 /// `.symlink` objects), and the root is some folder above the pointer: the pointer itself lives at
 /// `<root>/<latest_remote_file_name>.symlink`. Resolve the key as the store does, from the nearest
 /// enclosing folder under which it exists.
-fn check_remote_pointer(dir: &Path, path: &Path, problems: &mut Vec<String>) {
+fn check_remote_pointer(dir: &Path, path: &Path, check: &mut Check) {
     let text = match std::fs::metadata(path) {
         Ok(m) if m.len() <= MAX_POINTER_BYTES => std::fs::read_to_string(path),
         Ok(m) => {
-            return problems.push(format!(
+            return check.problems.push(format!(
                 "{} is {} bytes, too large for a remote latest pointer",
                 path.display(),
                 m.len()
@@ -177,12 +207,16 @@ fn check_remote_pointer(dir: &Path, path: &Path, problems: &mut Vec<String>) {
     };
     let text = match text {
         Ok(t) => t,
-        Err(e) => return problems.push(format!("{} cannot be read: {e}", path.display())),
+        Err(e) => {
+            return check
+                .problems
+                .push(format!("{} cannot be read: {e}", path.display()));
+        }
     };
     // cairn writes no newline; other writers (an editor, `echo`) may.
     let key = text.trim();
     if let Err(reason) = object_name(key) {
-        return problems.push(format!(
+        return check.problems.push(format!(
             "{} does not hold an object key ({key:?}: {reason})",
             path.display()
         ));
@@ -192,14 +226,18 @@ fn check_remote_pointer(dir: &Path, path: &Path, problems: &mut Vec<String>) {
         .map(|root| root.join(key))
         .find(|t| t.is_file())
     else {
-        return problems.push(format!(
+        return check.problems.push(format!(
             "{} names '{key}', which is under no folder above it (the store's root)",
             path.display()
         ));
     };
-    match verify_checkpoint(&target) {
-        Ok(_) => println!("ok {} -> {}", path.display(), target.display()),
-        Err(e) => problems.push(format!(
+    match verify_checkpoint_with(&target, &check.limits) {
+        Ok(_) => check.out.line(format_args!(
+            "ok {} -> {}",
+            printable(&path.display().to_string()),
+            printable(&target.display().to_string())
+        )),
+        Err(e) => check.problems.push(format!(
             "{} names {}, which fails verification: {e}",
             path.display(),
             target.display()

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use cairn::Platform;
 use cairn::config::{
     ConfigDocument, ConfigError, SaveIntervalSpec, max_duration_from, parse_max_duration,
 };
@@ -90,18 +91,23 @@ pub struct Job {
 
 impl Job {
     /// Read and check a job file.
-    pub fn load(path: &Path) -> Result<Job, ConfigError> {
+    pub fn load(path: &Path, platform: Option<&Platform>) -> Result<Job, ConfigError> {
         let text = cairn::config::read_text(path)?;
         let file = path.display().to_string();
-        Job::parse(&text, &file, cairn::config::base_of(path))
+        Job::parse(&text, &file, cairn::config::base_of(path), platform)
     }
 
     /// Check `text`, naming `file` in errors; relative `.wasm` paths resolve against `base`.
-    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Job, ConfigError> {
+    pub fn parse(
+        text: &str,
+        file: &str,
+        base: &Path,
+        platform: Option<&Platform>,
+    ) -> Result<Job, ConfigError> {
         let mut doc = ConfigDocument::parse(text, file, base)?;
         let section: TrainSection = doc.take_section("train")?;
         let train = check(&doc, &section)?;
-        let saver = doc.check()?;
+        let saver = doc.check_with(platform)?;
         iterations_configured(&saver.save_interval, &train).map_err(|message| ConfigError {
             file: file.to_owned(),
             location: String::new(),
@@ -112,7 +118,7 @@ impl Job {
 
     /// The embedded default of `cairn run`.
     pub fn embedded_default() -> Job {
-        Job::parse(EMBEDDED_DEFAULT, "<embedded default>", Path::new("."))
+        Job::parse(EMBEDDED_DEFAULT, "<embedded default>", Path::new("."), None)
             .expect("the embedded default config is valid")
     }
 }
@@ -253,7 +259,7 @@ mod tests {
             ),
         ];
         for (text, location, needle) in cases {
-            let e = match Job::parse(text, "job.toml", Path::new(".")) {
+            let e = match Job::parse(text, "job.toml", Path::new("."), None) {
                 Ok(_) => panic!("{text:?} should fail"),
                 Err(e) => e.to_string(),
             };

@@ -28,6 +28,31 @@ pub struct TrainerSpec {
     pub epochs_per_iteration: Option<u64>,
 }
 
+impl TrainerSpec {
+    /// Why this run cannot continue from `t` (a timestamp read back from a checkpoint), if it
+    /// cannot: the counters within an epoch and an iteration must fit this run's loop. A
+    /// checkpoint whose `epoch_in_iteration` is past `epochs_per_iteration` (a filter may write
+    /// any value there) would otherwise never close an iteration, and the run never end.
+    pub fn check_resume(&self, t: &Timestamp) -> Result<(), String> {
+        let at = "state/timestamp/Timestamp";
+        if t.batch_in_epoch > self.batches_per_epoch {
+            return Err(format!(
+                "{at}/batch_in_epoch is {}, past this run's {} batches per epoch",
+                t.batch_in_epoch, self.batches_per_epoch
+            ));
+        }
+        if let Some(n) = self.epochs_per_iteration
+            && t.epoch_in_iteration >= n
+        {
+            return Err(format!(
+                "{at}/epoch_in_iteration is {}, not below this run's {n} epochs per iteration",
+                t.epoch_in_iteration
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One checkpoint event and the trainer's time around it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tick {
@@ -141,4 +166,37 @@ pub fn synthetic_loss(batch: u64) -> f64 {
     let b = batch as f64;
     let noise = ((b * 12.9898).sin() * 43758.5453).fract() * 0.02;
     2.0 * (-b / 50.0).exp() + 0.3 + noise.abs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_timestamp_must_fit_the_loop() {
+        let spec = TrainerSpec {
+            max_duration: MaxDuration::new("2iter".parse().unwrap()).unwrap(),
+            batches_per_epoch: 4,
+            samples_per_batch: 1,
+            tokens_per_batch: 0,
+            batch_duration: Duration::ZERO,
+            epochs_per_iteration: Some(1),
+        };
+        let ok = Timestamp {
+            batch_in_epoch: 4,
+            ..Timestamp::default()
+        };
+        assert_eq!(spec.check_resume(&ok), Ok(()));
+        let never_ends = Timestamp {
+            epoch_in_iteration: 1000,
+            ..Timestamp::default()
+        };
+        let err = spec.check_resume(&never_ends).unwrap_err();
+        assert!(err.contains("epoch_in_iteration is 1000"), "{err}");
+        let past = Timestamp {
+            batch_in_epoch: 5,
+            ..Timestamp::default()
+        };
+        assert!(spec.check_resume(&past).is_err());
+    }
 }

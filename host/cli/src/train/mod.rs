@@ -5,6 +5,7 @@
 pub mod config;
 pub mod events;
 pub mod model;
+pub mod plot;
 pub mod predict;
 
 pub use config::{EMBEDDED_DEFAULT, Job, TrainConfig};

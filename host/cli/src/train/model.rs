@@ -6,9 +6,9 @@
 //! the state really changes from save to save, and a run resumed from a checkpoint reaches the
 //! same final state as an uninterrupted one.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
 use cairn::Snapshot;
@@ -238,61 +238,84 @@ impl SyntheticModel {
         }
     }
 
-    /// Load weights and Adam state from a checkpoint written by [`SyntheticModel::snapshot`].
-    pub fn restore(&mut self, tree: &Value) -> Result<()> {
+    /// Load the weights, the Adam moments and the step count from a checkpoint this model
+    /// wrote (`path` names it in errors). Every value is checked before it is used: a tensor of
+    /// the wrong dtype or size, or a step count out of range (a filter may have set
+    /// `rng/0/step` to anything), is a [`cairn::Error::Resume`] naming the file and the key.
+    pub fn restore(&mut self, path: &Path, tree: &Value) -> Result<(), cairn::Error> {
+        let bad = |reason: String| cairn::Error::Resume {
+            path: path.to_owned(),
+            reason,
+        };
         let model = tree
             .get_path(&["state", "model"])
             .and_then(Value::as_dict)
-            .context("the checkpoint has no state/model")?;
+            .ok_or_else(|| bad("the checkpoint has no state/model".into()))?;
         let adam = tree
             .get_path(&["state", "optimizers", "Adam", "state"])
             .and_then(Value::as_dict);
         for layer in self.layers.iter_mut() {
+            let key = |k: &str| format!("state/model/{k}");
             read_into(
                 model.get(&layer.name),
                 Arc::make_mut(&mut layer.weight).as_mut_slice(),
-                &layer.name,
-            )?;
+                &key(&layer.name),
+            )
+            .map_err(bad)?;
             if let Some(s) = adam
                 .and_then(|a| a.entries.get(&Key::from(layer.name.as_str())))
                 .and_then(Value::as_dict)
             {
+                let key = |k: &str| format!("state/optimizers/Adam/state/{}/{k}", layer.name);
                 read_into(
                     s.get("exp_avg"),
                     Arc::make_mut(&mut layer.exp_avg).as_mut_slice(),
-                    &layer.name,
-                )?;
+                    &key("exp_avg"),
+                )
+                .map_err(bad)?;
                 read_into(
                     s.get("exp_avg_sq"),
                     Arc::make_mut(&mut layer.exp_avg_sq).as_mut_slice(),
-                    &layer.name,
-                )?;
+                    &key("exp_avg_sq"),
+                )
+                .map_err(bad)?;
             }
         }
         if model.len() != self.layers.len() {
-            bail!(
+            return Err(bad(format!(
                 "the checkpoint's model has {} tensors, this run's has {}",
                 model.len(),
                 self.layers.len()
-            );
+            )));
         }
-        self.step = match tree.get_path(&["rng", "0", "step"]) {
-            Some(Value::Int(n)) => *n as u64,
-            _ => self.step,
+        self.step = match tree.get_path(&["rng", "0", "step"]).map(Value::resolved) {
+            Some(Value::Int(n)) if (0..=cairn::MAX_COUNTER as i64).contains(n) => *n as u64,
+            Some(Value::Int(n)) => {
+                return Err(bad(format!(
+                    "rng/0/step is {n}, outside 0..={}",
+                    cairn::MAX_COUNTER
+                )));
+            }
+            Some(other) => {
+                return Err(bad(format!("rng/0/step is a {}, not an int", other.kind())));
+            }
+            None => self.step,
         };
         Ok(())
     }
 }
 
-fn read_into(v: Option<&Value>, out: &mut [f32], name: &str) -> Result<()> {
-    let Some(Value::Tensor(t)) = v else {
-        bail!("the checkpoint has no tensor for {name}");
+fn read_into(v: Option<&Value>, out: &mut [f32], key: &str) -> Result<(), String> {
+    let Some(Value::Tensor(t)) = v.map(Value::resolved) else {
+        return Err(format!("the checkpoint has no tensor at {key}"));
     };
     let bytes = t
         .contiguous_bytes()
         .filter(|b| t.dtype() == DType::F32 && b.len() == out.len() * 4);
     let Some(bytes) = bytes else {
-        bail!("the checkpoint's {name} does not match this run's model (size or dtype)");
+        return Err(format!(
+            "{key} does not match this run's model (size or dtype)"
+        ));
     };
     for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
         *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -383,10 +406,25 @@ mod tests {
         a.train_step(1);
         let tree = cairn::build_checkpoint(a.snapshot(4), &Default::default(), "r", &[], false);
         let mut b = SyntheticModel::new(1.0, 99);
-        b.restore(&tree).unwrap();
+        b.restore(Path::new("t.pt"), &tree).unwrap();
         assert_eq!(b.layers[0].exp_avg_sq, a.layers[0].exp_avg_sq);
         assert_eq!(b.step, 1);
         let mut wrong = SyntheticModel::new(2.0, 3);
-        assert!(wrong.restore(&tree).is_err());
+        let err = wrong
+            .restore(Path::new("t.pt"), &tree)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.pt") && err.contains("state/model/"),
+            "{err}"
+        );
+        for step in [Value::Int(-1), Value::Int(i64::MAX), Value::Float(1.0)] {
+            let mut bad = tree.clone();
+            let rng = bad.as_dict_mut().unwrap().get_mut("rng").unwrap();
+            let Value::List(items) = rng else { panic!() };
+            items[0].as_dict_mut().unwrap().insert("step", step.clone());
+            let err = b.restore(Path::new("t.pt"), &bad).unwrap_err().to_string();
+            assert!(err.contains("rng/0/step"), "{step:?}: {err}");
+        }
     }
 }

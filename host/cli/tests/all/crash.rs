@@ -48,7 +48,7 @@ fn check_folder(ck: &Path, kill: usize) -> Option<u64> {
         target.display()
     );
     let tree = cairn::format::read_checkpoint(&target).unwrap();
-    Some(cairn::read_timestamp(&tree).unwrap().batch)
+    Some(cairn::read_timestamp(&tree).unwrap().unwrap().batch)
 }
 
 #[test]

@@ -49,7 +49,7 @@ fn config(dir: &Path, max: &str, async_save: bool) -> String {
 fn batch_of(path: &Path) -> u64 {
     let tree =
         cairn::format::read_checkpoint(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    cairn::read_timestamp(&tree).unwrap().batch
+    cairn::read_timestamp(&tree).unwrap().unwrap().batch
 }
 
 /// What a folder holds after a failure, once every invariant was checked.

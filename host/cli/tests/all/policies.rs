@@ -249,12 +249,12 @@ impl PathMut for Value {
     }
 }
 
-fn cross_check_every_n(wasm: std::path::PathBuf) {
+fn cross_check_every_n(wasm: std::path::PathBuf, sandbox: &SandboxConfig) {
     let (host, _) = common::host();
     for (n, epochs, per_epoch) in [(1, 2, 3), (3, 3, 7), (5, 4, 10), (7, 2, 7), (100, 2, 10)] {
         let spec = PolicySpec::new(&wasm).with("n", n);
         let mut wasm_policy = host
-            .save_policy(&spec, &SandboxConfig::default(), &RunInfo::default())
+            .save_policy(&spec, sandbox, &RunInfo::default())
             .unwrap();
         let mut builtin = IntervalScheduler::new(Time::batches(n)).unwrap();
         let got = answers(&mut wasm_policy, epochs, per_epoch, &|_| 1.0);
@@ -268,7 +268,7 @@ fn cross_check_every_n(wasm: std::path::PathBuf) {
 /// every-n policies: `max_duration` in batches, epochs and samples, iteration events, and
 /// resumes, one of them at the last batch of an epoch (whose epoch event then comes before any
 /// batch has run, with no previous timestamp).
-fn cross_check_every_n_through_the_trainer(wasm: &std::path::Path) {
+fn cross_check_every_n_through_the_trainer(wasm: &std::path::Path, sandbox: &SandboxConfig) {
     let (host, _) = common::host();
     let runs = [
         (3, Time::Count(20, CountUnit::Batch), 6, None, 0),
@@ -297,7 +297,7 @@ fn cross_check_every_n_through_the_trainer(wasm: &std::path::Path) {
         let mut wasm_policy = host
             .save_policy(
                 &PolicySpec::new(wasm).with("n", n),
-                &SandboxConfig::default(),
+                sandbox,
                 &RunInfo::default(),
             )
             .unwrap();
@@ -363,8 +363,9 @@ fn cross_check_every_n_through_the_trainer(wasm: &std::path::Path) {
 #[test]
 fn every_n_rust_matches_builtin_interval() {
     let wasm = common::rust_policy("every_n");
-    cross_check_every_n(wasm.clone());
-    cross_check_every_n_through_the_trainer(&wasm);
+    let sandbox = SandboxConfig::default();
+    cross_check_every_n(wasm.clone(), &sandbox);
+    cross_check_every_n_through_the_trainer(&wasm, &sandbox);
 }
 
 #[test]
@@ -372,6 +373,28 @@ fn every_n_python_matches_builtin_interval() {
     let Some(wasm) = common::python_policy() else {
         return;
     };
-    cross_check_every_n(wasm.clone());
-    cross_check_every_n_through_the_trainer(&wasm);
+    // The decisions are what is compared; a busy CI machine must not turn CPython's slower calls
+    // into deadline errors.
+    let sandbox = SandboxConfig {
+        timeout_ms: 2_000,
+        ..SandboxConfig::default()
+    };
+    cross_check_every_n(wasm.clone(), &sandbox);
+    cross_check_every_n_through_the_trainer(&wasm, &sandbox);
+}
+
+/// The JavaScript example with the limits its README gives (SpiderMonkey's heap and a GC's fuel).
+#[test]
+fn every_n_js_matches_builtin_interval() {
+    let Some(wasm) = common::js_policy() else {
+        return;
+    };
+    let sandbox = SandboxConfig {
+        memory_limit_mib: 96,
+        fuel_per_call: 200_000_000,
+        timeout_ms: 2_000,
+        ..SandboxConfig::default()
+    };
+    cross_check_every_n(wasm.clone(), &sandbox);
+    cross_check_every_n_through_the_trainer(&wasm, &sandbox);
 }

@@ -62,10 +62,12 @@ fn cairn_run_never_waits_on_a_hung_network() {
         eprintln!("wall {wall:?}; summary {summary:#}");
 
         assert_eq!(summary["saves"], 6);
-        // Six saves took about as long as six local writes, although each upload hung for 2 s.
+        // Six saves took about as long as six local writes, although each upload hung for 2 s:
+        // waiting on the network would have cost at least 6 x 2 s / 2 at a time = 6 s. (The
+        // bound is loose on purpose: it tells "waited" from "did not", not how fast a write is.)
         let save_seconds = summary["save_seconds"].as_f64().unwrap();
         assert!(
-            save_seconds < 1.5,
+            save_seconds < 6.0,
             "saves waited on the network: {save_seconds} s"
         );
         // The end of the run waits for the uploads, bounded by their timeouts: 6 uploads, 2 at a

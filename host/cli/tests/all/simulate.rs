@@ -194,3 +194,71 @@ fn a_config_file_drives_the_simulation_and_its_errors_name_the_line() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// `--plot` draws the timeline: one mark per save (its tooltip names the event and the file), the
+/// epochs, and the end of training; the JSON on stdout is unchanged.
+#[test]
+fn plot_draws_one_mark_per_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("timeline.svg");
+    let args = [
+        "simulate",
+        "--save-interval",
+        "1iter",
+        "--max-duration",
+        "6ep",
+    ];
+    let shape = [
+        "--batches-per-epoch",
+        "5",
+        "--epochs-per-iteration",
+        "2",
+        "--json",
+    ];
+    let plain = cairn(&[&args[..], &shape[..]].concat());
+    let plotted = cairn(
+        &[
+            &args[..],
+            &shape[..],
+            &["--plot", svg.to_str().unwrap()][..],
+        ]
+        .concat(),
+    );
+    assert_eq!(plain.stdout, plotted.stdout);
+    let saves = json_lines(&plotted);
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+    let marks: Vec<&str> = picture
+        .lines()
+        .filter(|l| l.contains("save at epoch"))
+        .collect();
+    assert_eq!(marks.len(), saves.len(), "{picture}");
+    for (mark, save) in marks.iter().zip(&saves) {
+        let name = save["path"].as_str().unwrap();
+        let event = save["event"].as_str().unwrap();
+        assert!(
+            mark.contains(name) && mark.contains(&format!("<title>{event} save")),
+            "{mark}"
+        );
+    }
+    for epoch in 0..6 {
+        assert!(
+            picture.contains(&format!(">ep{epoch}<")),
+            "epoch {epoch} labelled"
+        );
+    }
+    assert!(picture.contains("end of training"));
+    let bad = cairn(
+        &[
+            &args[..],
+            &shape[..],
+            &["--plot", "/nonexistent/dir/p.svg"][..],
+        ]
+        .concat(),
+    );
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("cannot write the plot"),
+        "{err}"
+    );
+}

@@ -16,9 +16,10 @@ use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 
+use crate::limits::{ReadLimits, human_bytes};
 use crate::state_dict::{DType, Storage, Tensor, Value};
 use pickle_read::{PickleError, StorageSource};
-use pickle_write::ViewError;
+use pickle_write::WriteError;
 use zip::{CrcWriter, Plan, ZipEntry, ZipError};
 
 /// What is wrong with a `.pt` (the caller names the file).
@@ -27,18 +28,29 @@ pub enum PtError {
     /// The zip container is damaged.
     #[error("{0}")]
     Zip(ZipError),
-    /// The pickle is damaged or hostile.
-    #[error("has an unreadable pickle: {0}")]
+    /// The pickle is damaged or hostile, or reading it would exceed a bound.
+    #[error("{}", pickle_message(.0))]
     Pickle(PickleError),
-    /// A tensor cannot be written.
+    /// The tree cannot be written (a tensor view past its storage, too deep).
     #[error("cannot be written: {0}")]
-    View(ViewError),
+    View(WriteError),
     /// Not a zip-format torch file.
     #[error("is not a torch.save zip archive: {0}")]
     NotTorch(String),
+    /// Reading it would exceed a [`ReadLimits`] bound.
+    #[error("is refused: {0}")]
+    Limit(String),
     /// Reading or writing failed.
     #[error("could not be written: {0}")]
     Io(io::Error),
+}
+
+fn pickle_message(e: &PickleError) -> String {
+    use pickle_read::PickleFault;
+    match e.fault {
+        PickleFault::TooDeep | PickleFault::TooLarge => format!("is refused: its pickle {e}"),
+        PickleFault::Damaged | PickleFault::Refused => format!("has an unreadable pickle: {e}"),
+    }
 }
 
 // Conversions without `#[from]`: the message already includes the cause, and a `source()` would
@@ -55,8 +67,8 @@ impl From<PickleError> for PtError {
     }
 }
 
-impl From<ViewError> for PtError {
-    fn from(e: ViewError) -> Self {
+impl From<WriteError> for PtError {
+    fn from(e: WriteError) -> Self {
         PtError::View(e)
     }
 }
@@ -86,11 +98,12 @@ pub fn view_fits(t: &Tensor) -> bool {
     last.is_some_and(|last| last < numel)
 }
 
-/// A `.pt` ready to be written: the pickle, the storages and where every record goes.
+/// A `.pt` ready to be written: the pickle, the storage records and where every record goes.
 pub struct PtPlan {
     zip: Plan,
     pickle: Vec<u8>,
-    storages: Vec<Storage>,
+    /// The bytes of `data/<key>`, in file order.
+    records: Vec<Bytes>,
 }
 
 /// Records after `data.pkl` and before the storages, as recent torch writes them.
@@ -106,26 +119,42 @@ impl PtPlan {
     /// the file's stem).
     pub fn new(tree: &Value, archive_name: &str) -> Result<PtPlan, PtError> {
         let pickled = pickle_write::pickle(tree)?;
-        let mut names: Vec<(String, u64)> = vec![(
-            format!("{archive_name}/data.pkl"),
-            pickled.bytes.len() as u64,
-        )];
+        let records = pickled
+            .storages
+            .iter()
+            .enumerate()
+            .map(|(key, s)| (key.to_string(), s.bytes().clone()))
+            .collect();
+        Ok(PtPlan::from_pickled(pickled.bytes, records, archive_name))
+    }
+
+    /// Lay out an archive around a pickle made elsewhere: `pickle` is `data.pkl` and `records`
+    /// the `data/<key>` storages it references, in the order they are to appear (torch writes
+    /// them in first-reference order). Nothing is checked or copied: the records' bytes are
+    /// streamed as they are when the plan is written.
+    pub fn from_pickled(
+        pickle: Vec<u8>,
+        records: Vec<(String, Bytes)>,
+        archive_name: &str,
+    ) -> PtPlan {
+        let mut names: Vec<(String, u64)> =
+            vec![(format!("{archive_name}/data.pkl"), pickle.len() as u64)];
         for (name, body) in HEAD_RECORDS {
             names.push((format!("{archive_name}/{name}"), body.len() as u64));
         }
-        for (key, s) in pickled.storages.iter().enumerate() {
-            names.push((format!("{archive_name}/data/{key}"), s.bytes().len() as u64));
+        for (key, bytes) in &records {
+            names.push((format!("{archive_name}/data/{key}"), bytes.len() as u64));
         }
         names.push((
             format!("{archive_name}/{}", VERSION_RECORD.0),
             VERSION_RECORD.1.len() as u64,
         ));
         let zip = Plan::new(names.iter().map(|(n, s)| (n.as_str(), *s)));
-        Ok(PtPlan {
+        PtPlan {
             zip,
-            pickle: pickled.bytes,
-            storages: pickled.storages,
-        })
+            pickle,
+            records: records.into_iter().map(|(_, bytes)| bytes).collect(),
+        }
     }
 
     /// The archive's exact size in bytes.
@@ -139,7 +168,7 @@ impl PtPlan {
         match i {
             0 => &self.pickle,
             i if i < storages => HEAD_RECORDS[i - 1].1,
-            i if i < storages + self.storages.len() => self.storages[i - storages].bytes(),
+            i if i < storages + self.records.len() => &self.records[i - storages],
             _ => VERSION_RECORD.1,
         }
     }
@@ -328,12 +357,11 @@ impl StorageSource for Archive {
     }
 }
 
-/// Read a `.pt` held in `data` (a memory map or buffer); tensors share `data`'s memory.
+/// Read a `.pt` held in `data` (a memory map or buffer) with the default limits, checking it
+/// fully (see [`read_pt_with`]); tensors share `data`'s memory.
+#[cfg(test)]
 pub fn read_pt(data: &Bytes) -> Result<Value, PtError> {
-    let mut archive = Archive::open(data)?;
-    archive.check_crcs()?;
-    let pickle = archive.pickle()?.data.clone();
-    Ok(pickle_read::unpickle(&pickle, &mut archive)?)
+    Ok(read_pt_with(data, &ReadLimits::default())?.0)
 }
 
 /// What a full check of a `.pt` found.
@@ -341,7 +369,7 @@ pub fn read_pt(data: &Bytes) -> Result<Value, PtError> {
 pub struct PtSummary {
     /// Zip entries checked (every CRC verified).
     pub records: usize,
-    /// Tensors in the tree.
+    /// Tensors in the tree (one inside a shared subtree counts once).
     pub tensors: usize,
     /// Distinct storages referenced.
     pub storages: usize,
@@ -350,14 +378,30 @@ pub struct PtSummary {
 }
 
 /// Check every CRC, the records torch requires, and that the pickle parses with every storage
-/// present at the declared size.
+/// present at the declared size; the summary of what was found.
+#[cfg(test)]
 pub fn verify_pt(data: &Bytes) -> Result<PtSummary, PtError> {
+    Ok(read_pt_with(data, &ReadLimits::default())?.1)
+}
+
+/// Read a `.pt` and check it in the same pass: every record's CRC-32, the records torch
+/// requires (`version`, a little-endian `byteorder`), the pickle (within `limits`), and every
+/// storage record present at the size the pickle declares. One pass over the bytes serves
+/// both resume (which needs the tree) and verification (which needs the certainty).
+pub fn read_pt_with(data: &Bytes, limits: &ReadLimits) -> Result<(Value, PtSummary), PtError> {
     let mut archive = Archive::open(data)?;
     archive.check_crcs()?;
     if !archive.records.contains_key("version") && !archive.records.contains_key(".data/version") {
         return Err(PtError::NotTorch("it has no version record".into()));
     }
     let pickle = archive.pickle()?.data.clone();
+    if pickle.len() as u64 > limits.max_pickle_bytes {
+        return Err(PtError::Limit(format!(
+            "its pickle (data.pkl) is {}, more than the {} cairn reads",
+            human_bytes(pickle.len() as u64),
+            human_bytes(limits.max_pickle_bytes)
+        )));
+    }
     let tree = pickle_read::unpickle(&pickle, &mut archive)?;
     let mut summary = PtSummary {
         records: archive.records.len(),
@@ -370,35 +414,20 @@ pub fn verify_pt(data: &Bytes) -> Result<PtSummary, PtError> {
     });
     summary.storages = seen.len();
     summary.storage_bytes = seen.values().sum();
-    Ok(summary)
+    Ok((tree, summary))
 }
 
-/// Visit every tensor in a tree, including those inside unmodelled objects.
+/// Visit every tensor in a tree, including those inside unmodelled objects; a tensor inside a
+/// shared subtree is visited once. Walks without recursion.
 pub fn count_tensors(v: &Value, f: &mut dyn FnMut(&Tensor)) {
-    use crate::state_dict::Construct;
-    match v {
-        Value::Tensor(t) => f(t),
-        Value::Dict(d) => {
-            d.entries.values().for_each(|x| count_tensors(x, f));
-            if let Some(s) = &d.state {
-                count_tensors(s, f);
-            }
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = vec![v];
+    while let Some(v) = pending.pop() {
+        match v {
+            Value::Tensor(t) => f(t),
+            Value::Shared(s) if !seen.insert(s.id()) => {}
+            _ => pending.extend(v.children().into_iter().rev()),
         }
-        Value::List(items) | Value::Tuple(items) => items.iter().for_each(|x| count_tensors(x, f)),
-        Value::Object(o) => {
-            if let Construct::Reduce(a) | Construct::NewObj(a) = &o.construct {
-                a.iter().for_each(|x| count_tensors(x, f));
-            }
-            o.state
-                .iter()
-                .chain(&o.list_items)
-                .for_each(|x| count_tensors(x, f));
-            for (k, x) in &o.dict_items {
-                count_tensors(k, f);
-                count_tensors(x, f);
-            }
-        }
-        _ => {}
     }
 }
 

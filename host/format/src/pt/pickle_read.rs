@@ -7,35 +7,64 @@
 //! [`Object`] recipe that the writer re-emits unchanged. Globals that exist to run code
 //! (`os.system`, `builtins.eval`, `subprocess.*`, ...) are refused outright.
 //!
-//! Limits keep hostile input bounded: every allocation is checked against the remaining input,
-//! the memo and the arena are capped, and the tree built from the graph has a node budget that
-//! counts `BINGET` duplication (a "billion laughs" pickle fails fast) and a depth limit.
+//! The work of reading is bounded by the pickle's size, whatever its shape:
+//! - every allocation is checked against the remaining input, and the arena holds at most one
+//!   node per byte (no opcode makes two);
+//! - a container or object that the pickle fetches again from its memo (`BINGET`) is converted
+//!   once and becomes a [`Shared`] node in every place it appears, so a "billion laughs" pickle
+//!   (each level a list holding the previous one twice) reads as a small graph, not 2^40 nodes;
+//! - what is still copied (strings and other scalars fetched again, dict keys) counts against a
+//!   node budget and a byte budget proportional to the pickle's length;
+//! - nesting is limited to [`MAX_DEPTH`] containers, checked before each recursive step.
 
 use std::collections::HashMap;
 
-use crate::state_dict::{Construct, DType, Dict, DictKind, Key, Object, Storage, Tensor, Value};
+use crate::state_dict::{
+    Construct, DType, Dict, DictKind, Key, MAX_DEPTH, Object, Shared, Storage, Tensor, Value,
+};
 
-/// Bounds for one unpickling.
+/// Bounds for one unpickling, scaled to the pickle's length.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Maximum nodes in the output tree, counting each duplication by `BINGET`.
+    /// Maximum values in the output tree (a shared subtree counts once per place it appears,
+    /// as one node; a copied scalar counts each time).
     pub max_nodes: usize,
-    /// Maximum nesting depth of the output tree.
-    pub max_depth: usize,
-    /// Maximum bytes of strings, bytes, names and shapes in the output tree, counting each
-    /// duplication by `BINGET` (one memoized string fetched a million times is refused).
+    /// Maximum bytes of strings, bytes, keys, names and shapes copied into the output tree,
+    /// counting each copy: 8 MiB plus four times the pickle's length (one memoized string
+    /// used as a million dict keys, or as the key of 300 nested dicts, is refused).
     pub max_bytes: usize,
 }
 
 impl Limits {
     /// Limits scaled to the pickle's size: generous for real checkpoints, small for tiny input.
+    ///
+    /// The object budget is a million, or one object per eight bytes of pickle if that is
+    /// more. `torch.save` output stays inside it (a parameter with its Adam state is ~340
+    /// bytes and ~80 objects; a dict entry with its memo opcodes at least 8 bytes; only a
+    /// list of over a million small ints or `None`s could exceed it), while a hostile pickle
+    /// (one object per byte, or one `BINGET` copy per two) is refused at an eighth of its
+    /// length. Memory follows the budget: an arena node is 32 bytes, a stack slot 8, a tree
+    /// value 88, so a pickle of `n` bytes takes at most about `16 n` (and 200 MiB for the
+    /// million).
     pub fn for_input(len: usize) -> Limits {
         Limits {
-            max_nodes: (1 << 20).max(len.saturating_mul(4)),
-            max_depth: 400,
-            max_bytes: (64usize << 20).saturating_add(len.saturating_mul(4)),
+            max_nodes: (1 << 20).max(len / 8),
+            max_bytes: (8usize << 20).saturating_add(len.saturating_mul(4)),
         }
     }
+}
+
+/// What kind of fault stopped the reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickleFault {
+    /// The pickle is damaged or uses something cairn does not read.
+    Damaged,
+    /// It refers to something that can run code.
+    Refused,
+    /// It nests deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// It expands past the node or byte budget its length allows.
+    TooLarge,
 }
 
 /// Why a pickle was rejected; `offset` is the byte where the VM stopped.
@@ -46,6 +75,8 @@ pub struct PickleError {
     pub offset: usize,
     /// What is wrong, in words.
     pub message: String,
+    /// The kind of fault.
+    pub fault: PickleFault,
 }
 
 /// Supplies the storage behind a persistent id `('storage', <type>, key, location, numel)`.
@@ -55,6 +86,17 @@ pub trait StorageSource {
 }
 
 type Id = usize;
+
+/// Strings, bytes and ints at least this long are shared rather than copied when referenced
+/// again.
+const SHARE_BYTES: usize = 1024;
+
+/// Nodes every arena starts with: immutable values pushed by reference, so a pickle of a
+/// million `None`s allocates no nodes.
+const NONE_ID: Id = 0;
+const TRUE_ID: Id = 1;
+const FALSE_ID: Id = 2;
+const EMPTY_TUPLE_ID: Id = 3;
 
 /// Elements a tensor view may address (2^48: a petabyte of bytes). Larger shapes only come
 /// from hostile files, e.g. stride-0 views that would expand to exabytes when densified.
@@ -71,40 +113,54 @@ enum Node {
     Bytes(Vec<u8>),
     List(Vec<Id>),
     Tuple(Vec<Id>),
+    /// A dict; a `BUILD` state is kept in [`Vm::dict_states`] (rare, and it would double the
+    /// size of every node).
     Dict {
         kind: DictKind,
         items: Vec<(Id, Id)>,
-        state: Option<Id>,
     },
     Set {
         frozen: bool,
         items: Vec<Id>,
     },
-    Global {
-        module: String,
-        name: String,
-    },
-    Object {
-        module: String,
-        name: String,
-        construct: Construct2,
-        state: Option<Id>,
-        list_items: Vec<Id>,
-        dict_items: Vec<(Id, Id)>,
-    },
-    Storage {
-        dtype: DType,
-        key: String,
-        numel: u64,
-    },
-    Tensor {
-        storage: Id,
-        offset: u64,
-        shape: Vec<u64>,
-        stride: Vec<u64>,
-        requires_grad: bool,
-        parameter: bool,
-    },
+    // Large, rarer nodes are boxed so the common ones (containers, strings) stay small.
+    Global(Box<GlobalNode>),
+    Object(Box<ObjectNode>),
+    Storage(Box<StorageNode>),
+    Tensor(Box<TensorNode>),
+}
+
+#[derive(Debug)]
+struct GlobalNode {
+    module: String,
+    name: String,
+}
+
+#[derive(Debug)]
+struct ObjectNode {
+    module: String,
+    name: String,
+    construct: Construct2,
+    state: Option<Id>,
+    list_items: Vec<Id>,
+    dict_items: Vec<(Id, Id)>,
+}
+
+#[derive(Debug)]
+struct StorageNode {
+    dtype: DType,
+    key: String,
+    numel: u64,
+}
+
+#[derive(Debug)]
+struct TensorNode {
+    storage: Id,
+    offset: u64,
+    shape: Vec<u64>,
+    stride: Vec<u64>,
+    requires_grad: bool,
+    parameter: bool,
 }
 
 impl Node {
@@ -113,11 +169,23 @@ impl Node {
         match self {
             Node::Str(s) => s.len(),
             Node::Bytes(b) | Node::BigInt(b) => b.len(),
-            Node::Global { module, name } | Node::Object { module, name, .. } => {
-                module.len() + name.len()
-            }
-            Node::Tensor { shape, stride, .. } => 8 * (shape.len() + stride.len()),
+            Node::Global(g) => g.module.len() + g.name.len(),
+            Node::Object(o) => o.module.len() + o.name.len(),
+            Node::Tensor(t) => 8 * (t.shape.len() + t.stride.len()),
             _ => 0,
+        }
+    }
+
+    /// What a second reference shares instead of copying: containers, objects, and strings,
+    /// bytes and ints of at least [`SHARE_BYTES`]. Smaller scalars are copied (charged to the
+    /// budget), so the small strings `torch.save` memoises (`"cpu"`, repeated names) stay plain
+    /// values.
+    fn shareable(&self) -> bool {
+        match self {
+            Node::List(_) | Node::Dict { .. } | Node::Set { .. } | Node::Object(_) => true,
+            Node::Tuple(items) => !items.is_empty(),
+            Node::Str(_) | Node::Bytes(_) | Node::BigInt(_) => self.heap_size() >= SHARE_BYTES,
+            _ => false,
         }
     }
 }
@@ -136,24 +204,81 @@ pub fn unpickle(data: &[u8], source: &mut dyn StorageSource) -> Result<Value, Pi
         data,
         pos: 0,
         op_at: 0,
-        nodes: Vec::new(),
+        nodes: vec![
+            Node::None,
+            Node::Bool(true),
+            Node::Bool(false),
+            Node::Tuple(Vec::new()),
+        ],
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        dict_states: HashMap::new(),
         max_arena: limits.max_nodes,
     };
     let root = vm.run()?;
+    let references = references(&vm.nodes, &vm.dict_states, root);
     let mut conv = Converter {
         nodes: &vm.nodes,
+        dict_states: &vm.dict_states,
+        references,
+        shared: HashMap::new(),
         source,
         storages: HashMap::new(),
         budget: limits.max_nodes,
         bytes_left: limits.max_bytes,
-        max_depth: limits.max_depth,
         active: vec![false; vm.nodes.len()],
         offset: vm.pos,
     };
-    conv.value(root, 0)
+    let tree = conv.value(root, 0)?;
+    // A shared subtree is checked for depth where it is first met; met again deeper, the
+    // tree as a whole may still nest too deep. One linear pass over the graph settles it.
+    if tree.check_depth(MAX_DEPTH).is_err() {
+        return Err(conv.too_deep());
+    }
+    Ok(tree)
+}
+
+/// The values a node holds (its edges in the object graph).
+fn edges(node: &Node, id: Id, dict_states: &HashMap<Id, Id>, out: &mut Vec<Id>) {
+    match node {
+        Node::List(items) | Node::Tuple(items) | Node::Set { items, .. } => {
+            out.extend_from_slice(items)
+        }
+        Node::Dict { items, .. } => {
+            out.extend(items.iter().flat_map(|&(k, v)| [k, v]));
+            out.extend(dict_states.get(&id));
+        }
+        Node::Object(o) => {
+            if let Construct2::Reduce(a) | Construct2::NewObj(a) = &o.construct {
+                out.extend_from_slice(a);
+            }
+            out.extend(o.state);
+            out.extend_from_slice(&o.list_items);
+            out.extend(o.dict_items.iter().flat_map(|&(k, v)| [k, v]));
+        }
+        _ => {}
+    }
+}
+
+/// How many references each node reachable from `root` has (saturating at 2: only "more than
+/// one" matters), found without recursion.
+fn references(nodes: &[Node], dict_states: &HashMap<Id, Id>, root: Id) -> Vec<u8> {
+    let mut count = vec![0u8; nodes.len()];
+    count[root] = 1;
+    let mut pending = vec![root];
+    let mut children = Vec::new();
+    while let Some(id) = pending.pop() {
+        children.clear();
+        edges(&nodes[id], id, dict_states, &mut children);
+        for &c in &children {
+            if count[c] == 0 {
+                pending.push(c);
+            }
+            count[c] = count[c].saturating_add(1).min(2);
+        }
+    }
+    count
 }
 
 /// Modules whose globals run code or touch the system; a checkpoint never needs them.
@@ -252,6 +377,8 @@ struct Vm<'a> {
     stack: Vec<Id>,
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
+    /// `BUILD` states of dicts, by dict.
+    dict_states: HashMap<Id, Id>,
     max_arena: usize,
 }
 
@@ -262,6 +389,23 @@ impl<'a> Vm<'a> {
         Err(PickleError {
             offset: self.op_at,
             message: message.into(),
+            fault: PickleFault::Damaged,
+        })
+    }
+
+    fn refuse<T>(&self, message: impl Into<String>) -> R<T> {
+        Err(PickleError {
+            offset: self.op_at,
+            message: message.into(),
+            fault: PickleFault::Refused,
+        })
+    }
+
+    fn too_large<T>(&self, message: impl Into<String>) -> R<T> {
+        Err(PickleError {
+            offset: self.op_at,
+            message: message.into(),
+            fault: PickleFault::TooLarge,
         })
     }
 
@@ -317,10 +461,25 @@ impl<'a> Vm<'a> {
 
     fn push(&mut self, node: Node) -> R<()> {
         if self.nodes.len() >= self.max_arena {
-            return self.err("too many objects");
+            return self.too_large(format!(
+                "holds more than {} objects, more than its length allows",
+                self.max_arena
+            ));
         }
         self.nodes.push(node);
-        self.stack.push(self.nodes.len() - 1);
+        self.push_id(self.nodes.len() - 1)
+    }
+
+    /// Push an existing node (a singleton, a memo entry, a duplicate) on the stack, which is
+    /// held to the same budget as the arena.
+    fn push_id(&mut self, id: Id) -> R<()> {
+        if self.stack.len() >= self.max_arena {
+            return self.too_large(format!(
+                "keeps more than {} objects on its stack, more than its length allows",
+                self.max_arena
+            ));
+        }
+        self.stack.push(id);
         Ok(())
     }
 
@@ -349,7 +508,7 @@ impl<'a> Vm<'a> {
     fn memo_put(&mut self, key: u64) -> R<()> {
         let id = self.top()?;
         if self.memo.len() >= self.max_arena && !self.memo.contains_key(&key) {
-            return self.err("memo too large");
+            return self.too_large("its memo grows past the objects its length allows");
         }
         self.memo.insert(key, id);
         Ok(())
@@ -357,24 +516,21 @@ impl<'a> Vm<'a> {
 
     fn memo_get(&mut self, key: u64) -> R<()> {
         match self.memo.get(&key) {
-            Some(&id) => {
-                self.stack.push(id);
-                Ok(())
-            }
+            Some(&id) => self.push_id(id),
             None => self.err(format!("memo entry {key} is read before it is written")),
         }
     }
 
     fn global(&mut self, module: &str, name: &str) -> R<()> {
         if refused(module, name) {
-            return self.err(format!(
+            return self.refuse(format!(
                 "refers to {module}.{name}, which can run code; cairn does not load such pickles"
             ));
         }
-        self.push(Node::Global {
+        self.push(Node::Global(Box::new(GlobalNode {
             module: module.to_owned(),
             name: name.to_owned(),
-        })
+        })))
     }
 
     fn run(&mut self) -> R<Id> {
@@ -409,11 +565,11 @@ impl<'a> Vm<'a> {
             }
             b'2' => {
                 let id = self.top()?;
-                self.stack.push(id);
+                self.push_id(id)?;
             }
-            b'N' => self.push(Node::None)?,
-            0x88 => self.push(Node::Bool(true))?,
-            0x89 => self.push(Node::Bool(false))?,
+            b'N' => self.push_id(NONE_ID)?,
+            0x88 => self.push_id(TRUE_ID)?,
+            0x89 => self.push_id(FALSE_ID)?,
             b'J' => {
                 let b = self.take(4)?;
                 self.push(Node::Int(
@@ -514,7 +670,7 @@ impl<'a> Vm<'a> {
                 ))?;
                 self.fix_reduce_args()?;
             }
-            b')' => self.push(Node::Tuple(Vec::new()))?,
+            b')' => self.push_id(EMPTY_TUPLE_ID)?,
             b't' => {
                 let items = self.pop_mark()?;
                 self.push(Node::Tuple(items))?
@@ -635,8 +791,8 @@ impl<'a> Vm<'a> {
                 let kwargs = self.pop()?;
                 let args = self.pop()?;
                 let cls = self.pop()?;
-                let empty =
-                    matches!(&self.nodes[kwargs], Node::Dict { items, .. } if items.is_empty());
+                let empty = matches!(&self.nodes[kwargs], Node::Dict { items, .. } if items.is_empty())
+                    && !self.dict_states.contains_key(&kwargs);
                 if !empty {
                     return self.err("NEWOBJ_EX with keyword arguments is not supported");
                 }
@@ -649,7 +805,7 @@ impl<'a> Vm<'a> {
                 let module = self.line()?;
                 let name = self.line()?;
                 if refused(module, name) {
-                    return self.err(format!("refers to {module}.{name}, which can run code"));
+                    return self.refuse(format!("refers to {module}.{name}, which can run code"));
                 }
                 let args = self.pop_mark()?;
                 self.push(Node::Tuple(args))?;
@@ -666,30 +822,33 @@ impl<'a> Vm<'a> {
     fn fix_reduce_args(&mut self) -> R<()> {
         let id = self.top()?;
         let args = match &self.nodes[id] {
-            Node::Object {
-                construct: Construct2::Reduce(a),
-                ..
-            } if a.len() == 1 => a[0],
+            Node::Object(o) => match &o.construct {
+                Construct2::Reduce(a) if a.len() == 1 => a[0],
+                _ => return Ok(()),
+            },
             _ => return Ok(()),
         };
         let items = self.tuple_items(args)?;
-        if let Node::Object { construct, .. } = &mut self.nodes[id] {
-            *construct = Construct2::Reduce(items);
+        if let Node::Object(o) = &mut self.nodes[id] {
+            o.construct = Construct2::Reduce(items);
         }
         Ok(())
     }
 
     fn text_int(&mut self) -> R<()> {
         let line = self.line()?;
-        let node = match line {
-            "00" => Node::Bool(false),
-            "01" => Node::Bool(true),
-            _ => match line.parse::<i64>() {
-                Ok(i) => Node::Int(i),
-                Err(_) => return self.err(format!("bad INT literal '{line}'")),
-            },
+        let singleton = match line {
+            "00" => Some(FALSE_ID),
+            "01" => Some(TRUE_ID),
+            _ => None,
         };
-        self.push(node)
+        if let Some(id) = singleton {
+            return self.push_id(id);
+        }
+        match line.parse::<i64>() {
+            Ok(i) => self.push(Node::Int(i)),
+            Err(_) => self.err(format!("bad INT literal '{line}'")),
+        }
     }
 
     fn text_long(&mut self) -> R<()> {
@@ -716,7 +875,7 @@ impl<'a> Vm<'a> {
 
     fn global_name(&self, id: Id) -> R<(String, String)> {
         match &self.nodes[id] {
-            Node::Global { module, name } => Ok((module.clone(), name.clone())),
+            Node::Global(g) => Ok((g.module.clone(), g.name.clone())),
             _ => self.err("calls something that is not a global"),
         }
     }
@@ -724,7 +883,7 @@ impl<'a> Vm<'a> {
     fn extend(&mut self, target: Id, new: Vec<Id>) -> R<()> {
         match &mut self.nodes[target] {
             Node::List(items) | Node::Set { items, .. } => items.extend(new),
-            Node::Object { list_items, .. } => list_items.extend(new),
+            Node::Object(o) => o.list_items.extend(new),
             _ => return self.err("APPEND to something that is not a list"),
         }
         Ok(())
@@ -733,7 +892,7 @@ impl<'a> Vm<'a> {
     fn set_items(&mut self, target: Id, new: Vec<(Id, Id)>) -> R<()> {
         match &mut self.nodes[target] {
             Node::Dict { items, .. } => items.extend(new),
-            Node::Object { dict_items, .. } => dict_items.extend(new),
+            Node::Object(o) => o.dict_items.extend(new),
             _ => return self.err("SETITEM on something that is not a dict"),
         }
         Ok(())
@@ -742,12 +901,15 @@ impl<'a> Vm<'a> {
     fn build(&mut self) -> R<()> {
         let state = self.pop()?;
         let target = self.top()?;
-        if let Node::Global { module, name } = &self.nodes[target] {
-            let node = object(&module.clone(), &name.clone(), Construct2::Global);
+        if let Node::Global(g) = &self.nodes[target] {
+            let node = object(&g.module.clone(), &g.name.clone(), Construct2::Global);
             self.nodes[target] = node;
         }
         match &mut self.nodes[target] {
-            Node::Dict { state: s, .. } | Node::Object { state: s, .. } => *s = Some(state),
+            Node::Dict { .. } => {
+                self.dict_states.insert(target, state);
+            }
+            Node::Object(o) => o.state = Some(state),
             _ => return self.err("BUILD on an object that cannot take state"),
         }
         Ok(())
@@ -766,11 +928,11 @@ impl<'a> Vm<'a> {
         let (class, key, numel) = match parts.as_slice() {
             [
                 Node::Str(tag),
-                Node::Global { module, name },
+                Node::Global(g),
                 Node::Str(key),
                 _,
                 Node::Int(numel),
-            ] if tag == "storage" && module == "torch" => (name.clone(), key.clone(), *numel),
+            ] if tag == "storage" && g.module == "torch" => (g.name.clone(), key.clone(), *numel),
             _ => return self.err("persistent id is not a torch storage reference"),
         };
         let Some(dtype) = dtype_of_storage(&class) else {
@@ -779,11 +941,11 @@ impl<'a> Vm<'a> {
         if numel < 0 {
             return self.err("negative storage size");
         }
-        self.push(Node::Storage {
+        self.push(Node::Storage(Box::new(StorageNode {
             dtype,
             key,
             numel: numel as u64,
-        })
+        })))
     }
 
     fn reduce(&mut self) -> R<()> {
@@ -801,7 +963,6 @@ impl<'a> Vm<'a> {
             ("collections", "OrderedDict") if args.is_empty() => Some(Node::Dict {
                 kind: DictKind::Ordered,
                 items: Vec::new(),
-                state: None,
             }),
             ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => Some(self.tensor(&args)?),
             ("torch._utils", "_rebuild_parameter") => self.parameter(&args)?,
@@ -835,40 +996,33 @@ impl<'a> Vm<'a> {
         if args.len() < 4 {
             return self.err("_rebuild_tensor needs (storage, offset, size, stride, ...)");
         }
-        if !matches!(self.nodes[args[0]], Node::Storage { .. }) {
+        if !matches!(self.nodes[args[0]], Node::Storage(_)) {
             return self.err("_rebuild_tensor's first argument is not a storage");
         }
         let requires_grad = matches!(args.get(4).map(|&i| &self.nodes[i]), Some(Node::Bool(true)));
-        Ok(Node::Tensor {
+        Ok(Node::Tensor(Box::new(TensorNode {
             storage: args[0],
             offset: self.int_arg(args[1])?,
             shape: self.ints(args[2])?,
             stride: self.ints(args[3])?,
             requires_grad,
             parameter: false,
-        })
+        })))
     }
 
     fn parameter(&self, args: &[Id]) -> R<Option<Node>> {
-        let Some(Node::Tensor {
-            storage,
-            offset,
-            shape,
-            stride,
-            ..
-        }) = args.first().map(|&i| &self.nodes[i])
-        else {
+        let Some(Node::Tensor(t)) = args.first().map(|&i| &self.nodes[i]) else {
             return Ok(None);
         };
         let requires_grad = matches!(args.get(1).map(|&i| &self.nodes[i]), Some(Node::Bool(true)));
-        Ok(Some(Node::Tensor {
-            storage: *storage,
-            offset: *offset,
-            shape: shape.clone(),
-            stride: stride.clone(),
+        Ok(Some(Node::Tensor(Box::new(TensorNode {
+            storage: t.storage,
+            offset: t.offset,
+            shape: t.shape.clone(),
+            stride: t.stride.clone(),
             requires_grad,
             parameter: true,
-        }))
+        }))))
     }
 
     /// `_rebuild_from_type_v2(func, cls, args, state)`: a plain tensor with no Python state is
@@ -877,11 +1031,11 @@ impl<'a> Vm<'a> {
         let [func, cls, inner, state] = args else {
             return Ok(None);
         };
-        let plain_cls = matches!(&self.nodes[*cls], Node::Global { module, name }
-            if module == "torch" && name == "Tensor");
+        let plain_cls = matches!(&self.nodes[*cls], Node::Global(g)
+            if g.module == "torch" && g.name == "Tensor");
         let no_state = match &self.nodes[*state] {
             Node::None => true,
-            Node::Dict { items, .. } => items.is_empty(),
+            Node::Dict { items, .. } => items.is_empty() && !self.dict_states.contains_key(state),
             _ => false,
         };
         if !(plain_cls && no_state) {
@@ -890,7 +1044,7 @@ impl<'a> Vm<'a> {
         let (module, name) = self.global_name(*func)?;
         let inner = self.tuple_items(*inner)?;
         let node = self.apply(&module, &name, inner)?;
-        Ok(matches!(node, Node::Tensor { .. }).then_some(node))
+        Ok(matches!(node, Node::Tensor(_)).then_some(node))
     }
 
     fn codecs_encode(&self, args: &[Id]) -> Option<Node> {
@@ -908,21 +1062,20 @@ impl<'a> Vm<'a> {
 }
 
 fn object(module: &str, name: &str, construct: Construct2) -> Node {
-    Node::Object {
+    Node::Object(Box::new(ObjectNode {
         module: module.to_owned(),
         name: name.to_owned(),
         construct,
         state: None,
         list_items: Vec::new(),
         dict_items: Vec::new(),
-    }
+    }))
 }
 
 fn dict_node(items: Vec<(Id, Id)>) -> Node {
     Node::Dict {
         kind: DictKind::Plain,
         items,
-        state: None,
     }
 }
 
@@ -987,50 +1140,90 @@ fn unquote_py2(s: &str) -> String {
 
 struct Converter<'n, 's> {
     nodes: &'n [Node],
+    dict_states: &'n HashMap<Id, Id>,
+    /// References to each node (saturating at 2).
+    references: Vec<u8>,
+    /// Shareable nodes referenced more than once, once converted.
+    shared: HashMap<Id, Shared>,
     source: &'s mut dyn StorageSource,
     storages: HashMap<String, Storage>,
     budget: usize,
     bytes_left: usize,
-    max_depth: usize,
     active: Vec<bool>,
     offset: usize,
 }
 
 impl Converter<'_, '_> {
-    fn err<T>(&self, message: impl Into<String>) -> R<T> {
-        Err(PickleError {
+    fn fail(&self, fault: PickleFault, message: impl Into<String>) -> PickleError {
+        PickleError {
             offset: self.offset,
             message: message.into(),
-        })
+            fault,
+        }
+    }
+
+    fn err<T>(&self, message: impl Into<String>) -> R<T> {
+        Err(self.fail(PickleFault::Damaged, message))
+    }
+
+    fn too_deep(&self) -> PickleError {
+        self.fail(
+            PickleFault::TooDeep,
+            format!("nests deeper than {MAX_DEPTH} levels (dicts, lists, tuples or objects inside each other)"),
+        )
+    }
+
+    /// Charge `n` bytes copied into the tree against the byte budget.
+    fn charge(&mut self, n: usize) -> R<()> {
+        if n > self.bytes_left {
+            return Err(self.fail(
+                PickleFault::TooLarge,
+                "expands to too much data for its length (a memoised string or key repeated too often)",
+            ));
+        }
+        self.bytes_left -= n;
+        Ok(())
     }
 
     fn value(&mut self, id: Id, depth: usize) -> R<Value> {
-        if depth > self.max_depth {
-            return self.err(format!(
-                "objects nest deeper than {} levels",
-                self.max_depth
-            ));
+        if depth > MAX_DEPTH {
+            return Err(self.too_deep());
         }
         if self.budget == 0 {
-            return self.err("expands to too many objects (shared references repeated too often)");
+            return Err(self.fail(
+                PickleFault::TooLarge,
+                "expands to too many objects for its length (memoised values repeated too often)",
+            ));
         }
         self.budget -= 1;
-        let size = self.nodes[id].heap_size();
-        if size > self.bytes_left {
-            return self.err("expands to too much data (shared strings repeated too often)");
+        if let Some(s) = self.shared.get(&id) {
+            return Ok(Value::Shared(s.clone()));
         }
-        self.bytes_left -= size;
         if self.active[id] {
             return self.err("contains a reference cycle, which a checkpoint cannot hold");
         }
+        self.charge(self.nodes[id].heap_size())?;
         self.active[id] = true;
         let v = self.convert(id, depth);
         self.active[id] = false;
-        v
+        let v = v?;
+        if self.references[id] > 1 && self.nodes[id].shareable() {
+            let s = Shared::new(v);
+            self.shared.insert(id, s.clone());
+            return Ok(Value::Shared(s));
+        }
+        Ok(v)
     }
 
     fn values(&mut self, ids: &[Id], depth: usize) -> R<Vec<Value>> {
         ids.iter().map(|&i| self.value(i, depth + 1)).collect()
+    }
+
+    fn pairs(&mut self, items: &[(Id, Id)], depth: usize) -> R<Vec<(Value, Value)>> {
+        items
+            .iter()
+            .map(|&(k, v)| Ok((self.value(k, depth + 1)?, self.value(v, depth + 1)?)))
+            .collect()
     }
 
     fn convert(&mut self, id: Id, depth: usize) -> R<Value> {
@@ -1045,9 +1238,13 @@ impl Converter<'_, '_> {
             Node::Bytes(b) => Value::Bytes(b.clone()),
             Node::List(items) => Value::List(self.values(items, depth)?),
             Node::Tuple(items) => Value::Tuple(self.values(items, depth)?),
-            Node::Dict { kind, items, state } => self.dict(*kind, items, *state, depth)?,
+            Node::Dict { kind, items } => {
+                let state = self.dict_states.get(&id).copied();
+                self.dict(*kind, items, state, depth)?
+            }
             Node::Set { frozen, items } => {
-                let items = self.values(items, depth)?;
+                // `set([...])`: the list sits one level below the set.
+                let items = self.values(items, depth + 1)?;
                 let name = if *frozen { "frozenset" } else { "set" };
                 Value::Object(Box::new(plain_object(
                     "builtins",
@@ -1055,64 +1252,52 @@ impl Converter<'_, '_> {
                     Construct::Reduce(vec![Value::List(items)]),
                 )))
             }
-            Node::Global { module, name } => {
-                Value::Object(Box::new(plain_object(module, name, Construct::Global)))
-            }
-            Node::Object {
-                module,
-                name,
-                construct,
-                state,
-                list_items,
-                dict_items,
-            } => {
-                let construct = match construct {
+            Node::Global(g) => Value::Object(Box::new(plain_object(
+                &g.module,
+                &g.name,
+                Construct::Global,
+            ))),
+            Node::Object(o) => {
+                let construct = match &o.construct {
                     Construct2::Global => Construct::Global,
                     Construct2::Reduce(a) => Construct::Reduce(self.values(a, depth)?),
                     Construct2::NewObj(a) => Construct::NewObj(self.values(a, depth)?),
                 };
-                let state = state.map(|s| self.value(s, depth + 1)).transpose()?;
-                let list_items = self.values(list_items, depth)?;
-                let dict_items = dict_items
-                    .iter()
-                    .map(|(k, v)| Ok((self.value(*k, depth + 1)?, self.value(*v, depth + 1)?)))
-                    .collect::<R<Vec<_>>>()?;
+                let state = o.state.map(|s| self.value(s, depth + 1)).transpose()?;
+                let list_items = self.values(&o.list_items, depth)?;
+                let dict_items = self.pairs(&o.dict_items, depth)?;
                 Value::Object(Box::new(Object {
-                    module: module.clone(),
-                    name: name.clone(),
+                    module: o.module.clone(),
+                    name: o.name.clone(),
                     construct,
                     state,
                     list_items,
                     dict_items,
                 }))
             }
-            Node::Storage { .. } => return self.err("a storage appears outside a tensor"),
-            Node::Tensor {
-                storage,
-                offset,
-                shape,
-                stride,
-                requires_grad,
-                parameter,
-            } => {
-                let storage = self.storage(*storage)?;
-                let t = Tensor {
-                    storage,
-                    storage_offset: *offset,
-                    shape: shape.clone(),
-                    stride: stride.clone(),
-                    requires_grad: *requires_grad,
-                    parameter: *parameter,
-                };
-                let numel = shape.iter().try_fold(1u64, |acc, &n| acc.checked_mul(n));
+            Node::Storage(_) => return self.err("a storage appears outside a tensor"),
+            Node::Tensor(t) => {
+                let numel = t.shape.iter().try_fold(1u64, |acc, &n| acc.checked_mul(n));
                 if numel.is_none_or(|n| n > MAX_TENSOR_NUMEL) {
                     return self.err(format!(
-                        "a tensor of shape {shape:?} has an absurd number of elements"
+                        "a tensor of shape {:?} has an absurd number of elements",
+                        t.shape
                     ));
                 }
+                let storage = self.storage(t.storage)?;
+                let t = Tensor {
+                    storage,
+                    storage_offset: t.offset,
+                    shape: t.shape.clone(),
+                    stride: t.stride.clone(),
+                    requires_grad: t.requires_grad,
+                    parameter: t.parameter,
+                };
                 if !super::view_fits(&t) {
                     return self.err(format!(
-                        "a tensor of shape {shape:?} at offset {offset} does not fit its {}-element storage",
+                        "a tensor of shape {:?} at offset {} does not fit its {}-element storage",
+                        t.shape,
+                        t.storage_offset,
                         t.storage.numel()
                     ));
                 }
@@ -1122,11 +1307,12 @@ impl Converter<'_, '_> {
     }
 
     fn storage(&mut self, id: Id) -> R<Storage> {
-        let Node::Storage { dtype, key, numel } = &self.nodes[id] else {
+        let Node::Storage(s) = &self.nodes[id] else {
             return self.err("a tensor's storage is not a storage");
         };
+        let (dtype, key, numel) = (s.dtype, &s.key, s.numel);
         if let Some(s) = self.storages.get(key) {
-            if s.dtype() != *dtype {
+            if s.dtype() != dtype {
                 return self.err(format!(
                     "storage {key} is used as both {} and {dtype}",
                     s.dtype()
@@ -1134,7 +1320,7 @@ impl Converter<'_, '_> {
             }
             return Ok(s.clone());
         }
-        let s = match self.source.storage(key, *dtype, *numel) {
+        let s = match self.source.storage(key, dtype, numel) {
             Ok(s) => s,
             Err(msg) => return self.err(msg),
         };
@@ -1163,20 +1349,23 @@ impl Converter<'_, '_> {
                     break;
                 }
             };
+            // A key is copied into every dict that uses it: it counts like any copied string.
+            self.charge(self.nodes[*k].heap_size())?;
             let value = self.value(*v, depth + 1)?;
             d.entries.insert(key, value);
         }
-        let state = state.map(|s| self.value(s, depth + 1)).transpose()?;
         if !odd_keys {
-            d.state = state.map(Box::new);
+            d.state = state
+                .map(|s| self.value(s, depth + 1))
+                .transpose()?
+                .map(Box::new);
             return Ok(Value::Dict(d));
         }
         // Keys cairn's model cannot hold (tuples, floats, ...): keep the mapping as an object
         // so it is written back as the same `dict()` + items.
-        let dict_items = items
-            .iter()
-            .map(|(k, v)| Ok((self.value(*k, depth + 1)?, self.value(*v, depth + 1)?)))
-            .collect::<R<Vec<_>>>()?;
+        drop(d);
+        let dict_items = self.pairs(items, depth)?;
+        let state = state.map(|s| self.value(s, depth + 1)).transpose()?;
         let (module, name) = match kind {
             DictKind::Plain => ("builtins", "dict"),
             DictKind::Ordered => ("collections", "OrderedDict"),
@@ -1220,8 +1409,12 @@ mod tests {
         let p = b"\x80\x02]q\x00(]q\x01K\x01ah\x01e.";
         // outer = [], put 0, mark, inner=[] put 1, 1, append → inner=[1], get 1, appends
         let v = load(p).unwrap();
-        let one = Value::List(vec![Value::Int(1)]);
-        assert_eq!(v, Value::List(vec![one.clone(), one]));
+        let Value::List(items) = &v else { panic!() };
+        let (Value::Shared(a), Value::Shared(b)) = (&items[0], &items[1]) else {
+            panic!("{v:?}")
+        };
+        assert!(a.same(b), "one list, referenced twice");
+        assert_eq!(a.get(), &Value::List(vec![Value::Int(1)]));
     }
 
     #[test]
@@ -1229,32 +1422,106 @@ mod tests {
         let p = b"cos\nsystem\n(X\x02\x00\x00\x00lstR.";
         let err = load(p).unwrap_err();
         assert!(err.message.contains("os.system"), "{err}");
+        assert_eq!(err.fault, PickleFault::Refused);
         let p = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.";
         assert!(load(p).is_err());
     }
 
-    #[test]
-    fn billion_laughs_hits_the_node_budget() {
+    /// L0 = [], Li = [L(i-1), L(i-1)] (memoised): 2^60 nodes as a tree, 61 as a graph.
+    fn laughs(levels: u8) -> Vec<u8> {
         let mut p = b"\x80\x02]q\x00".to_vec();
-        for i in 0..60u8 {
-            p.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+        for i in 0..levels {
+            p.extend_from_slice(&[b'0', b']', b'(', b'h', i, b'h', i, b'e', b'q', i + 1]);
         }
         p.push(b'.');
-        let err = load(&p).unwrap_err();
-        assert!(err.message.contains("too many"), "{err}");
+        p
     }
 
     #[test]
-    fn a_big_string_fetched_many_times_hits_the_byte_budget() {
-        let mut p = b"\x80\x02]q\x00(X\x00\x00\x10\x00".to_vec();
-        p.extend(std::iter::repeat_n(b'a', 1 << 20));
-        p.extend_from_slice(b"q\x01");
-        for _ in 0..200_000 {
-            p.extend_from_slice(b"h\x01");
+    fn billion_laughs_reads_as_a_small_shared_graph() {
+        let v = load(&laughs(60)).unwrap();
+        // The root is memoised but referenced once: a plain list of two handles to one level.
+        let Value::List(items) = &v else {
+            panic!("{v:?}")
+        };
+        let (Value::Shared(a), Value::Shared(b)) = (&items[0], &items[1]) else {
+            panic!()
+        };
+        assert!(a.same(b));
+        assert_eq!(v.depth(), 60);
+    }
+
+    #[test]
+    fn small_strings_fetched_again_are_copies_charged_to_the_budget() {
+        // A 1000-byte string (below the sharing threshold) fetched 70,000 times: 70 MB of
+        // copies from a 141 KB pickle, past the byte budget.
+        let mut p = b"\x80\x02X\xe8\x03\x00\x00".to_vec();
+        p.extend(std::iter::repeat_n(b'a', 1000));
+        p.extend_from_slice(b"q\x00(");
+        for _ in 0..70_000 {
+            p.extend_from_slice(b"h\x00");
         }
-        p.extend_from_slice(b"e.");
+        p.extend_from_slice(b"l.");
+        match load(&p) {
+            Ok(_) => panic!("70 MB of copies were read"),
+            Err(err) => assert_eq!(err.fault, PickleFault::TooLarge, "{err}"),
+        }
+        // A large string fetched again is shared, not copied.
+        let mut p = b"\x80\x02X\x00\x00\x01\x00".to_vec();
+        p.extend(std::iter::repeat_n(b'a', 1 << 16));
+        p.extend_from_slice(b"q\x00(");
+        for _ in 0..70_000 {
+            p.extend_from_slice(b"h\x00");
+        }
+        p.extend_from_slice(b"l.");
+        let v = load(&p).map_err(|e| e.to_string()).unwrap();
+        let Value::List(items) = &v else { panic!() };
+        assert!(matches!(&items[69_999], Value::Shared(s) if s.get().kind() == "str"));
+    }
+
+    #[test]
+    fn a_shared_subtree_met_again_deeper_counts_its_full_depth() {
+        // S = 300 nested lists (memo 0); root = [S, [[...[S]...]] 150 deep]: each place is
+        // fine where the reader first meets it, but the tree nests 451 deep.
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b']', 300));
+        p.extend(std::iter::repeat_n(b'a', 299));
+        p.extend_from_slice(b"q\x00]h\x00a");
+        p.extend(std::iter::repeat_n(b']', 150));
+        p.extend_from_slice(b"h\x00a");
+        p.extend(std::iter::repeat_n(b'a', 150));
+        p.push(b'.');
         let err = load(&p).unwrap_err();
-        assert!(err.message.contains("too much data"), "{err}");
+        assert_eq!(err.fault, PickleFault::TooDeep, "{err}");
+    }
+
+    #[test]
+    fn nesting_is_refused_past_the_limit_whatever_the_container() {
+        for (open, close) in [(&b"]"[..], &b"a"[..]), (b"(", b"t"), (b"}N", b"s")] {
+            for (n, ok) in [(MAX_DEPTH, true), (MAX_DEPTH + 1, false), (100_000, false)] {
+                let mut p = b"\x80\x02".to_vec();
+                if open == b"}N" {
+                    // {None: {None: ... 1}}: key N, then the inner value.
+                    for _ in 0..n {
+                        p.extend_from_slice(b"}N");
+                    }
+                    p.extend_from_slice(b"K\x01");
+                    p.extend(std::iter::repeat_n(b's', n));
+                } else {
+                    p.extend(std::iter::repeat_n(open[0], n));
+                    p.extend_from_slice(b"K\x01");
+                    p.extend(std::iter::repeat_n(close[0], n));
+                }
+                p.push(b'.');
+                match load(&p) {
+                    Ok(v) => assert!(ok, "{n}: {}", v.depth()),
+                    Err(e) => {
+                        assert!(!ok, "{n}: {e}");
+                        assert_eq!(e.fault, PickleFault::TooDeep, "{e}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -1266,7 +1533,7 @@ mod tests {
     #[test]
     fn unknown_globals_become_objects() {
         let p = b"\x80\x02cdatetime\ntimedelta\nK\x01K\x02K\x03\x87R.";
-        let Value::Object(o) = load(p).unwrap() else {
+        let Value::Object(o) = &load(p).unwrap() else {
             panic!()
         };
         assert_eq!(

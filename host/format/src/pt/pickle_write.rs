@@ -5,11 +5,17 @@
 //! Tensors become `torch._utils._rebuild_tensor_v2` calls whose storage is a `BINPERSID`
 //! reference `('storage', torch.<T>Storage, key, 'cpu', numel)`; the storages themselves are
 //! collected (one per distinct buffer, in first-seen order) for the caller to write as records.
-//! No memo is written: every opcode the weights-only unpickler accepts works without one.
+//! The memo is used only for [`Shared`] subtrees, as `torch.save` uses it for an object it has
+//! already written: the first occurrence is followed by `BINPUT`, every later one is a
+//! `BINGET`, so a value referenced a thousand times is written once and `torch.load` gives back
+//! one object (both opcodes are on the weights-only unpickler's list).
 
 use std::collections::HashMap;
 
-use crate::state_dict::{Construct, DType, Dict, DictKind, Key, Object, Storage, Tensor, Value};
+use crate::state_dict::{
+    Construct, DType, DepthError, Dict, DictKind, Key, MAX_DEPTH, Object, Shared, Storage, Tensor,
+    Value,
+};
 
 const PROTO: u8 = 0x80;
 const STOP: u8 = b'.';
@@ -38,9 +44,24 @@ const LONG1: u8 = 0x8a;
 const LONG4: u8 = 0x8b;
 const BINFLOAT: u8 = b'G';
 const BINUNICODE: u8 = b'X';
+const BINPUT: u8 = b'q';
+const LONG_BINPUT: u8 = b'r';
+const BINGET: u8 = b'h';
+const LONG_BINGET: u8 = b'j';
 
 /// Items per `APPENDS`/`SETITEMS` batch, as CPython's pickler does.
 const BATCH: usize = 1000;
+
+/// A tree the pickle writer refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// A tensor view does not fit its storage.
+    #[error(transparent)]
+    View(#[from] ViewError),
+    /// The tree nests deeper than a reader would accept.
+    #[error("the tree {0}, more than cairn and its readers accept")]
+    Depth(#[from] DepthError),
+}
 
 /// A tensor whose view does not fit its storage (it would fail to load in torch).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,8 +89,10 @@ pub struct Pickled {
     pub storages: Vec<Storage>,
 }
 
-/// Pickle `tree` as `torch.save` would.
-pub fn pickle(tree: &Value) -> Result<Pickled, ViewError> {
+/// Pickle `tree` as `torch.save` would. Trees deeper than [`MAX_DEPTH`] are refused before a
+/// byte is written (the writer recurses once per level).
+pub fn pickle(tree: &Value) -> Result<Pickled, WriteError> {
+    tree.check_depth(MAX_DEPTH)?;
     let mut w = Writer::default();
     w.out.extend_from_slice(&[PROTO, 2]);
     w.value(tree)?;
@@ -102,6 +125,8 @@ struct Writer {
     storages: Vec<Storage>,
     keys: HashMap<usize, usize>,
     path: Vec<String>,
+    /// Memo index of every shared subtree already written, by identity.
+    memo: HashMap<usize, u32>,
 }
 
 impl Writer {
@@ -127,8 +152,32 @@ impl Writer {
             Value::Bytes(b) => self.bytes(b),
             Value::None => self.out.push(NONE),
             Value::Object(o) => self.object(o)?,
+            Value::Shared(s) => self.shared(s)?,
         }
         Ok(())
+    }
+
+    /// The first time: the subtree, then `BINPUT`; afterwards `BINGET` of that memo entry.
+    fn shared(&mut self, s: &Shared) -> Result<(), ViewError> {
+        if let Some(&index) = self.memo.get(&s.id()) {
+            self.memo_op(BINGET, LONG_BINGET, index);
+            return Ok(());
+        }
+        self.value(s.get())?;
+        let index = self.memo.len() as u32;
+        self.memo.insert(s.id(), index);
+        self.memo_op(BINPUT, LONG_BINPUT, index);
+        Ok(())
+    }
+
+    fn memo_op(&mut self, short: u8, long: u8, index: u32) {
+        match u8::try_from(index) {
+            Ok(i) => self.out.extend_from_slice(&[short, i]),
+            Err(_) => {
+                self.out.push(long);
+                self.out.extend_from_slice(&index.to_le_bytes());
+            }
+        }
     }
 
     fn child(&mut self, seg: String, v: &Value) -> Result<(), ViewError> {
@@ -391,7 +440,9 @@ mod tests {
         let mut t = Tensor::from_f32(vec![2], &[1.0, 2.0]);
         t.storage_offset = 1;
         let tree = Value::Dict(Dict::new().with("w", t));
-        let err = pickle(&tree).err().unwrap();
+        let Err(WriteError::View(err)) = pickle(&tree) else {
+            panic!()
+        };
         assert_eq!(err.path, "w");
     }
 

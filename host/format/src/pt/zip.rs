@@ -442,6 +442,10 @@ fn apply_zip64(extra: &[u8], size: &mut u64, csize: &mut u64, offset: &mut u64) 
 }
 
 /// Read every entry of the archive in `data` (no CRC check; see [`ZipEntry::check_crc`]).
+///
+/// Records may not overlap (a zip writer never makes them overlap): a central directory whose
+/// many entries all point at one large payload would otherwise make checking every CRC read
+/// that payload once per entry, work the file's size does not bound.
 pub fn read_entries(data: &Bytes) -> Result<Vec<ZipEntry>, ZipError> {
     let end = find_end(data)?;
     let dir = slice(
@@ -457,16 +461,34 @@ pub fn read_entries(data: &Bytes) -> Result<Vec<ZipEntry>, ZipError> {
         )));
     }
     let mut entries = Vec::with_capacity(end.count as usize);
+    let mut spans = Vec::with_capacity(end.count as usize);
     let mut at = dir.start as u64;
     for _ in 0..end.count {
-        let (entry, next) = read_central(data, at, dir.end as u64)?;
+        let (entry, header, next) = read_central(data, at, dir.end as u64)?;
+        spans.push((
+            header,
+            entry.data_offset + entry.data.len() as u64,
+            entries.len(),
+        ));
         entries.push(entry);
         at = next;
+    }
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(ZipError::Corrupt(format!(
+                "entries '{}' and '{}' overlap",
+                entries[a].name, entries[b].name
+            )));
+        }
     }
     Ok(entries)
 }
 
-fn read_central(data: &Bytes, at: u64, dir_end: u64) -> Result<(ZipEntry, u64), ZipError> {
+/// The entry whose central header is at `at`, where its local header starts, and where the
+/// next central header starts.
+fn read_central(data: &Bytes, at: u64, dir_end: u64) -> Result<(ZipEntry, u64, u64), ZipError> {
     let h = slice(data, at, CENTRAL_HEADER_LEN, "a central directory header")?;
     if h.end as u64 > dir_end || u32_at(data, h.start) != CENTRAL_SIG {
         return Err(ZipError::Corrupt("bad central directory header".into()));
@@ -499,7 +521,7 @@ fn read_central(data: &Bytes, at: u64, dir_end: u64) -> Result<(ZipEntry, u64), 
         data_offset,
         data: data.slice(r),
     };
-    Ok((entry, next))
+    Ok((entry, offset, next))
 }
 
 fn local_data_offset(data: &[u8], offset: u64, name: &str) -> Result<u64, ZipError> {
@@ -557,6 +579,17 @@ mod tests {
         bytes[at] ^= 1;
         let entries = read_entries(&Bytes::from(bytes)).unwrap();
         assert!(matches!(entries[0].check_crc(), Err(ZipError::Crc { .. })));
+    }
+
+    #[test]
+    fn overlapping_entries_are_refused() {
+        let mut bytes = build(&[("a/x", &[1u8; 300]), ("a/y", b"tail")]);
+        // Point the second central entry's local-header offset at the first local header.
+        let plan = Plan::new([("a/x", 300), ("a/y", 4)]);
+        let second = plan.central_offset as usize + plan.entries[0].central_len() as usize;
+        bytes[second + 42..second + 46].copy_from_slice(&0u32.to_le_bytes());
+        let err = read_entries(&Bytes::from(bytes)).unwrap_err();
+        assert!(err.to_string().contains("overlap"), "{err}");
     }
 
     #[test]

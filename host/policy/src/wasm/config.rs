@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A policy component and its configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -60,7 +60,7 @@ impl PolicySpec {
 }
 
 /// What training does when a policy fails (trap, limit, invalid result, `err` from `filter`).
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// Stop the job with the error (the default: a broken policy should be noticed).
@@ -75,7 +75,7 @@ pub enum OnError {
 }
 
 /// The `[sandbox]` table: limits for every policy component of a job.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxConfig {
     /// Fuel (≈ wasm instructions) per call; refilled before every call. 0 turns fuel off.
@@ -132,6 +132,72 @@ impl Default for SandboxConfig {
     }
 }
 
+/// One numeric `[sandbox]` limit, as an operator's ceiling compares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// The `[sandbox]` key.
+    pub key: &'static str,
+    /// Its value.
+    pub value: u64,
+    /// 0 switches this limit off, so 0 is the largest value, not the smallest.
+    pub zero_is_off: bool,
+}
+
+impl Limit {
+    /// The value as a bound: `None` for "no limit".
+    pub fn bound(self) -> Option<u64> {
+        (!(self.zero_is_off && self.value == 0)).then_some(self.value)
+    }
+
+    /// Is this value above `ceiling`'s (the same key)? A ceiling that is off bounds nothing.
+    pub fn above(self, ceiling: Limit) -> bool {
+        match (self.bound(), ceiling.bound()) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(v), Some(c)) => v > c,
+        }
+    }
+}
+
+/// Lists every numeric key once, so the ceilings and defaults of a platform file cover every key:
+/// a key added to [`SandboxConfig`] without a line here fails `every_key_has_a_limit`.
+macro_rules! limits {
+    ($($field:ident: $zero_is_off:expr),* $(,)?) => {
+        impl SandboxConfig {
+            /// Every numeric limit, by key.
+            pub fn limits(&self) -> Vec<Limit> {
+                vec![$(Limit { key: stringify!($field), value: self.$field, zero_is_off: $zero_is_off }),*]
+            }
+
+            /// Take from `defaults` every key for which `set` says the job's own table is silent
+            /// (an operator's defaults replace cairn's own, never a tenant's explicit value).
+            pub fn fill_unset_from(&mut self, defaults: &SandboxConfig, set: &dyn Fn(&str) -> bool) {
+                $(if !set(stringify!($field)) {
+                    self.$field = defaults.$field;
+                })*
+                if !set("on_error") {
+                    self.on_error = defaults.on_error;
+                }
+            }
+        }
+    };
+}
+
+limits!(
+    fuel_per_call: true,
+    memory_limit_mib: true,
+    timeout_ms: true,
+    init_timeout_ms: true,
+    init_fuel: true,
+    max_filter_entries: false,
+    max_filter_string_bytes: false,
+    max_transfer_mib: true,
+    max_stack_kib: false,
+    max_table_elements: true,
+    max_instances: true,
+    max_log_bytes: false,
+);
+
 impl SandboxConfig {
     /// Every limit switched off (for benchmarks that compare limited and unlimited calls).
     pub fn unlimited() -> SandboxConfig {
@@ -159,6 +225,46 @@ mod tests {
         assert_eq!(c, SandboxConfig::default());
         let c: SandboxConfig = toml::from_str("on_error = \"save\"\ntimeout_ms = 5").unwrap();
         assert_eq!((c.on_error, c.timeout_ms), (OnError::Save, 5));
+    }
+
+    #[test]
+    fn every_key_has_a_limit() {
+        let table = toml::Table::try_from(SandboxConfig::default()).unwrap();
+        let limits = SandboxConfig::default().limits();
+        for (key, value) in &table {
+            if value.is_integer() {
+                assert!(
+                    limits.iter().any(|l| l.key == key),
+                    "{key} is missing from limits!()"
+                );
+            }
+        }
+        assert_eq!(
+            limits.len(),
+            table.values().filter(|v| v.is_integer()).count()
+        );
+        // What 0 means follows from what "unlimited" is.
+        let off = SandboxConfig::unlimited().limits();
+        for (l, o) in limits.iter().zip(&off) {
+            assert_eq!(l.zero_is_off, o.value == 0 && l.value != 0, "{}", l.key);
+        }
+    }
+
+    #[test]
+    fn zero_is_the_largest_value_of_a_limit_it_switches_off() {
+        let fuel = |value| Limit {
+            key: "fuel_per_call",
+            value,
+            zero_is_off: true,
+        };
+        assert!(fuel(0).above(fuel(10)) && fuel(11).above(fuel(10)));
+        assert!(!fuel(10).above(fuel(10)) && !fuel(0).above(fuel(0)) && !fuel(5).above(fuel(0)));
+        let entries = |value| Limit {
+            key: "max_filter_entries",
+            value,
+            zero_is_off: false,
+        };
+        assert!(!entries(0).above(entries(10)) && entries(11).above(entries(10)));
     }
 
     #[test]

@@ -75,3 +75,10 @@ impl WasmFile {
         self.len
     }
 }
+
+/// The BLAKE3 digest (hex) and size of the component file at `path`, as cairn reads it to load it:
+/// what a platform file's `digests` and `max_component_mib` are checked against.
+pub fn identify(path: &Path) -> Result<(String, u64), PolicyError> {
+    let file = WasmFile::open(path)?;
+    Ok((hex::encode(file.digest()), file.len()))
+}

@@ -150,6 +150,13 @@ fn walk(
             description: format!("{}.{}", o.module, o.name),
             handle: issue(v),
         }),
+        // A subtree referenced from several places stays one opaque value (its handle keeps it
+        // shared), so a filter never sees it expanded once per place.
+        Value::Shared(s) => wit::Leaf::Opaque(wit::OpaqueMeta {
+            kind: "shared".into(),
+            description: format!("shared {}", s.get().kind()),
+            handle: issue(v),
+        }),
     };
     out.push(wit::Entry {
         path: path.clone(),

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use cairn_format::{Storage, Value};
+use cairn_format::{Prebuilt, Storage, Value};
 
 /// Each copy starts on a cache line, so `memcpy` runs on aligned destinations.
 const ALIGN: usize = 64;
@@ -157,6 +157,23 @@ impl StagingPool {
             }
         });
         Ok(staged.iter().map(|s| s.bytes().len() as u64).sum())
+    }
+
+    /// Copy a prebuilt checkpoint's records into the buffer and point it at the copies. Returns
+    /// the bytes copied; on [`TooLarge`] it is left as it was.
+    pub fn stage_prebuilt(&mut self, checkpoint: &mut Prebuilt) -> Result<u64, TooLarge> {
+        let sources: Vec<Bytes> = checkpoint
+            .records()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
+        let slices: Vec<&[u8]> = sources.iter().map(|b| &b[..]).collect();
+        let copies = self.copy(&slices)?;
+        let bytes = copies.iter().map(|c| c.len() as u64).sum();
+        for (slot, copy) in checkpoint.storages_mut().zip(copies) {
+            *slot = copy;
+        }
+        Ok(bytes)
     }
 
     /// Copy `sources` into the buffer, in order: views of the copies. The buffer grows (once,

@@ -193,6 +193,23 @@ fn a_slow_write_holds_the_next_save_and_counts_as_blocked() {
     assert_eq!(latest_batch(dir.path()), Some(2));
 }
 
+/// A name already taken is refused before the snapshot is staged, as a synchronous save refuses
+/// it: the caller hears of it at once, not one event later.
+#[test]
+fn a_name_already_taken_is_refused_before_staging() {
+    let _fp = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let mut saver = CheckpointSaver::new(&config(dir.path(), &job(""))).unwrap();
+    saver.fit_start(&Timestamp::default()).unwrap();
+    fs::write(dir.path().join("ck/ba1.pt"), b"someone else's").unwrap();
+    let err = event(&mut saver, 1).unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    assert!(!saver.is_writing());
+    assert!(saver.history().is_empty());
+    staged(event(&mut saver, 2).unwrap());
+    saver.fit_end().unwrap();
+}
+
 /// Errors are never lost: a save that fails behind training is returned at the next event, even
 /// one at which nothing is due, naming the checkpoint, with the cause a synchronous save would
 /// have given; the checkpoint leaves the history, the file in its way is untouched, `latest`
@@ -208,12 +225,17 @@ fn a_failure_behind_training_is_returned_at_the_next_event() {
         let taken = event(&mut saver, batch).unwrap();
         assert_eq!(taken.is_some(), batch % 2 == 0);
     }
-    // Someone else's file takes the name of the next save.
+    // Someone else's file takes the name of the next save while it is being written (a name
+    // taken before the save is refused at once, before staging).
     let taken = dir.path().join("ck/ba6.pt");
-    fs::write(&taken, b"someone else's").unwrap();
     let started = Instant::now();
     assert!(event(&mut saver, 5).unwrap().is_none());
+    saver.flush().unwrap(); // ba4 is written: the hold below catches ba6 alone
+    let hold = hold_writer();
     staged(event(&mut saver, 6).unwrap());
+    hold.entered();
+    fs::write(&taken, b"someone else's").unwrap();
+    drop(hold);
     while saver.is_writing() {
         assert!(started.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(5));

@@ -172,8 +172,8 @@ fn full_checkpoints_carry_timestamp_history_and_rng() {
     train(&mut saver, Timestamp::default(), "4ba");
     let last = &saver.saved_checkpoints()[1];
     let tree = cairn::format::read_checkpoint(&last.path).unwrap();
-    assert_eq!(cairn::read_timestamp(&tree).unwrap().batch, 4);
-    let history = cairn::read_history(&tree);
+    assert_eq!(cairn::read_timestamp(&tree).unwrap().unwrap().batch, 4);
+    let history = cairn::read_history(&tree).unwrap();
     assert_eq!(history.len(), 2, "the checkpoint lists itself");
     assert!(history[1].0.ends_with("checkpoint_ep0_ba4.pt"));
     assert!(tree.get_path(&["rng", "0", "python"]).is_some());
