@@ -51,6 +51,15 @@ enum Command {
 
 /// Run the command line; the process exit status.
 pub fn main() -> ExitCode {
+    // `cairn __compile-worker` (hidden): one compilation for the policy host, which runs it as
+    // a child so a compile deadline and memory limit can stop it. It answers its parent and
+    // nothing else: no argument parsing, no output.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == cmd::COMPILE_WORKER)
+    {
+        return ExitCode::from(u8::try_from(cairn::policy::serve_compile_worker()).unwrap_or(1));
+    }
     // `FAILPOINTS` is read only by test builds (the `failpoints` feature); a release build
     // carries no failpoint.
     let _failpoints = cairn::failpoints::setup_from_env();
@@ -103,7 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Filter(args) => cmd::filter::run(args),
         Command::Verify(args) => cmd::verify::run(args),
-        Command::Policy { command } => cmd::policy::run(command),
+        Command::Policy { command } => cmd::policy::run(command, cli.platform.as_deref()),
         Command::Cache(args) => cmd::cache::run(args),
     }
 }

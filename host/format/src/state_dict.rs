@@ -145,7 +145,8 @@ impl Dict {
 /// reader and writer takes ~5 KiB of stack in a debug build; 100 levels fit in a quarter of a
 /// 2 MiB thread stack). Real checkpoints nest about ten levels (a Composer checkpoint's
 /// `state/optimizers/Adam/state/0/exp_avg` is six); `Shared` nodes do not count (they cannot
-/// nest directly, see [`Shared::new`]).
+/// nest directly, see [`Shared::new`]). The same bound applies to what a state-dict filter
+/// component may answer (`cairn-policy`), so cairn never writes a tree it refuses to read back.
 pub const MAX_DEPTH: usize = 100;
 
 /// A tree nested deeper than [`MAX_DEPTH`].

@@ -59,6 +59,27 @@ pub enum PolicyError {
         /// The OS error.
         reason: String,
     },
+    /// The path names a directory, a device, a FIFO or a socket.
+    #[error("cannot read policy {path}: it is {what}, not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is ("a directory", "a character device", ...).
+        what: &'static str,
+    },
+    /// A file larger than a component may be.
+    #[error(
+        "policy {path} is {} bytes, more than the {} a component may be ([sandbox] max_component_mib)",
+        .size, crate::wasm::text::human_bytes(*.limit)
+    )]
+    FileTooLarge {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit, bytes.
+        limit: u64,
+    },
     /// A zero-byte file.
     #[error("policy {policy} is an empty file: expected a WebAssembly component")]
     Empty {
@@ -86,6 +107,26 @@ pub enum PolicyError {
         policy: String,
         /// wasmtime's reason.
         reason: String,
+    },
+    /// Compiling the component took longer than `compile_timeout_ms`.
+    #[error(
+        "policy {policy}: compiling it took longer than the deadline of {timeout_ms} ms, so it was stopped (a component whose code is pathological for the compiler; raise [sandbox] compile_timeout_ms if it is legitimately large)"
+    )]
+    CompileTimeout {
+        /// The policy file.
+        policy: String,
+        /// The deadline.
+        timeout_ms: u64,
+    },
+    /// Compiling the component needed more memory than `compile_memory_mib`.
+    #[error(
+        "policy {policy}: compiling it needed more than the compiler's memory limit of {limit_mib} MiB, so it was stopped (a component whose code is pathological for the compiler; raise [sandbox] compile_memory_mib if it is legitimately large)"
+    )]
+    CompileMemory {
+        /// The policy file.
+        policy: String,
+        /// The limit.
+        limit_mib: u64,
     },
     /// A component of another version of cairn's contract.
     #[error(
@@ -174,9 +215,9 @@ pub enum PolicyError {
         /// The deadline.
         timeout_ms: u64,
     },
-    /// Tried to grow a memory past `memory_limit_mib`.
+    /// Tried to grow its memories and tables past `memory_limit_mib` in all.
     #[error(
-        "policy {policy}: {call} exceeded the memory limit of {limit_mib} MiB (it asked for {requested} bytes; raise [sandbox] memory_limit_mib if the policy needs more)"
+        "policy {policy}: {call} exceeded the memory limit of {limit_mib} MiB (its memories and tables would have held {requested} bytes in all; raise [sandbox] memory_limit_mib if the policy needs more)"
     )]
     MemoryLimit {
         /// The policy file.
@@ -185,7 +226,7 @@ pub enum PolicyError {
         call: Call,
         /// The limit.
         limit_mib: u64,
-        /// The size the guest asked for.
+        /// The total the guest's memories and tables would have reached.
         requested: u64,
     },
     /// Recursed past `max_stack_kib`.
@@ -226,6 +267,34 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// A filter's answer nests deeper than cairn reads checkpoints back.
+    #[error(
+        "policy {policy}: filter returned a state dict nested {depth} containers deep at entry {entry} ({path}), deeper than the {limit} levels cairn reads back"
+    )]
+    TooDeep {
+        /// The policy file.
+        policy: String,
+        /// The entry's position in the answer.
+        entry: usize,
+        /// Its path, escaped and shortened.
+        path: String,
+        /// How deep the entry would nest (at least).
+        depth: usize,
+        /// The limit, `cairn_format::MAX_DEPTH`.
+        limit: usize,
+    },
+    /// Over one of the job's caps on what crosses the boundary.
+    #[error("policy {policy}: {call} is over its limit: {what} ([sandbox] {key})")]
+    TooLarge {
+        /// The policy file.
+        policy: String,
+        /// The call.
+        call: Call,
+        /// What is too large, and by how much.
+        what: String,
+        /// The `[sandbox]` key that sets the cap.
+        key: &'static str,
+    },
     /// What the component handed over (a result, a host call's arguments) could not be copied
     /// out of it: malformed, or larger than `max_transfer_mib` once copied.
     #[error(
@@ -265,12 +334,22 @@ pub enum PolicyError {
     },
 }
 
+/// Names the component chose, listed: the first few, escaped (see `wasm/text.rs`).
 fn list(items: &[String]) -> String {
+    const SHOWN: usize = 16;
     if items.is_empty() {
-        "nothing".to_owned()
-    } else {
-        items.join(", ")
+        return "nothing".to_owned();
     }
+    let mut out = items
+        .iter()
+        .take(SHOWN)
+        .map(|i| crate::wasm::text::one_line(i, crate::wasm::text::MAX_NAME_BYTES))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        out.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    out
 }
 
 fn mib_or_unlimited(mib: u64) -> String {
@@ -328,6 +407,8 @@ impl PolicyError {
                 | PolicyError::StackOverflow { .. }
                 | PolicyError::Trap { .. }
                 | PolicyError::InvalidResult { .. }
+                | PolicyError::TooDeep { .. }
+                | PolicyError::TooLarge { .. }
                 | PolicyError::InvalidData { .. }
                 | PolicyError::Instantiate { .. }
                 | PolicyError::Host { .. }
@@ -339,11 +420,15 @@ impl PolicyError {
     pub fn policy(&self) -> Option<String> {
         match self {
             PolicyError::Interval(_) | PolicyError::Glob(_) => None,
-            PolicyError::Read { path, .. } => Some(path.display().to_string()),
+            PolicyError::Read { path, .. }
+            | PolicyError::NotAFile { path, .. }
+            | PolicyError::FileTooLarge { path, .. } => Some(path.display().to_string()),
             PolicyError::Empty { policy }
             | PolicyError::NotWasm { policy }
             | PolicyError::CoreModule { policy }
             | PolicyError::Invalid { policy, .. }
+            | PolicyError::CompileTimeout { policy, .. }
+            | PolicyError::CompileMemory { policy, .. }
             | PolicyError::WrongVersion { policy, .. }
             | PolicyError::WrongWorld { policy, .. }
             | PolicyError::MissingExport { policy, .. }
@@ -356,6 +441,8 @@ impl PolicyError {
             | PolicyError::StackOverflow { policy, .. }
             | PolicyError::Trap { policy, .. }
             | PolicyError::InvalidResult { policy, .. }
+            | PolicyError::TooDeep { policy, .. }
+            | PolicyError::TooLarge { policy, .. }
             | PolicyError::InvalidData { policy, .. }
             | PolicyError::Instantiate { policy, .. }
             | PolicyError::Host { policy, .. } => Some(policy.clone()),
@@ -368,10 +455,14 @@ impl PolicyError {
             PolicyError::Interval(_) => "interval",
             PolicyError::Glob(_) => "glob",
             PolicyError::Read { .. } => "read",
+            PolicyError::NotAFile { .. } => "not-a-file",
+            PolicyError::FileTooLarge { .. } => "file-too-large",
             PolicyError::Empty { .. } => "empty",
             PolicyError::NotWasm { .. } => "not-wasm",
             PolicyError::CoreModule { .. } => "core-module",
             PolicyError::Invalid { .. } => "invalid",
+            PolicyError::CompileTimeout { .. } => "compile-timeout",
+            PolicyError::CompileMemory { .. } => "compile-memory",
             PolicyError::WrongVersion { .. } => "wrong-version",
             PolicyError::WrongWorld { .. } => "wrong-world",
             PolicyError::MissingExport { .. } => "missing-export",
@@ -384,6 +475,8 @@ impl PolicyError {
             PolicyError::StackOverflow { .. } => "stack-overflow",
             PolicyError::Trap { .. } => "trap",
             PolicyError::InvalidResult { .. } => "invalid-result",
+            PolicyError::TooDeep { .. } => "too-deep",
+            PolicyError::TooLarge { .. } => "too-large",
             PolicyError::InvalidData { .. } => "invalid-data",
             PolicyError::Instantiate { .. } => "instantiate",
             PolicyError::Host { .. } => "host",
@@ -391,10 +484,16 @@ impl PolicyError {
     }
 }
 
-/// The chain of a wasmtime error as one line.
+/// Most bytes of a wasmtime error chain kept in a message.
+const MAX_CHAIN_BYTES: usize = 4096;
+
+/// The chain of a wasmtime error as one line. It may quote the component's own names (a core
+/// module's export, a function in a backtrace), so it goes through the guest-text sanitiser.
 pub(crate) fn chain(err: &wasmtime::Error) -> String {
-    err.chain()
+    let text = err
+        .chain()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
-        .join(": ")
+        .join(": ");
+    crate::wasm::text::one_line(&text, MAX_CHAIN_BYTES)
 }

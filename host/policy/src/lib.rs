@@ -22,7 +22,7 @@ pub use pyrepr::float_repr;
 pub use time::{CountUnit, Time, TimeError, TimeUnit, Timestamp};
 pub use training::{Event, MaxDuration, Ranks, TrainingState};
 pub use wasm::{
-    CacheUsage, CheckReport, CompileCache, ImportVerdict, Limit, LogSink, OnError, Origin,
-    PolicyHost, PolicySpec, PolicyStats, RunInfo, SandboxConfig, StatsHandle, WasmKeyFilter,
-    WasmSavePolicy, World, identify_component,
+    CacheUsage, CheckReport, CompileCache, CompileWorker, ImportVerdict, Limit, LogSink, OnError,
+    Origin, PolicyHost, PolicySpec, PolicyStats, RunInfo, SandboxConfig, StatsHandle,
+    WasmKeyFilter, WasmSavePolicy, World, identify_component, serve_compile_worker,
 };

@@ -8,6 +8,7 @@
 //! or runs a WebAssembly policy ([`failure::detached`]). Every error becomes the Python exception
 //! a Composer user expects, and a panic becomes `cairn.InternalError`, never an abort.
 
+mod compile;
 mod config;
 mod failure;
 mod memory;
@@ -28,5 +29,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<saver::SaveResult>()?;
     m.add_class::<store::ObjectStore>()?;
     m.add_function(wrap_pyfunction!(failure::_panic_for_tests, m)?)?;
+    m.add_function(wrap_pyfunction!(compile::_serve_compile_worker, m)?)?;
     Ok(())
 }

@@ -118,7 +118,8 @@ impl Saver {
         }
         let uploads = c.remote_file_name.is_some();
         let config = c.clone();
-        let inner = detached(py, move || Ok(CheckpointSaver::new(&c)?))?;
+        let host = crate::compile::policy_host(py)?;
+        let inner = detached(py, move || Ok(CheckpointSaver::with_host(&c, &host)?))?;
         Ok(Saver {
             folder: inner.folder().to_path_buf(),
             inner: Mutex::new(inner),

@@ -537,8 +537,9 @@ fn confine(
     ];
     for (key, spec) in components {
         if let Some(spec) = spec {
-            let (digest, len) = cairn_policy::identify_component(&spec.wasm)
-                .map_err(|e| at(key, format!("{key}: {e}")))?;
+            let (digest, len) =
+                cairn_policy::identify_component(&spec.wasm, config.sandbox.max_component_bytes())
+                    .map_err(|e| at(key, format!("{key}: {e}")))?;
             platform
                 .check_component(&spec.wasm, &digest, len)
                 .map_err(|m| at(key, format!("{key}: {m}")))?;
@@ -904,7 +905,9 @@ fn policy_spec(v: &toml::Value, base: &Path) -> Result<PolicySpec, String> {
     if spec.wasm.is_relative() {
         spec.wasm = base.join(&spec.wasm);
     }
-    if !spec.wasm.is_file() {
+    // Only existence: a path that names a directory, a device or a FIFO is refused when the
+    // component is loaded, with what it is (`cairn_policy::PolicyError::NotAFile`).
+    if !spec.wasm.exists() {
         return Err(format!(
             "policy component {} does not exist",
             spec.wasm.display()

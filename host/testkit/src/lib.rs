@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod measure;
 pub mod policies;
 pub mod s3;
+pub mod wat;
 
 #[allow(unused_imports)]
 pub use policies::*;

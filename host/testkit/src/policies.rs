@@ -36,11 +36,17 @@ fn policies_target() -> PathBuf {
     target_dir().join("policies")
 }
 
+/// Set in a child test process whose parent already built the policies.
+pub const BUILT_ENV: &str = "CAIRN_TEST_POLICIES_BUILT";
+
 /// Build every Rust policy (once) and return the path of `<crate_name>.wasm`.
 pub fn rust_policy(crate_name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let target = policies_target();
+        if std::env::var_os(BUILT_ENV).is_some() {
+            return Ok(target.join("wasm32-wasip2").join("release"));
+        }
         let out = Command::new(env!("CARGO"))
             .args(["build", "--release", "--target", "wasm32-wasip2"])
             .current_dir(repo().join("policies"))

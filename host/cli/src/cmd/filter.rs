@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use super::read::ReadArgs;
 use cairn::format::durable::{self, Replace};
 use cairn::format::{CheckpointFormat, format_of, write_checkpoint};
-use cairn::policy::{Filtered, IgnoreGlobs, KeyFilter, PolicyHost, RunInfo, SandboxConfig};
+use cairn::policy::{Filtered, IgnoreGlobs, KeyFilter, RunInfo, SandboxConfig};
 use cairn::restore_state_key;
 
 /// Arguments of `cairn filter`.
@@ -49,7 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut filter: Box<dyn KeyFilter> = match &args.filter {
         Some(wasm) => {
             let spec = crate::policy_config::spec(wasm, &args.policy_config);
-            Box::new(PolicyHost::default().key_filter(
+            Box::new(super::policy_host().key_filter(
                 &spec,
                 &SandboxConfig::default(),
                 &RunInfo::default(),

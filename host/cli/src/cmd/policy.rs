@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use cairn::policy::{ImportVerdict, PolicyError, PolicyHost};
+use cairn::policy::{ImportVerdict, PolicyError, SandboxConfig};
 
 /// Subcommands of `cairn policy`.
 #[derive(Debug, Subcommand)]
@@ -18,6 +18,9 @@ pub enum PolicyCommand {
         /// Print one JSON object instead of sentences.
         #[arg(long)]
         json: bool,
+        /// Check under this job config's `[sandbox]` limits instead of the defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Start a policy project: a save-interval policy ("save every n batches") with unit tests,
     /// a job.toml and a check against the built-in interval, ready to build.
@@ -33,21 +36,35 @@ pub enum PolicyCommand {
     },
 }
 
-/// Run a `cairn policy` subcommand.
-pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+/// Run a `cairn policy` subcommand; `platform` is the operator's platform file, which a
+/// `--config` is checked against (its tenant from `CAIRN_TENANT`).
+pub fn run(cmd: PolicyCommand, platform: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::Check { file, json } => check_file(file, json),
+        PolicyCommand::Check { file, json, config } => {
+            let sandbox = match config {
+                Some(path) => {
+                    let platform = platform
+                        .map(|p| cairn::Platform::load(p, super::simulate::tenant_env().as_deref()))
+                        .transpose()?;
+                    crate::train::Job::load(&path, platform.as_ref())?
+                        .saver
+                        .sandbox
+                }
+                None => SandboxConfig::default(),
+            };
+            check_file(file, json, &sandbox)
+        }
         PolicyCommand::New { name, lang, dir } => {
             super::policy_new::run(&name, lang, dir).map(|()| ExitCode::SUCCESS)
         }
     }
 }
 
-fn check_file(file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+fn check_file(file: PathBuf, json: bool, sandbox: &SandboxConfig) -> anyhow::Result<ExitCode> {
     // A closed stdout drops the report; the exit status still says whether the check passed.
     let mut out = crate::out::Lines::stdout();
-    let host = PolicyHost::default().with_log(std::sync::Arc::new(|_: &str| {}));
-    let report = host.check(&file)?;
+    let host = super::policy_host().with_log(std::sync::Arc::new(|_: &str| {}));
+    let report = host.check_with(&file, sandbox)?;
     let name = file.display().to_string();
     let denied: Vec<&str> = report
         .imports

@@ -149,7 +149,7 @@ pub fn run(args: RunArgs, platform: Option<&Path>) -> Result<()> {
     refuse_shared_folders(&configs)?;
     // One policy runtime for the process: every job shares its engine, epoch ticker and compile
     // cache, while each job's components get their own stores and limits.
-    let host = PolicyHost::default();
+    let host = super::policy_host();
     if let [config] = configs.as_slice() {
         let summary = train(config, &host, args.resume, true)?;
         print_summary(&summary, args.json)?;

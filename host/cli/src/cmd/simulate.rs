@@ -11,8 +11,8 @@ use cairn::config::{
     SaveIntervalSpec, interval_epochs, max_duration_from, parse_interval_time, parse_max_duration,
 };
 use cairn::policy::{
-    CountUnit, IntervalScheduler, PolicyHost, PolicySpec, Ranks, RunInfo, SandboxConfig,
-    SavePolicy, Time, Timestamp,
+    CountUnit, IntervalScheduler, PolicySpec, Ranks, RunInfo, SandboxConfig, SavePolicy, Time,
+    Timestamp,
 };
 use cairn::{Schedule, Template};
 
@@ -286,7 +286,7 @@ fn wasm_policy(
         ranks: Ranks::from_env(),
     };
     Ok(Box::new(
-        PolicyHost::default().save_policy(spec, sandbox, &run)?,
+        super::policy_host().save_policy(spec, sandbox, &run)?,
     ))
 }
 

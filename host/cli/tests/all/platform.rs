@@ -156,33 +156,39 @@ fn a_well_behaved_tenant_runs_unchanged_and_gets_the_platforms_defaults() {
     }
 }
 
-#[test]
-fn a_limit_one_above_its_ceiling_is_refused_naming_both_values() {
-    let p = platform("");
-    let folder = tenant_folder(&p, "a");
-    for (key, value, ceiling) in [
-        ("memory_limit_mib", "257", "256"),
-        ("fuel_per_call", "100000001", "100000000"),
-        ("fuel_per_call", "0", "100000000"),
-        ("timeout_ms", "0", "1000"),
-    ] {
+/// Tenant `a` setting each `(key, value)` is refused, naming the key, the `ceiling`, its own file
+/// and line and the platform file.
+fn refused_above_ceilings(p: &Platform, cases: &[(&str, &str, &str)]) {
+    let folder = tenant_folder(p, "a");
+    for (key, value, ceiling) in cases {
         let a = job(
-            &p,
+            p,
             "a",
             &folder,
             "memory://shared/a",
             &format!("[sandbox]\n{key} = {value}"),
         );
         let err = refused(
-            &cairn(&p, &["run", "--config", &a, "--tenant", "a"]),
-            &[key, ceiling],
+            &cairn(p, &["run", "--config", &a, "--tenant", "a"]),
+            &[&format!("{key} = {value}"), ceiling, "platform.toml"],
         );
         assert!(err.contains("a.toml:"), "the tenant's file and line: {err}");
-        assert!(
-            err.contains("platform.toml"),
-            "names the platform file: {err}"
-        );
     }
+}
+
+#[test]
+fn a_limit_one_above_its_ceiling_is_refused_naming_both_values() {
+    let p = platform("");
+    let folder = tenant_folder(&p, "a");
+    refused_above_ceilings(
+        &p,
+        &[
+            ("memory_limit_mib", "257", "256"),
+            ("fuel_per_call", "100000001", "100000000"),
+            ("fuel_per_call", "0", "100000000"),
+            ("timeout_ms", "0", "1000"),
+        ],
+    );
     let a = job(
         &p,
         "a",
@@ -403,4 +409,81 @@ fn tenants_in_one_process_stay_apart() {
         &["tenant 'c'"],
     );
     refused(&cairn(&p, &["run", "--config", &fresh]), &["CAIRN_TENANT"]);
+}
+
+#[test]
+fn the_sandbox_bounds_of_issue_18_have_ceilings_and_defaults() {
+    let p = platform("");
+    let text = fs::read_to_string(&p.file).unwrap();
+    fs::write(
+        &p.file,
+        text.replace(
+            "timeout_ms = 1000\n",
+            "timeout_ms = 1000\nmax_message_bytes = 4096\nmax_log_bytes_per_run = 4194304\nmax_component_mib = 64\ncompile_timeout_ms = 1800000\ncompile_memory_mib = 4096\n",
+        )
+        .replace(
+            "memory_limit_mib = 64\n",
+            "memory_limit_mib = 64\ncompile_timeout_ms = 1\n",
+        ),
+    )
+    .unwrap();
+    let folder = tenant_folder(&p, "a");
+    // One above the ceiling, or 0 where 0 switches the bound off: refused, naming both values.
+    refused_above_ceilings(
+        &p,
+        &[
+            ("max_message_bytes", "4097", "4096"),
+            ("max_log_bytes_per_run", "0", "4194304"),
+            ("max_component_mib", "65", "64"),
+            ("compile_timeout_ms", "0", "1800000"),
+            ("compile_memory_mib", "4097", "4096"),
+        ],
+    );
+    // The platform's default compile deadline (1 ms) reaches the compile worker of a tenant that
+    // is silent about it, in `cairn run` and in `cairn policy check --config`.
+    let every_n = p.root.join("policies/every_n.wasm");
+    fs::copy(common::rust_policy("every_n"), &every_n).unwrap();
+    let interval = format!(
+        "save_interval = {{ wasm = \"{}\", config = {{ n = 2 }} }}",
+        every_n.display()
+    );
+    let silent = job(&p, "a", &folder, "memory://shared/a", &interval);
+    refused(
+        &cairn(&p, &["run", "--config", &silent, "--tenant", "a"]),
+        &["every_n.wasm", "deadline of 1 ms", "compile_timeout_ms"],
+    );
+    let check = |config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .current_dir(&p.root)
+            .env("CAIRN_CACHE_DIR", p.root.join("cache"))
+            .env("CAIRN_PLATFORM", &p.file)
+            .env("CAIRN_TENANT", "a")
+            .args([
+                "policy",
+                "check",
+                &every_n.to_string_lossy(),
+                "--config",
+                config,
+            ])
+            .output()
+            .unwrap()
+    };
+    refused(&check(&silent), &["deadline of 1 ms"]);
+    // A tenant's own value within the ceiling stands.
+    let own = job(
+        &p,
+        "a",
+        &folder,
+        "memory://shared/a",
+        &format!("{interval}\n[sandbox]\ncompile_timeout_ms = 1800000"),
+    );
+    ok(&check(&own));
+    ok(&cairn(&p, &["run", "--config", &own, "--tenant", "a"]));
+    assert_eq!(
+        files_under(Path::new(&folder))
+            .iter()
+            .filter(|f| f.starts_with("ep"))
+            .count(),
+        2
+    );
 }

@@ -27,7 +27,21 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use super::compile::CompileError;
 use super::file::WasmFile;
+
+/// Load an artifact compiled just now for `engine` (in this process or by its compile worker).
+fn deserialize(engine: &Engine, artifact: &[u8]) -> Result<Component, CompileError> {
+    // SAFETY: the artifact was produced just now by wasmtime for an engine of the same
+    // settings, in this process or in the compile worker the embedding application named
+    // (the same library); wasmtime still checks its header against this engine.
+    unsafe { Component::deserialize(engine, artifact) }.map_err(|e| {
+        CompileError::Other(format!(
+            "the compiled artifact does not load: {}",
+            crate::error::chain(&e)
+        ))
+    })
+}
 
 /// Tag file header: identifies a cairn tag of this layout.
 const MAGIC: &[u8; 8] = b"CAIRNT2\0";
@@ -73,17 +87,24 @@ impl CompileCache {
     }
 
     /// The compiled form of `wasm` for `engine`: from the cache when cairn wrote a valid
-    /// entry, else compiled (and stored). Cache problems never fail the load; they are
-    /// reported through `log` and the component is compiled.
-    pub fn load(
+    /// entry, else compiled by `compile` (which gives wasmtime's artifact: see `compile.rs`)
+    /// and stored. Cache problems never fail the load; they are reported through `log` and the
+    /// component is compiled. A cache hit compiles nothing and starts nothing.
+    pub(crate) fn load(
         &self,
         engine: &Engine,
         wasm: &WasmFile,
+        compile: &dyn Fn(Vec<u8>) -> Result<Vec<u8>, CompileError>,
         log: &dyn Fn(&str),
-    ) -> wasmtime::Result<(Component, Origin)> {
+    ) -> Result<(Component, Origin), CompileError> {
+        let read = |wasm: &WasmFile| {
+            wasm.read()
+                .map_err(|e| CompileError::Other(format!("cannot read it: {e}")))
+        };
         let Some(dir) = &self.dir else {
             compiling(wasm, log, None);
-            return Ok((Component::new(engine, wasm.read()?)?, Origin::Compiled));
+            let artifact = compile(read(wasm)?)?;
+            return Ok((deserialize(engine, &artifact)?, Origin::Compiled));
         };
         let secret = match self.secret(dir) {
             Ok(s) => s,
@@ -93,7 +114,8 @@ impl CompileCache {
                     dir.display()
                 ));
                 compiling(wasm, log, None);
-                return Ok((Component::new(engine, wasm.read()?)?, Origin::Compiled));
+                let artifact = compile(read(wasm)?)?;
+                return Ok((deserialize(engine, &artifact)?, Origin::Compiled));
             }
         };
         let entry = Entry::new(dir, cache_key(engine, wasm.digest()));
@@ -127,11 +149,10 @@ impl CompileCache {
         }
         // Key the entry by the bytes compiled, in case the file changed since it was hashed.
         compiling(wasm, log, Some(dir));
-        let bytes = wasm.read()?;
+        let bytes = read(wasm)?;
         let entry = Entry::new(dir, cache_key(engine, blake3::hash(&bytes).as_bytes()));
-        let artifact = engine.precompile_component(&bytes)?;
-        // SAFETY: produced just now by this engine.
-        let component = unsafe { Component::deserialize(engine, &artifact)? };
+        let artifact = compile(bytes)?;
+        let component = deserialize(engine, &artifact)?;
         if let Err(e) = entry.store(&secret, &artifact) {
             log(&format!(
                 "cannot write compile cache entry {} ({e})",

@@ -23,9 +23,14 @@ pub struct CheckReport {
 }
 
 /// Check `path` against both worlds: load, link and instantiate it (without calling `init`)
-/// in a sandbox with the default limits.
-pub fn check(host: &PolicyHost, path: &Path) -> Result<CheckReport, PolicyError> {
-    let sandbox = SandboxConfig::default();
+/// in a sandbox with the limits of `sandbox`.
+pub fn check(
+    host: &PolicyHost,
+    path: &Path,
+    sandbox: &SandboxConfig,
+) -> Result<CheckReport, PolicyError> {
+    let sandbox = sandbox.clone();
+    let engine = super::settings(&sandbox);
     let mut problems = Vec::new();
     let mut last_loaded = None;
     for world in [World::SaveInterval, World::StateDictFilter] {
@@ -41,8 +46,8 @@ pub fn check(host: &PolicyHost, path: &Path) -> Result<CheckReport, PolicyError>
                     Vec::new(),
                     RunInfo::default(),
                     std::sync::Arc::new(|_: &str| {}),
-                    true,
-                    true,
+                    engine.fuel,
+                    engine.epoch,
                 );
                 match runner {
                     Ok(_) => {
@@ -63,10 +68,14 @@ pub fn check(host: &PolicyHost, path: &Path) -> Result<CheckReport, PolicyError>
             // Problems with the file itself are the same for both worlds: report once.
             Err(
                 e @ (PolicyError::Read { .. }
+                | PolicyError::NotAFile { .. }
+                | PolicyError::FileTooLarge { .. }
                 | PolicyError::Empty { .. }
                 | PolicyError::NotWasm { .. }
                 | PolicyError::CoreModule { .. }
                 | PolicyError::Invalid { .. }
+                | PolicyError::CompileTimeout { .. }
+                | PolicyError::CompileMemory { .. }
                 | PolicyError::WrongVersion { .. }
                 | PolicyError::UnknownImport { .. }),
             ) => return Err(e),

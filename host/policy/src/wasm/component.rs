@@ -12,8 +12,11 @@ use wasmtime::component::{ComponentExportIndex, HasSelf, InstancePre, Linker};
 
 use super::bindings::{self, HOST_INTERFACE, PACKAGE_PREFIX, TRAINING_INTERFACE, TYPES_INTERFACE};
 use super::cache::{CompileCache, Origin};
+use super::compile::{self, CompileError, CompileLimits, CompileWorker};
+use super::engine::EngineSettings;
 use super::file::WasmFile;
 use super::state::HostState;
+use super::text;
 use crate::error::{Call, PolicyError, chain};
 
 /// The two worlds a policy can implement.
@@ -151,26 +154,59 @@ fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Ok(linker)
 }
 
+/// Where a compiled component comes from: the cache, else a compilation.
+pub struct Compiler<'a> {
+    /// The compile cache.
+    pub cache: &'a CompileCache,
+    /// The engine's settings (a worker builds the same engine).
+    pub settings: EngineSettings,
+    /// The embedding application's compile worker, if it named one.
+    pub worker: Option<&'a CompileWorker>,
+    /// The worker's bounds.
+    pub limits: CompileLimits,
+}
+
 /// Load `wasm` (the file `policy`) as a component of `world`.
 pub fn load(
     policy: &str,
     wasm: &WasmFile,
     world: World,
     engine: &Engine,
-    cache: &CompileCache,
+    compiler: &Compiler<'_>,
     log: &dyn Fn(&str),
     keepalive: Arc<dyn std::any::Any + Send + Sync>,
 ) -> Result<Loaded, PolicyError> {
+    let limits = compiler.limits;
+    let compile = |bytes: Vec<u8>| {
+        compile::compile(engine, compiler.settings, bytes, compiler.worker, limits)
+    };
     let owned = || policy.to_owned();
     if sniff(policy, wasm.head())? == BinaryKind::CoreModule {
         return Err(PolicyError::CoreModule { policy: owned() });
     }
-    let (component, origin) = cache
-        .load(engine, wasm, log)
-        .map_err(|e| PolicyError::Invalid {
-            policy: owned(),
-            reason: chain(&e),
-        })?;
+    let (component, origin) =
+        compiler
+            .cache
+            .load(engine, wasm, &compile, log)
+            .map_err(|e| match e {
+                CompileError::Invalid(reason) => PolicyError::Invalid {
+                    policy: owned(),
+                    reason,
+                },
+                CompileError::Timeout => PolicyError::CompileTimeout {
+                    policy: owned(),
+                    timeout_ms: limits.timeout.map_or(0, |t| t.as_millis() as u64),
+                },
+                CompileError::Memory => PolicyError::CompileMemory {
+                    policy: owned(),
+                    limit_mib: limits.memory_bytes.map_or(0, |b| b >> 20),
+                },
+                CompileError::Other(reason) => PolicyError::Host {
+                    policy: owned(),
+                    call: Call::Load,
+                    reason,
+                },
+            })?;
     let ty = component.component_type();
     let imports: Vec<(String, ImportVerdict)> = ty
         .imports(engine)
@@ -186,13 +222,13 @@ pub fn load(
     {
         return Err(PolicyError::WrongVersion {
             policy: owned(),
-            found: name.clone(),
+            found: text::one_line(name, text::MAX_NAME_BYTES),
         });
     }
     if let Some((name, _)) = imports.iter().find(|(_, v)| *v == ImportVerdict::Missing) {
         return Err(PolicyError::UnknownImport {
             policy: owned(),
-            import: name.clone(),
+            import: text::one_line(name, text::MAX_NAME_BYTES),
         });
     }
     let wrong = |reason: String| PolicyError::WrongWorld {

@@ -80,7 +80,8 @@ pub enum OnError {
 pub struct SandboxConfig {
     /// Fuel (≈ wasm instructions) per call; refilled before every call. 0 turns fuel off.
     pub fuel_per_call: u64,
-    /// Cap of each linear memory, in MiB. Python components need ≥ 24, JS ≥ 96.
+    /// Cap of the component's memory, in MiB: every linear memory of every core instance and
+    /// every table (8 bytes an element) together. Python components need ≥ 24, JS ≥ 96.
     pub memory_limit_mib: u64,
     /// Wall-clock deadline of one call, in milliseconds. 0 turns the deadline off.
     pub timeout_ms: u64,
@@ -102,15 +103,44 @@ pub struct SandboxConfig {
     pub max_transfer_mib: u64,
     /// WebAssembly stack per call, in KiB (at most 1024, so it fits in any host thread).
     pub max_stack_kib: u64,
-    /// Most elements of a table.
+    /// Most table elements, all tables of the component together.
     pub max_table_elements: u64,
     /// Most core instances a component may create (componentize-py needs about 10).
     pub max_instances: u64,
-    /// Bytes of the component's stdout and stderr kept per call for the log.
+    /// Bytes of log lines cairn writes for one call's stdout and stderr (each line counted
+    /// with its `[policy NAME]` prefix and 8 bytes for the log's own prefix and newline, so many
+    /// short lines cost what they show); the rest is cut, and one line says how much.
     pub max_log_bytes: u64,
+    /// Bytes of the component's own text in one error message (its `err` answer, the tail of
+    /// what it wrote before a trap); longer text is cut, saying how much.
+    pub max_message_bytes: u64,
+    /// Bytes of the component's text cairn writes over the whole run (log lines, counted as
+    /// for `max_log_bytes`, and error messages together), so a policy called at every batch
+    /// cannot flood the job's log; once
+    /// spent, its output is dropped (said once) and its messages are replaced by a note.
+    /// 0 turns the budget off.
+    pub max_log_bytes_per_run: u64,
+    /// Largest component file accepted, in MiB (checked with `fstat` before anything is
+    /// read; a Python component is ~18 MiB, a JavaScript one ~12). 0 turns the check off.
+    pub max_component_mib: u64,
+    /// Wall-clock deadline of compiling a component that is not in the compile cache, in
+    /// milliseconds; 0 turns it off. Enforced only where the embedding application provides a
+    /// compile worker (the `cairn` CLI does): Cranelift cannot be stopped in a thread. The
+    /// default is 60 s in a release build of cairn and 30 min in a debug build, whose compiler
+    /// is ~40x slower (an 18 MB Python component: ~5 s released, ~3 CPU-minutes in debug).
+    pub compile_timeout_ms: u64,
+    /// Memory the compile worker may use (its `RLIMIT_DATA`), in MiB; 0 turns it off.
+    pub compile_memory_mib: u64,
     /// What training does when the policy fails.
     pub on_error: OnError,
 }
+
+/// The default [`SandboxConfig::compile_timeout_ms`]: see there.
+pub const DEFAULT_COMPILE_TIMEOUT_MS: u64 = if cfg!(debug_assertions) {
+    30 * 60_000
+} else {
+    60_000
+};
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -127,6 +157,11 @@ impl Default for SandboxConfig {
             max_table_elements: 100_000,
             max_instances: 64,
             max_log_bytes: 16 << 10,
+            max_message_bytes: 2 << 10,
+            max_log_bytes_per_run: 1 << 20,
+            max_component_mib: 64,
+            compile_timeout_ms: DEFAULT_COMPILE_TIMEOUT_MS,
+            compile_memory_mib: 2048,
             on_error: OnError::Fail,
         }
     }
@@ -196,6 +231,11 @@ limits!(
     max_table_elements: true,
     max_instances: true,
     max_log_bytes: false,
+    max_message_bytes: false,
+    max_log_bytes_per_run: true,
+    max_component_mib: true,
+    compile_timeout_ms: true,
+    compile_memory_mib: true,
 );
 
 impl SandboxConfig {
@@ -210,7 +250,19 @@ impl SandboxConfig {
             max_table_elements: 0,
             max_instances: 0,
             max_transfer_mib: 0,
+            max_log_bytes_per_run: 0,
+            max_component_mib: 0,
+            compile_timeout_ms: 0,
+            compile_memory_mib: 0,
             ..SandboxConfig::default()
+        }
+    }
+
+    /// The largest component file accepted, in bytes (`u64::MAX` when `max_component_mib` is 0).
+    pub fn max_component_bytes(&self) -> u64 {
+        match self.max_component_mib {
+            0 => u64::MAX,
+            mib => mib.saturating_mul(1 << 20),
         }
     }
 }

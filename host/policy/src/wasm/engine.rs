@@ -32,7 +32,8 @@ pub struct EngineSettings {
 }
 
 impl EngineSettings {
-    fn config(&self) -> Config {
+    /// The wasmtime configuration (the same in the host and in a compile worker).
+    pub(crate) fn config(&self) -> Config {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Sync exports only: the async machinery makes every call ~3.5x dearer (reference §7).

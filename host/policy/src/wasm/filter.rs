@@ -4,7 +4,8 @@ use wasmtime::component::TypedFunc;
 
 use super::bindings::types as wit;
 use super::config::OnError;
-use super::flat::{self, OutputCaps};
+use super::config::SandboxConfig;
+use super::flat::{self, OutputCaps, Refusal};
 use super::runner::Runner;
 use super::stats::StatsHandle;
 use crate::error::{Call, PolicyError};
@@ -24,10 +25,15 @@ impl WasmKeyFilter {
     /// Run the filter over `tree`, with its errors typed (no `on_error` applied).
     pub fn apply(&mut self, tree: &Value) -> Result<Value, PolicyError> {
         let policy = self.runner.policy().to_owned();
-        let (entries, issued) = flat::flatten(tree).map_err(|reason| PolicyError::Host {
-            policy: policy.clone(),
-            call: Call::Filter,
-            reason,
+        let caps = caps(self.runner.sandbox());
+        let refused = |r: Refusal| refusal(&policy, r);
+        let (entries, issued) = flat::flatten(tree, caps).map_err(|r| match r {
+            Refusal::Invalid(reason) => PolicyError::Host {
+                policy: policy.clone(),
+                call: Call::Filter,
+                reason,
+            },
+            r => refused(r),
         })?;
         let answer = self.runner.call(Call::Filter, |store, func| {
             // SAFETY: `func` was type-checked against exactly this signature when the
@@ -40,20 +46,17 @@ impl WasmKeyFilter {
             let entries: &[wit::Entry] = &entries;
             Ok(typed.call(store, (entries,))?.0)
         })?;
-        let out = answer.map_err(|message| PolicyError::FilterRefused {
-            policy: policy.clone(),
-            message,
-        })?;
-        let s = self.runner.sandbox();
-        let caps = OutputCaps {
-            max_entries: s.max_filter_entries,
-            max_string_bytes: s.max_filter_string_bytes,
+        drop(entries);
+        let out = match answer {
+            Ok(out) => out,
+            Err(message) => {
+                return Err(PolicyError::FilterRefused {
+                    message: self.runner.guest_message(&message),
+                    policy,
+                });
+            }
         };
-        flat::rebuild(out, &issued, caps).map_err(|reason| PolicyError::InvalidResult {
-            policy,
-            call: Call::Filter,
-            reason,
-        })
+        flat::rebuild(out, issued, caps).map_err(refused)
     }
 
     /// Accounting so far; stays readable after the filter is boxed.
@@ -83,5 +86,40 @@ impl KeyFilter for WasmKeyFilter {
 
     fn describe(&self) -> String {
         self.runner.policy().to_owned()
+    }
+}
+
+/// The job's caps on what crosses the boundary.
+fn caps(s: &SandboxConfig) -> OutputCaps {
+    let unlimited = |n: u64| if n == 0 { u64::MAX } else { n };
+    OutputCaps {
+        max_entries: s.max_filter_entries,
+        max_string_bytes: s.max_filter_string_bytes,
+        max_offered_bytes: unlimited(s.max_transfer_mib.saturating_mul(1 << 20)),
+    }
+}
+
+/// A refused answer (or state dict) as the policy's error.
+fn refusal(policy: &str, r: Refusal) -> PolicyError {
+    let policy = policy.to_owned();
+    match r {
+        Refusal::Invalid(reason) => PolicyError::InvalidResult {
+            policy,
+            call: Call::Filter,
+            reason,
+        },
+        Refusal::TooDeep { entry, path, depth } => PolicyError::TooDeep {
+            policy,
+            entry,
+            path,
+            depth,
+            limit: cairn_format::MAX_DEPTH,
+        },
+        Refusal::TooLarge { what, key } => PolicyError::TooLarge {
+            policy,
+            call: Call::Filter,
+            what,
+            key,
+        },
     }
 }

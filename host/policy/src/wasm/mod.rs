@@ -15,6 +15,7 @@ mod bindings;
 mod boundary_tests;
 mod cache;
 mod check;
+mod compile;
 mod component;
 mod config;
 mod engine;
@@ -26,6 +27,7 @@ mod runner;
 mod save_policy;
 mod state;
 mod stats;
+pub(crate) mod text;
 mod wasi;
 
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use std::sync::Arc;
 pub use crate::error::{Call, PolicyError};
 pub use cache::{CacheUsage, CompileCache, Origin};
 pub use check::CheckReport;
+pub use compile::{CompileWorker, serve_compile_worker};
 pub use component::{ImportVerdict, World};
 pub use config::{Limit, OnError, PolicySpec, SandboxConfig};
 pub use file::identify as identify_component;
@@ -72,6 +75,7 @@ impl Default for RunInfo {
 pub struct PolicyHost {
     engines: Arc<Engines>,
     cache: CompileCache,
+    worker: Option<CompileWorker>,
     log: LogSink,
 }
 
@@ -87,8 +91,18 @@ impl PolicyHost {
         PolicyHost {
             engines: Arc::new(Engines::new()),
             cache,
+            worker: None,
             log: Arc::new(|line: &str| eprintln!("cairn: {line}")),
         }
+    }
+
+    /// The same runtime compiling components in `worker`, a child process that the
+    /// `[sandbox]` compile deadline and memory limit can stop (see [`CompileWorker`] and
+    /// [`serve_compile_worker`]). Without one, components compile in a thread of this process
+    /// and no compile deadline or memory limit applies.
+    pub fn with_compile_worker(mut self, worker: CompileWorker) -> PolicyHost {
+        self.worker = Some(worker);
+        self
     }
 
     /// The same runtime logging to `log`.
@@ -111,7 +125,7 @@ impl PolicyHost {
         sandbox: &SandboxConfig,
     ) -> Result<component::Loaded, PolicyError> {
         let policy = file_name(path);
-        let wasm = file::WasmFile::open(path)?;
+        let wasm = file::WasmFile::open(path, sandbox.max_component_bytes())?;
         let settings = settings(sandbox);
         let engine = self
             .engines
@@ -123,12 +137,23 @@ impl PolicyHost {
             })?;
         let log = self.log.clone();
         let keepalive = self.engines.clone();
+        let compiler = component::Compiler {
+            cache: &self.cache,
+            settings,
+            worker: self.worker.as_ref(),
+            limits: compile::CompileLimits {
+                timeout: (sandbox.compile_timeout_ms > 0)
+                    .then(|| std::time::Duration::from_millis(sandbox.compile_timeout_ms)),
+                memory_bytes: (sandbox.compile_memory_mib > 0)
+                    .then(|| sandbox.compile_memory_mib.saturating_mul(1 << 20)),
+            },
+        };
         component::load(
             &policy,
             &wasm,
             world,
             &engine,
-            &self.cache,
+            &compiler,
             &move |l| log(l),
             keepalive,
         )
@@ -172,7 +197,16 @@ impl PolicyHost {
     /// Which world the component at `path` implements, or exactly what it lacks, and the
     /// imports cairn will deny (`cairn policy check`).
     pub fn check(&self, path: &std::path::Path) -> Result<CheckReport, PolicyError> {
-        check::check(self, path)
+        check::check(self, path, &SandboxConfig::default())
+    }
+
+    /// [`PolicyHost::check`] under a job's `[sandbox]` limits instead of the defaults.
+    pub fn check_with(
+        &self,
+        path: &std::path::Path,
+        sandbox: &SandboxConfig,
+    ) -> Result<CheckReport, PolicyError> {
+        check::check(self, path, sandbox)
     }
 
     /// Load a state-dict-filter component, instantiate it and run its `init`.

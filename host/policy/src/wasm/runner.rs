@@ -17,6 +17,7 @@ use super::engine::ticks_for;
 use super::limits::Limiter;
 use super::state::HostState;
 use super::stats::{CallCost, StatsHandle, StatsWriter};
+use super::text::{self, TextBudget};
 use super::{LogSink, RunInfo};
 use crate::error::{Call, PolicyError, chain};
 
@@ -34,6 +35,8 @@ pub struct Runner {
     log: LogSink,
     live: Option<Live>,
     stats: StatsWriter,
+    /// What this policy may still make cairn print this run (logs and messages).
+    text: TextBudget,
     fuel_on: bool,
     epoch_on: bool,
 }
@@ -49,8 +52,10 @@ impl Runner {
         fuel_on: bool,
         epoch_on: bool,
     ) -> Result<Runner, PolicyError> {
+        let text = TextBudget::new(sandbox.max_log_bytes_per_run);
         let mut runner = Runner {
             loaded,
+            text,
             sandbox,
             init_config,
             run,
@@ -154,7 +159,7 @@ impl Runner {
                 Ok((Err(message),)) => {
                     return Err(PolicyError::InitRefused {
                         policy: self.loaded.policy.clone(),
-                        message,
+                        message: self.guest_message(&message),
                     });
                 }
                 Err(e) => return Err(self.failure(&store, e, Call::Init, fuel, ms, &stderr)),
@@ -281,33 +286,80 @@ impl Runner {
         result
     }
 
-    /// Send what the component printed to the log, one line each, prefixed with its name;
-    /// returns what it wrote to stderr (a panic message, a traceback) for the error. When the
-    /// call `failed`, stderr is not logged: the error carries it, and it is said once.
-    fn drain_output(&self, store: &Store<HostState>, failed: bool) -> String {
+    /// A message the component wrote (an `err` answer), as cairn may show it: escaped, cut to
+    /// `max_message_bytes` and charged to the run's budget.
+    pub fn guest_message(&mut self, message: &str) -> String {
+        let max = usize::try_from(self.sandbox.max_message_bytes).unwrap_or(usize::MAX);
+        let line = text::one_line(message, max);
+        self.text.admit(line, message.len())
+    }
+
+    /// Log one line on the policy's behalf, charged to the run's budget (with
+    /// [`LINE_OVERHEAD`]); false once the budget is spent (the first refusal logs the one line
+    /// saying so).
+    fn log_line(&mut self, line: &str) -> bool {
+        let line = format!("[policy {}] {line}", self.loaded.policy);
+        if self.text.charge(line.len() + LINE_OVERHEAD) {
+            (self.log)(&line);
+            return true;
+        }
+        if let Some(notice) = self.text.exhausted_notice() {
+            (self.log)(&format!("[policy {}] {notice}", self.loaded.policy));
+        }
+        false
+    }
+
+    /// Send what the component printed to the log, one escaped line each, prefixed with its
+    /// name, at most `max_log_bytes` per call (then one line saying how much was cut) and
+    /// within the run's budget; returns the tail of what it wrote to stderr (a panic message,
+    /// a traceback) as one line for the error, charged to the budget too. When the call
+    /// `failed`, stderr is not logged: the error carries it, and it is said once.
+    fn drain_output(&mut self, store: &Store<HostState>, failed: bool) -> String {
+        let cap = usize::try_from(self.sandbox.max_log_bytes).unwrap_or(usize::MAX);
+        let prefix = self.loaded.policy.len() + "[policy ] ".len() + LINE_OVERHEAD;
+        let mut written = 0usize;
         let mut stderr = String::new();
-        for (stream, out) in [
-            ("stdout", &store.data().stdout),
-            ("stderr", &store.data().stderr),
-        ] {
-            let (text, dropped) = out.drain();
+        let outputs = [
+            ("stdout", store.data().stdout.drain()),
+            ("stderr", store.data().stderr.drain()),
+        ];
+        for (stream, (text, dropped)) in outputs {
             let carried_by_error = failed && stream == "stderr";
-            for line in text
-                .lines()
-                .filter(|l| !l.trim().is_empty() && !carried_by_error)
-            {
-                (self.log)(&format!("[policy {}] {line}", self.loaded.policy));
+            let mut cut = if carried_by_error { 0 } else { dropped };
+            let mut at = 0usize;
+            for raw in text.split_inclusive('\n') {
+                if carried_by_error {
+                    break;
+                }
+                let start = at;
+                at += raw.len();
+                if raw.trim().is_empty() {
+                    continue;
+                }
+                let line = text::one_line(raw, cap);
+                if written + prefix + line.len() > cap {
+                    cut += (text.len() - start) as u64;
+                    break;
+                }
+                written += prefix + line.len();
+                if !self.log_line(&line) {
+                    break;
+                }
             }
-            if dropped > 0 {
-                (self.log)(&format!(
-                    "[policy {}] ({dropped} more bytes of {stream} dropped: over [sandbox] max_log_bytes)",
-                    self.loaded.policy
+            if cut > 0 && self.text.left() > 0 {
+                self.log_line(&format!(
+                    "… {} more of its {stream} cut (over [sandbox] max_log_bytes = {} per call)",
+                    text::human_bytes(cut),
+                    self.sandbox.max_log_bytes
                 ));
             }
-            if stream == "stderr" {
-                stderr = text;
+            if carried_by_error && !text.trim().is_empty() {
+                let max = usize::try_from(self.sandbox.max_message_bytes).unwrap_or(usize::MAX);
+                let tail = text::tail_line(&text, max);
+                stderr = self.text.admit(tail, text.len());
             }
         }
+        self.stats.output_dropped(self.text.dropped());
         stderr
     }
 
@@ -347,10 +399,10 @@ impl Runner {
                 policy,
                 call,
                 trap: trap.to_string(),
-                message: tail(stderr, 2048),
+                message: stderr.to_owned(),
                 backtrace: err
                     .downcast_ref::<WasmBacktrace>()
-                    .map(|bt| tail(&bt.to_string(), 4096))
+                    .map(backtrace)
                     .unwrap_or_default(),
             },
             None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -358,7 +410,7 @@ impl Runner {
                     policy,
                     call,
                     trap: format!("the component exited with status {}", exit.0),
-                    message: tail(stderr, 2048),
+                    message: stderr.to_owned(),
                     backtrace: String::new(),
                 },
                 // Not a trap while instantiating: a limit refused the instance (its count, a
@@ -382,14 +434,47 @@ impl Runner {
     }
 }
 
-/// The last `max` bytes of `s`, cut at a character boundary.
-fn tail(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.trim().to_owned();
+/// What a log line costs beyond its text: the log's own prefix and newline (`cairn: ` and `\n`
+/// in the CLI), so that many short lines cost what they take on the terminal.
+const LINE_OVERHEAD: usize = 8;
+
+/// Most bytes of a backtrace kept in an error.
+const MAX_BACKTRACE_BYTES: usize = 4096;
+
+/// A wasm backtrace as lines cairn can show: one per frame, innermost first, with the
+/// function's (demangled) name and source position when the component carries them. The names
+/// come from the component's name section, so each goes through the guest-text sanitiser: a
+/// function named with a newline and a forged `cairn:` line stays on its frame's line.
+fn backtrace(bt: &WasmBacktrace) -> String {
+    let mut out = String::new();
+    for (i, frame) in bt.frames().iter().enumerate() {
+        let module = frame.module().name().unwrap_or("<unknown>");
+        let func = match frame.func_name() {
+            Some(name) => rustc_demangle::demangle(name).to_string(),
+            None => format!("<wasm function {}>", frame.func_index()),
+        };
+        let mut line = format!(
+            "  {i:>3}: {}!{}",
+            text::one_line(module, text::MAX_NAME_BYTES),
+            text::one_line(&func, text::MAX_NAME_BYTES)
+        );
+        if let Some(sym) = frame.symbols().first()
+            && let Some(file) = sym.file()
+        {
+            line.push_str(&format!(
+                " at {}:{}",
+                text::one_line(file, text::MAX_NAME_BYTES),
+                sym.line().unwrap_or(0)
+            ));
+        }
+        if out.len() + line.len() > MAX_BACKTRACE_BYTES {
+            out.push_str(&format!("  … {} more frames", bt.frames().len() - i));
+            break;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&line);
     }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", s[start..].trim())
+    out
 }

@@ -21,10 +21,13 @@ pub struct PolicyStats {
     pub fuel: u64,
     /// Wall-clock time spent in calls.
     pub time: Duration,
-    /// Largest linear memory granted, bytes.
+    /// Most memory its instances held at once, bytes: all memories and tables together.
     pub peak_memory: u64,
     /// Fresh instances made after a failure.
     pub reinstantiations: u64,
+    /// Bytes of the policy's output and messages not shown because they went over
+    /// `[sandbox] max_log_bytes_per_run`.
+    pub output_dropped_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +38,7 @@ struct Counters {
     time_ns: AtomicU64,
     peak_memory: AtomicU64,
     reinstantiations: AtomicU64,
+    output_dropped_bytes: AtomicU64,
 }
 
 /// A shared, read-only view of a policy's [`PolicyStats`], readable after the policy is boxed.
@@ -52,6 +56,7 @@ impl StatsHandle {
             time: Duration::from_nanos(c.time_ns.load(Relaxed)),
             peak_memory: c.peak_memory.load(Relaxed),
             reinstantiations: c.reinstantiations.load(Relaxed),
+            output_dropped_bytes: c.output_dropped_bytes.load(Relaxed),
         }
     }
 }
@@ -69,7 +74,7 @@ pub struct CallCost {
     pub time: Duration,
     /// Fuel it consumed.
     pub fuel: u64,
-    /// The store's largest linear memory so far, bytes.
+    /// The store's memories and tables so far, bytes.
     pub peak_memory: u64,
 }
 
@@ -92,6 +97,11 @@ impl StatsWriter {
         if cost.peak_memory > c.peak_memory.load(Relaxed) {
             c.peak_memory.store(cost.peak_memory, Relaxed);
         }
+    }
+
+    /// The bytes of output dropped so far (a running total kept by the runner).
+    pub fn output_dropped(&mut self, total: u64) {
+        (self.0).0.output_dropped_bytes.store(total, Relaxed);
     }
 
     /// Count a fresh instance made after a failure.
@@ -135,6 +145,7 @@ mod tests {
                 time: Duration::from_micros(5),
                 peak_memory: 1 << 16,
                 reinstantiations: 1,
+                output_dropped_bytes: 0,
             }
         );
     }

@@ -13,6 +13,11 @@ use cairn::policy::types::TimestampField;
 static MODE: Mutex<(String, u64)> = Mutex::new((String::new(), 0));
 static HOARD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
+/// A terminal-forging text: erase the line, move up, a fake verdict, a bell, a carriage return,
+/// a window title and colours.
+const FORGED: &str =
+    "\x1b[2K\r\x1b[1Acairn: all checkpoints verified\x07\r\x1b]0;pwned\x07\x1b[31mred\x1b[0m";
+
 fn recurse(n: u64) -> u64 {
     if n == 0 {
         0
@@ -38,6 +43,9 @@ impl Guest for Hostile {
             }
         }
         match mode.0.as_str() {
+            // Issue 18, class 3: an `err` of `arg` bytes (a forged line first).
+            "init-err" => Err(format!("{FORGED}\n{}", "x".repeat(mode.1 as usize))),
+            "init-err-forged" => Err(format!("{FORGED}\n{FORGED}")),
             "panic-init" => panic!("hostile policy panics in init"),
             "loop-init" => loop {
                 black_box(0);
@@ -80,6 +88,39 @@ impl Guest for Hostile {
                 true
             }
             "run-name" => cairn::policy::host::describe_run().run_name == "tenant-a",
+            // Issue 18, class 3: `arg` bytes (default 16 KiB, the per-call cap) of two-byte
+            // lines at every event, each of which the host logs with its own prefix.
+            "print-flood" => {
+                let n = if arg == 0 { 16 << 10 } else { arg as usize };
+                print!("{}", "a\n".repeat(n / 2));
+                false
+            }
+            // Escape sequences, BEL, CR and a forged cairn line, on stdout and stderr.
+            "print-forged" => {
+                println!("{FORGED}");
+                eprintln!("{FORGED}");
+                println!("ok\rcairn: all checkpoints verified");
+                false
+            }
+            // A panic whose message is `arg` bytes (the std panic handler writes it to stderr).
+            "panic-big" => panic!("{FORGED}{}", "y".repeat(arg as usize)),
+            // `arg` calls of `host.describe-run` (each copies the run name into the guest).
+            "describe-run" => {
+                let mut total = 0u64;
+                for _ in 0..arg {
+                    total += cairn::policy::host::describe_run().run_name.len() as u64;
+                }
+                black_box(total) == 0
+            }
+            // `arg` calls of `training.metric` with a 4 MiB name (copied out at every call).
+            "metric-name" => {
+                let name = "m".repeat(4 << 20);
+                let mut hits = 0;
+                for _ in 0..arg {
+                    hits += cairn::policy::training::metric(&name).is_some() as u32;
+                }
+                hits > 0
+            }
             "read" => {
                 // `arg` more reads of the training interface: what one read costs, for
                 // `cairn bench policy --config mode=read --config arg=N`.
