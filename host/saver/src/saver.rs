@@ -289,7 +289,9 @@ impl CheckpointSaver {
             let budget = config
                 .staging_budget_mib
                 .map_or_else(|| default_staging_budget(ranks), |mib| mib << 20);
-            StagingPool::new(budget)
+            let mut pool = StagingPool::new(budget);
+            pool.set_copy_threads(copy_threads(ranks));
+            pool
         });
         Ok(CheckpointSaver {
             naming,
@@ -1058,6 +1060,16 @@ enum Staged {
 /// `staging_budget_mib` when the config leaves it unset: half the machine's memory shared by
 /// its local ranks, at most 32 GiB (torchsnapshot's per-rank budget is 0.6 of free memory over
 /// the local ranks, at most 32 GiB).
+/// Threads for the copy into staging: this rank's share of the machine's cores, at most four.
+/// Nothing else of the save runs while it copies (the previous save is written by then), and two
+/// threads copied 1.4x faster than one on the 2-core machine the benchmark ran on
+/// (`cairn-bench async-save`: 8.7 against 12.2 GB/s).
+fn copy_threads(ranks: Ranks) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let ranks_here = usize::try_from(ranks.local_world_size.max(1)).unwrap_or(1);
+    (cores / ranks_here).clamp(1, 4)
+}
+
 fn default_staging_budget(ranks: Ranks) -> u64 {
     const CAP: u64 = 32 << 30;
     // SAFETY: `sysconf` takes no pointers.

@@ -90,9 +90,9 @@ impl StagingPool {
         }
     }
 
-    /// Copy with `threads` threads (at least 1). One is the default: on the 2-core machine this
-    /// was measured on, a second copying thread gained nothing (memory bandwidth bounds the copy,
-    /// not the core), and the other core is the writer's.
+    /// Copy with `threads` threads (at least 1; one by default). Memory bandwidth bounds the
+    /// copy, so more threads help only up to the channels one core cannot fill: the saver uses
+    /// its share of the cores, at most four.
     pub fn set_copy_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
     }
