@@ -49,7 +49,7 @@ def test_signature_is_composers_plus_config(native):
     ours = inspect.signature(CheckpointSaver.__init__).parameters
     assert list(ours)[:len(theirs)] == list(theirs)
     assert [p.kind for p in list(ours.values())[:len(theirs)]] == [p.kind for p in theirs.values()]
-    assert list(ours)[len(theirs):] == ["config"]
+    assert list(ours)[len(theirs):] == ["async_save", "staging_budget_mib", "config"]
 
 
 def test_defaults_and_attributes_match_composers(native):

@@ -107,7 +107,7 @@ fn measure(
                     barrier.wait();
                     let started = Instant::now();
                     let saved = saver.save(&ts, Event::Batch, || Ok(model.snapshot(1)))?;
-                    bytes = saved.map_or(0, |s| s.bytes);
+                    bytes = saved.as_ref().and_then(|s| s.written()).map_or(0, |s| s.bytes);
                     if rank == 0 {
                         let report = saver.wait_for_commits(None);
                         anyhow::ensure!(report.failed.is_empty(), "{:?}", report.failed);

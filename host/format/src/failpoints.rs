@@ -11,14 +11,16 @@
 //! - `return(enospc)`: the call fails with `ENOSPC`, as on a full disk;
 //! - `return` (anything else): the call fails with an error naming the failpoint.
 //!
-//! Every failpoint of cairn is listed in [`NAMES`] (the save pipeline) or [`SHARDED`] (the commit
-//! protocol of sharded saves). With `FAILPOINTS_RANK=R` only the process whose `RANK` is `R` takes
-//! `FAILPOINTS`, so a test of `cairn run --world-size N` can fail one rank.
+//! Every failpoint of cairn is listed in [`NAMES`] (the save pipeline), [`ASYNC_NAMES`] (a save
+//! written behind training) or [`SHARDED`] (the commit protocol of sharded saves). With
+//! `FAILPOINTS_RANK=R` only the process whose `RANK` is `R` takes `FAILPOINTS`, so a test of
+//! `cairn run --world-size N` can fail one rank.
 
 /// Exit status of a process killed by `return(abort)`.
 pub const DIED: i32 = 86;
 
-/// Every failpoint, in the order a save reaches them.
+/// Every failpoint of a save, in the order a save reaches them (a save behind training reaches
+/// [`ASYNC_NAMES`] first).
 pub const NAMES: [&str; 6] = [
     "durable::after-write",
     "durable::after-fsync",
@@ -36,6 +38,10 @@ pub const SHARDED: [&str; 3] = [
     "sharded::before-manifest",
     "sharded::before-latest",
 ];
+
+/// The failpoints only a save written behind training (`async_save`) reaches: `writer::start`, on
+/// the writer thread before the checkpoint file is created.
+pub const ASYNC_NAMES: [&str; 1] = ["writer::start"];
 
 /// The failure a `return` action asks for at failpoint `name`: dies for `abort`, else the error.
 pub fn injected(name: &str, action: Option<String>) -> std::io::Error {

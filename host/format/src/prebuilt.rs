@@ -52,6 +52,12 @@ impl Prebuilt {
         Ok(Prebuilt { pickle, records })
     }
 
+    /// The records' bytes, to be re-pointed (a save behind training copies them into staging);
+    /// the keys stay as checked.
+    pub fn storages_mut(&mut self) -> impl Iterator<Item = &mut Bytes> {
+        self.records.iter_mut().map(|(_, bytes)| bytes)
+    }
+
     /// The `data.pkl` bytes.
     pub fn pickle(&self) -> &[u8] {
         &self.pickle

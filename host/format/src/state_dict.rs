@@ -387,6 +387,63 @@ impl Value {
         Some(node)
     }
 
+    /// Call `f` on every tensor of the tree, wherever it sits (dict values and `BUILD` state,
+    /// list and tuple items, the arguments, state and items of an [`Object`]), so a caller can
+    /// re-point storages, as a save behind training does when it copies them into staging.
+    ///
+    /// A shared subtree is re-pointed once and stays shared: every handle to it ends up naming
+    /// the same new subtree, so the file written from the result keeps the aliasing.
+    pub fn for_each_tensor_mut(&mut self, f: &mut dyn FnMut(&mut Tensor)) {
+        self.tensors_mut(f, &mut HashMap::new());
+    }
+
+    fn tensors_mut(&mut self, f: &mut dyn FnMut(&mut Tensor), done: &mut HashMap<usize, Shared>) {
+        match self {
+            Value::Shared(s) => {
+                let id = s.id();
+                if let Some(new) = done.get(&id) {
+                    *s = new.clone();
+                    return;
+                }
+                let mut inner = s.get().clone();
+                inner.tensors_mut(f, done);
+                let new = Shared::new(inner);
+                done.insert(id, new.clone());
+                *s = new;
+            }
+            Value::Tensor(t) => f(t),
+            Value::Dict(d) => {
+                d.entries.values_mut().for_each(|v| v.tensors_mut(f, done));
+                if let Some(s) = &mut d.state {
+                    s.tensors_mut(f, done);
+                }
+            }
+            Value::List(items) | Value::Tuple(items) => {
+                items.iter_mut().for_each(|v| v.tensors_mut(f, done));
+            }
+            Value::Object(o) => {
+                if let Construct::Reduce(args) | Construct::NewObj(args) = &mut o.construct {
+                    args.iter_mut().for_each(|v| v.tensors_mut(f, done));
+                }
+                o.state
+                    .iter_mut()
+                    .chain(&mut o.list_items)
+                    .for_each(|v| v.tensors_mut(f, done));
+                for (k, v) in &mut o.dict_items {
+                    k.tensors_mut(f, done);
+                    v.tensors_mut(f, done);
+                }
+            }
+            Value::Int(_)
+            | Value::BigInt(_)
+            | Value::Float(_)
+            | Value::Bool(_)
+            | Value::Str(_)
+            | Value::Bytes(_)
+            | Value::None => {}
+        }
+    }
+
     /// The values this node holds directly, in writing order (dict keys are not values).
     pub fn children(&self) -> Vec<&Value> {
         match self {
@@ -781,6 +838,35 @@ mod tests {
         t.shape = vec![1];
         t.stride = vec![1];
         assert_eq!(&t.contiguous_bytes().unwrap()[..], &2.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn every_tensor_is_visited_wherever_it_sits() {
+        let t = || Value::Tensor(Tensor::from_f32(vec![1], &[1.0]));
+        let object = Object {
+            module: "m".into(),
+            name: "n".into(),
+            construct: Construct::Reduce(vec![t()]),
+            state: Some(t()),
+            list_items: vec![t()],
+            dict_items: vec![(Value::from("k"), t())],
+        };
+        let mut dict = Dict::new().with("a", t());
+        dict.state = Some(Box::new(t()));
+        let mut tree = Value::List(vec![
+            Value::Dict(dict),
+            Value::Tuple(vec![t(), Value::Int(3)]),
+            Value::Object(Box::new(object)),
+        ]);
+        let mut seen = 0;
+        tree.for_each_tensor_mut(&mut |t| {
+            t.requires_grad = true;
+            seen += 1;
+        });
+        assert_eq!(seen, 7);
+        let mut all = true;
+        crate::count_tensors(&tree, &mut |t| all &= t.requires_grad);
+        assert!(all);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cairn::format::Prebuilt;
 use cairn::policy::{Ranks, TrainingState};
-use cairn::{CheckpointSaver, CommitReport, PrebuiltOptions, RunNameOrigin, Template, Vars};
+use cairn::{CheckpointSaver, CommitReport, PrebuiltOptions, RunNameOrigin, Taken, Template, Vars};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -46,10 +46,18 @@ pub struct Saver {
 pub struct SaveResult {
     /// The checkpoint's path.
     path: String,
-    /// Its size on disk.
+    /// Its size on disk; for a save written behind training, the tensor bytes copied into staging.
     bytes: u64,
-    /// Seconds from the call to the durable rename and `latest` (GIL released throughout).
+    /// Seconds from the call to its return (GIL released throughout): the durable rename and
+    /// `latest` for a synchronous save, the copy into staging for one behind training.
     seconds: f64,
+    /// Seconds training was held by the save (the wait for the previous one included).
+    blocked_seconds: f64,
+    /// The part of `blocked_seconds` spent waiting for the previous save behind training.
+    waited_seconds: f64,
+    /// True when the file is being written behind training (`async_save`): it is durable once
+    /// `poll` reports it as `("written", path)`, and its failure is raised there.
+    behind: bool,
     /// Local checkpoints retention deleted during this save.
     deleted: Vec<String>,
 }
@@ -260,18 +268,37 @@ impl Saver {
         })?;
         // The tensors' owners are released here, with the GIL held.
         drop(checkpoint);
-        let saved = saved.ok_or_else(|| {
+        let taken = saved.ok_or_else(|| {
             PyRuntimeError::new_err(format!(
                 "{} was not saved: the ignore_keys policy failed and its on_error is \"skip\" (see the warning)",
                 path.display()
             ))
         })?;
+        let (bytes, waited_seconds, behind) = match &taken {
+            Taken::Written(s) => (s.bytes, s.waited_seconds, false),
+            Taken::Staged(s) => (s.staged_bytes, s.waited_seconds, true),
+        };
         Ok(SaveResult {
             path: path.display().to_string(),
-            bytes: saved.bytes,
+            bytes,
             seconds: started.elapsed().as_secs_f64(),
+            blocked_seconds: taken.blocked_seconds(),
+            waited_seconds,
+            behind,
             deleted,
         })
+    }
+
+    /// Wait for the save being written behind training (`async_save`), if any; raises its
+    /// failure. GIL released.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        detached(py, || Ok(self.lock()?.flush()?))
+    }
+
+    /// Whether saves are written behind training (`async_save`).
+    #[getter]
+    fn is_async(&self, py: Python<'_>) -> PyResult<bool> {
+        detached(py, || Ok(self.lock()?.is_async()))
     }
 
     /// Apply `num_checkpoints_to_keep` now; the deleted paths.
@@ -292,6 +319,16 @@ impl Saver {
     fn poll(&self, py: Python<'_>) -> PyResult<Vec<(String, String)>> {
         detached(py, || {
             let mut saver = self.lock()?;
+            let behind = match saver.collect_written() {
+                Ok(()) => None,
+                Err(e @ cairn::Error::WrittenBehind { .. }) => Some(e.to_string()),
+                Err(e) => return Err(e.into()),
+            };
+            let written: Vec<(String, String)> = saver
+                .take_completed()
+                .into_iter()
+                .map(|s| ("written".to_owned(), s.path.display().to_string()))
+                .collect();
             let failed = match saver.check_uploads() {
                 Ok(()) => None,
                 Err(e @ cairn::Error::UploadsFailed(_)) => Some(("upload-failed", e.to_string())),
@@ -305,6 +342,8 @@ impl Saver {
                 .into_iter()
                 .map(|w| ("warning".to_owned(), w))
                 .collect();
+            out.extend(written);
+            out.extend(behind.map(|f| ("save-failed".to_owned(), f)));
             out.extend(failed.map(|(kind, f)| (kind.to_owned(), f)));
             Ok(out)
         })

@@ -42,6 +42,8 @@ pub const MAX_CONCURRENT_UPLOADS: i64 = 256;
 /// step. Ten minutes covers the upload of a large shard on a slow link; a rank that died is
 /// reported after that.
 pub const DEFAULT_COMMIT_TIMEOUT_SECONDS: f64 = 600.0;
+/// Largest `staging_budget_mib`: 1 TiB (past 2^44 MiB the byte count wraps).
+pub const MAX_STAGING_BUDGET_MIB: i64 = 1 << 20;
 
 /// A configuration problem: where it is and what is wrong, in one sentence.
 #[derive(Debug, Error)]
@@ -235,6 +237,14 @@ pub struct CheckpointSection {
     /// How long global rank 0 waits for every rank's shard of a sharded step.
     #[serde(default = "defaults::commit_timeout")]
     pub commit_timeout_s: Spanned<f64>,
+    /// Write checkpoints behind training: a due save copies the tensors into staging buffers and
+    /// returns; the rest runs on a background writer.
+    #[serde(default)]
+    pub async_save: bool,
+    /// Most MiB of staging buffers `async_save` may hold; a larger state saves synchronously.
+    /// Unset: half the machine's memory over its local ranks, at most 32 GiB.
+    #[serde(default)]
+    pub staging_budget_mib: Option<Spanned<i64>>,
 }
 
 impl Default for CheckpointSection {
@@ -380,6 +390,10 @@ pub struct Config {
     pub remote_url: String,
     /// What a failed upload does to training.
     pub on_upload_failure: OnUploadFailure,
+    /// Write checkpoints behind training.
+    pub async_save: bool,
+    /// The staging budget in MiB, if set (else the saver picks one from the machine's memory).
+    pub staging_budget_mib: Option<u64>,
     /// Policy limits.
     pub sandbox: SandboxConfig,
     /// Bounds on reading checkpoint files.
@@ -778,6 +792,27 @@ impl ConfigFile {
                 names::check_shared_folder(&folder),
             )?;
         }
+        if c.sharded && c.async_save {
+            return Err(at.error(
+                None,
+                "checkpoint.async_save cannot be combined with sharded = true yet: a rank publishes its shard's record once the shard is durable, which a save written behind training is not when the save returns",
+            ));
+        }
+        let staging_budget_mib = match &c.staging_budget_mib {
+            None => None,
+            Some(mib) if (1..=MAX_STAGING_BUDGET_MIB).contains(mib.get_ref()) => {
+                Some(*mib.get_ref() as u64)
+            }
+            Some(mib) => {
+                return Err(at.at(
+                    mib,
+                    format!(
+                        "checkpoint.staging_budget_mib must be between 1 and {MAX_STAGING_BUDGET_MIB} (1 TiB), not {}",
+                        mib.get_ref()
+                    ),
+                ));
+            }
+        };
         if self.sandbox.memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
             return Err(at.error(
                 None,
@@ -804,6 +839,8 @@ impl ConfigFile {
             commit_timeout_s: commit_timeout,
             remote_url: url.get_ref().clone(),
             on_upload_failure: self.remote.on_failure,
+            async_save: c.async_save,
+            staging_budget_mib,
             sandbox: self.sandbox,
             read: self.read.limits(at)?,
             folder,
@@ -986,6 +1023,8 @@ mod tests {
             (1, 3600.0)
         );
         assert_eq!(c.sandbox, SandboxConfig::default());
+        assert!(!c.async_save);
+        assert_eq!(c.staging_budget_mib, None);
     }
 
     #[test]
@@ -1210,12 +1249,28 @@ on_error = "skip"
                 "[sandbox]\nmemory_limit_mib = 17592186044416\n",
                 "at most 1048576",
             ),
+            (
+                "[checkpoint]\nstaging_budget_mib = 0\n",
+                "checkpoint.staging_budget_mib must be between 1 and 1048576 (1 TiB), not 0",
+            ),
+            (
+                "[checkpoint]\nstaging_budget_mib = 1048577\n",
+                "between 1 and 1048576",
+            ),
+            ("[checkpoint]\nasync_save = \"yes\"\n", "async_save"),
+            (
+                "[checkpoint]\nsharded = true\nasync_save = true\nfilename = \"ba{batch}-rank{rank}.pt\"\n",
+                "checkpoint.async_save cannot be combined with sharded = true yet",
+            ),
         ] {
             let e = error(text);
             assert!(e.contains(needle), "{text:?}: {e}");
         }
         let c = parse("[checkpoint]\nupload_timeout_in_seconds = 31536000\n").unwrap();
         assert_eq!(c.upload_timeout_in_seconds, MAX_UPLOAD_TIMEOUT_SECONDS);
+        let c = parse("[checkpoint]\nasync_save = true\nstaging_budget_mib = 1048576\n").unwrap();
+        assert!(c.async_save);
+        assert_eq!(c.staging_budget_mib, Some(1 << 20));
     }
 
     /// Issue 17, item 2: a `folder` given as a URL names its objects `<url path>/<filename>`

@@ -93,6 +93,28 @@ pub enum Error {
     /// one is needed to save again.
     #[error("the checkpoint saver was closed; create a new one to save again")]
     Closed,
+    /// A save written behind training (`async_save`) failed. It is returned by the next call
+    /// into the saver (a checkpoint event, `fit_end`, `close`), as Composer raises a failed upload
+    /// at the next event; `source` is what a synchronous save would have returned.
+    #[error("saving {} behind training failed: {source}", path.display())]
+    WrittenBehind {
+        /// The checkpoint that was being written.
+        path: PathBuf,
+        /// What went wrong.
+        source: Box<Error>,
+    },
+    /// The thread writing a save behind training panicked (a bug in cairn, reported as that
+    /// save's failure rather than taking the training process down).
+    #[error("the background writer stopped unexpectedly ({message}); this is a bug in cairn")]
+    WriterPanicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The saver lost its background writer to an earlier failure and cannot save any more.
+    #[error(
+        "the checkpoint saver lost its background writer to an earlier failure; create a new saver to save again"
+    )]
+    WriterLost,
     /// A checkpoint to resume from holds something cairn cannot continue from.
     #[error("cannot resume from {}: {reason}", path.display())]
     Resume {
@@ -144,6 +166,15 @@ fn uploads_failed(failures: &[UploadFailure]) -> String {
 }
 
 impl Error {
+    /// The error itself, or for a failure behind training what the save failed with (the one
+    /// a synchronous save would have returned), to match on.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Error::WrittenBehind { source, .. } => source.cause(),
+            other => other,
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

@@ -15,7 +15,9 @@
 //! # Ok::<(), cairn::Error>(())
 //! ```
 
+mod background;
 mod checkpoint;
+mod commit;
 pub mod config;
 mod error;
 mod gate;
@@ -34,6 +36,7 @@ pub use cairn_format as format;
 pub use cairn_format::failpoints;
 pub use cairn_policy as policy;
 
+pub use background::pool::{StagingPool, StagingStats, TooLarge};
 pub use checkpoint::{
     BadValue, MAX_COUNTER, MAX_WALL_CLOCK_SECS, Snapshot, build as build_checkpoint, read_history,
     read_timestamp, restore_state_key, timedelta,
@@ -44,5 +47,7 @@ pub use gate::Schedule;
 pub use local::latest::{PointerKind, resolve as resolve_latest};
 pub use platform::Platform;
 pub use resume::{ResumePoint, ResumeReason};
-pub use saver::{CheckpointSaver, CommitReport, PrebuiltOptions, SavedCheckpoint};
+pub use saver::{
+    CheckpointSaver, CommitReport, PrebuiltOptions, SavedCheckpoint, StagedCheckpoint, Taken,
+};
 pub use template::{Template, TemplateError, Var, Vars};

@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use cairn::policy::{Event, PolicyHost, Ranks, TrainingState};
-use cairn::{CheckpointSaver, RunNameOrigin};
+use cairn::{CheckpointSaver, RunNameOrigin, SavedCheckpoint, Taken};
 
 use crate::train::{EMBEDDED_DEFAULT, Events, Job, SyntheticModel, TrainerSpec, synthetic_loss};
 
@@ -64,6 +64,15 @@ struct Summary {
     bytes: u64,
     save_seconds: f64,
     throughput_mb_s: f64,
+    /// Whether saves were written behind training (`[checkpoint] async_save`).
+    async_save: bool,
+    /// Seconds training was held by saves: all of each save when synchronous; with `async_save`
+    /// the snapshot (the copy into staging) and any wait for the previous save.
+    blocked_seconds: f64,
+    /// The part of `blocked_seconds` spent waiting for the previous save to be written.
+    waited_seconds: f64,
+    /// The staging buffers of `async_save`.
+    staging: Option<StagingSummary>,
     /// Until the last checkpoint event: what training itself took (uploads run beside it).
     training_seconds: f64,
     /// Including the wait for uploads at the end.
@@ -104,6 +113,21 @@ struct CommitSummary {
     latency_ms_max: u64,
     latency_ms_median: u64,
     failures: Vec<String>,
+}
+
+/// What `async_save`'s staging did.
+#[derive(Debug, Default, Serialize)]
+struct StagingSummary {
+    /// The staging buffer's size.
+    pool_bytes: u64,
+    /// Allocations of it: 1 when it was reused by every save.
+    allocations: u64,
+    /// Tensor bytes copied, over all saves.
+    staged_bytes: u64,
+    /// Seconds the copies took.
+    copy_seconds: f64,
+    /// `staged_bytes / copy_seconds`: the memory bandwidth the snapshots got.
+    copy_gb_s: f64,
 }
 
 /// The uploads of a run.
@@ -453,6 +477,7 @@ fn train_with(
         folder: saver.folder().display().to_string(),
         ..Summary::default()
     };
+    summary.async_save = saver.is_async();
     let spec = TrainerSpec {
         max_duration: t.max_duration,
         batches_per_epoch: t.batches_per_epoch,
@@ -485,6 +510,8 @@ fn train_with(
         start = point.timestamp;
         summary.resumed_from = Some(point.path.display().to_string());
     }
+    // The staging buffers' pages are faulted in now rather than by the first save.
+    saver.reserve_staging(model.storage_sizes())?;
     saver.fit_start(&start).map_err(|e| match e {
         cairn::Error::FutureCheckpoint { .. } if !resume => anyhow::Error::new(e)
             .context("this folder holds an earlier run; to continue it, add --resume"),
@@ -510,14 +537,20 @@ fn train_with(
             ranks: Ranks::from_env(),
             metrics: &metrics,
         };
-        let saved = saver.on_event(&state, tick.event, || {
+        let taken = saver.on_event(&state, tick.event, || {
             Ok(model.snapshot(t.samples_per_batch))
         })?;
-        if let Some(s) = saved {
-            summary.saves += 1;
-            summary.bytes += s.bytes;
-            summary.save_seconds += s.seconds;
-            progress.saved(s.event, &s.path.display().to_string(), s.bytes, s.seconds);
+        match taken {
+            Some(Taken::Written(s)) => summary.saved(&s, false, &progress),
+            Some(Taken::Staged(s)) => {
+                summary.blocked_seconds += s.blocked_seconds;
+                summary.waited_seconds += s.waited_seconds;
+                progress.staged(&s);
+            }
+            None => {}
+        }
+        for s in saver.take_completed() {
+            summary.saved(&s, true, &progress);
         }
         for w in saver.take_warnings() {
             progress.warn(&w);
@@ -561,7 +594,21 @@ fn train_with(
             failures: c.failed.iter().map(|f| f.to_string()).collect(),
         });
     }
+    for s in saver.take_completed() {
+        summary.saved(&s, true, &progress);
+    }
     progress.finish();
+    summary.staging = saver.staging_stats().map(|st| StagingSummary {
+        pool_bytes: st.capacity_bytes,
+        allocations: st.allocations,
+        staged_bytes: st.bytes,
+        copy_seconds: st.copy_seconds,
+        copy_gb_s: if st.copy_seconds > 0.0 {
+            st.bytes as f64 / 1e9 / st.copy_seconds
+        } else {
+            0.0
+        },
+    });
     for w in saver.take_warnings() {
         summary.warnings.push(w);
     }
@@ -588,18 +635,30 @@ fn train_with(
     Ok(summary)
 }
 
-/// The process's peak resident set size so far (`getrusage`), where the platform reports it.
+impl Summary {
+    /// A checkpoint is durable: count it. `behind`: it was written behind training, and the
+    /// time it held training was counted when it was staged.
+    fn saved(&mut self, s: &SavedCheckpoint, behind: bool, progress: &Progress) {
+        self.saves += 1;
+        self.bytes += s.bytes;
+        self.save_seconds += s.seconds;
+        if !behind {
+            self.blocked_seconds += s.blocked_seconds;
+            self.waited_seconds += s.waited_seconds;
+        }
+        progress.saved(s);
+    }
+}
+
+/// The process's peak resident set size so far, where the platform reports it: `VmHWM` of
+/// `/proc/self/status`, which belongs to this program's own address space. Not `getrusage`'s
+/// `ru_maxrss`: Linux starts it at the forking process's resident size, so a `cairn run` started
+/// by a large parent (a test harness, a Python trainer) would report the parent's size.
 fn peak_rss_bytes() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        // Linux reports kibibytes.
-        crate::rusage::rusage(libc::RUSAGE_SELF)
-            .map(|usage| u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        None
-    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// A progress bar on a terminal, plain lines otherwise.
@@ -651,13 +710,32 @@ impl Progress {
         }
     }
 
-    fn saved(&self, event: Event, path: &str, bytes: u64, seconds: f64) {
-        let line = format!(
-            "{prefix}saved {path} at {event} ({:.1} MB in {seconds:.2} s, {:.0} MB/s)",
-            bytes as f64 / 1e6,
-            bytes as f64 / 1e6 / seconds.max(1e-9),
+    fn saved(&self, s: &SavedCheckpoint) {
+        let (bytes, seconds) = (s.bytes as f64 / 1e6, s.seconds);
+        self.line(format!(
+            "{prefix}saved {} at {} ({bytes:.1} MB in {seconds:.2} s, {:.0} MB/s; training blocked {:.3} s)",
+            s.path.display(),
+            s.event,
+            bytes / seconds.max(1e-9),
+            s.blocked_seconds,
             prefix = self.prefix
-        );
+        ));
+    }
+
+    fn staged(&self, s: &cairn::StagedCheckpoint) {
+        self.line(format!(
+            "{prefix}staged {} at {} ({:.1} MB copied in {:.3} s; training blocked {:.3} s, of which {:.3} s waiting for the previous save); writing it behind training",
+            s.path.display(),
+            s.event,
+            s.staged_bytes as f64 / 1e6,
+            s.copy_seconds,
+            s.blocked_seconds,
+            s.waited_seconds,
+            prefix = self.prefix
+        ));
+    }
+
+    fn line(&self, line: String) {
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
@@ -703,6 +781,17 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         ("checkpoints saved", s.saves.to_string()),
         ("bytes written", format!("{:.1} MB", s.bytes as f64 / 1e6)),
         ("time saving", format!("{:.2} s", s.save_seconds)),
+        (
+            "training blocked",
+            if s.async_save {
+                format!(
+                    "{:.2} s by saves (async_save: snapshots, and {:.2} s waiting for the previous save)",
+                    s.blocked_seconds, s.waited_seconds
+                )
+            } else {
+                format!("{:.2} s by saves (synchronous)", s.blocked_seconds)
+            },
+        ),
         (
             "save throughput",
             format!("{:.0} MB/s (durable: fsync + rename)", s.throughput_mb_s),

@@ -7,6 +7,7 @@
 //! same final state as an uninterrupted one.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -22,13 +23,19 @@ const LR: f64 = 1e-3;
 const BETAS: (f64, f64) = (0.9, 0.999);
 const EPS: f64 = 1e-8;
 
+/// A tensor's values. A snapshot borrows them without copying, as the Python package hands
+/// PyTorch's storages to the saver by pointer; training writes through [`Arc::make_mut`], which
+/// would copy only if a snapshot were still alive (the saver drops it, or its staged copy took
+/// its place, before the save returns).
+type Values = Arc<Vec<f32>>;
+
 /// One parameter tensor and its Adam state.
 struct Layer {
     name: String,
     shape: Vec<u64>,
-    weight: Vec<f32>,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
+    weight: Values,
+    exp_avg: Values,
+    exp_avg_sq: Values,
 }
 
 /// A model with Adam state, trained by [`SyntheticModel::train_step`].
@@ -99,9 +106,9 @@ impl SyntheticModel {
             layers.push(Layer {
                 name: format!("layers.{i}.weight"),
                 shape,
-                weight,
-                exp_avg,
-                exp_avg_sq,
+                weight: Arc::new(weight),
+                exp_avg: Arc::new(exp_avg),
+                exp_avg_sq: Arc::new(exp_avg_sq),
             });
         }
         SyntheticModel {
@@ -116,6 +123,19 @@ impl SyntheticModel {
         self.layers.iter().map(|l| l.weight.len() as u64 * 4).sum()
     }
 
+    /// The byte size of every storage [`SyntheticModel::snapshot`] hands over (for
+    /// `reserve_staging`).
+    pub fn storage_sizes(&self) -> Vec<u64> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                let n = l.weight.len() as u64 * 4;
+                // weight, Adam's step (a scalar tensor), exp_avg, exp_avg_sq
+                [n, 4, n, n]
+            })
+            .collect()
+    }
+
     /// One optimizer step after `batch`: an Adam update of a window of each tensor with a
     /// gradient derived from (seed, batch), so the same batch always does the same thing.
     pub fn train_step(&mut self, batch: u64) {
@@ -125,32 +145,30 @@ impl SyntheticModel {
         let (lr, eps) = (LR as f32, EPS as f32);
         let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let len = layer.weight.len();
+            let weight = Arc::make_mut(&mut layer.weight);
+            let exp_avg = Arc::make_mut(&mut layer.exp_avg);
+            let exp_avg_sq = Arc::make_mut(&mut layer.exp_avg_sq);
+            let len = weight.len();
             let mut rng =
                 SplitMix(self.seed ^ batch.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ i as u64);
             let start = (batch as usize).wrapping_mul(7919 * WINDOW) % len;
             for k in 0..WINDOW.min(len) {
                 let j = (start + k) % len;
                 let g = rng.normal2().0 * 1e-2;
-                let m = b1 * layer.exp_avg[j] + (1.0 - b1) * g;
-                let v = b2 * layer.exp_avg_sq[j] + (1.0 - b2) * g * g;
-                layer.exp_avg[j] = m;
-                layer.exp_avg_sq[j] = v;
-                layer.weight[j] -= lr * (m / c1) / ((v / c2).sqrt() + eps);
+                let m = b1 * exp_avg[j] + (1.0 - b1) * g;
+                let v = b2 * exp_avg_sq[j] + (1.0 - b2) * g * g;
+                exp_avg[j] = m;
+                exp_avg_sq[j] = v;
+                weight[j] -= lr * (m / c1) / ((v / c2).sqrt() + eps);
             }
         }
     }
 
-    /// The checkpoint state: a copy of every tensor (training goes on mutating the originals)
-    /// plus Composer's other `state` entries.
+    /// The checkpoint state: every tensor, borrowed without a copy (see [`Values`]), plus
+    /// Composer's other `state` entries.
     pub fn snapshot(&self, batch_size: u64) -> Snapshot {
-        let tensor = |shape: &[u64], v: &[f32]| {
-            let bytes: Vec<u8> = bytemuck_f32(v).to_vec();
-            Value::Tensor(Tensor::from_bytes(
-                DType::F32,
-                shape.to_vec(),
-                Bytes::from(bytes),
-            ))
+        let tensor = |shape: &[u64], v: &Values| {
+            Value::Tensor(Tensor::from_bytes(DType::F32, shape.to_vec(), le_bytes(v)))
         };
         let mut model = Dict::ordered();
         let mut adam_state = Dict::new();
@@ -238,16 +256,26 @@ impl SyntheticModel {
             .and_then(Value::as_dict);
         for layer in self.layers.iter_mut() {
             let key = |k: &str| format!("state/model/{k}");
-            read_into(model.get(&layer.name), &mut layer.weight, &key(&layer.name)).map_err(bad)?;
+            read_into(
+                model.get(&layer.name),
+                Arc::make_mut(&mut layer.weight).as_mut_slice(),
+                &key(&layer.name),
+            )
+            .map_err(bad)?;
             if let Some(s) = adam
                 .and_then(|a| a.entries.get(&Key::from(layer.name.as_str())))
                 .and_then(Value::as_dict)
             {
                 let key = |k: &str| format!("state/optimizers/Adam/state/{}/{k}", layer.name);
-                read_into(s.get("exp_avg"), &mut layer.exp_avg, &key("exp_avg")).map_err(bad)?;
+                read_into(
+                    s.get("exp_avg"),
+                    Arc::make_mut(&mut layer.exp_avg).as_mut_slice(),
+                    &key("exp_avg"),
+                )
+                .map_err(bad)?;
                 read_into(
                     s.get("exp_avg_sq"),
-                    &mut layer.exp_avg_sq,
+                    Arc::make_mut(&mut layer.exp_avg_sq).as_mut_slice(),
                     &key("exp_avg_sq"),
                 )
                 .map_err(bad)?;
@@ -295,13 +323,31 @@ fn read_into(v: Option<&Value>, out: &mut [f32], key: &str) -> Result<(), String
     Ok(())
 }
 
-/// The little-endian bytes of an `f32` slice (a plain copy on little-endian hosts).
-fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
+/// The little-endian bytes of shared `f32` values: on a little-endian host the values' own
+/// memory, borrowed; elsewhere a converted copy.
+fn le_bytes(v: &Values) -> Bytes {
+    #[cfg(target_endian = "little")]
+    {
+        Bytes::from_owner(LeBytes(Arc::clone(v)))
     }
-    out
+    #[cfg(not(target_endian = "little"))]
+    {
+        Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+}
+
+/// `f32` values seen as their bytes (little-endian hosts only).
+#[cfg(target_endian = "little")]
+struct LeBytes(Values);
+
+#[cfg(target_endian = "little")]
+impl AsRef<[u8]> for LeBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `f32` has no padding and every byte of an initialized `f32` is an initialized
+        // `u8`; the slice covers exactly the vector's elements, which the `Arc` keeps alive and
+        // unchanged (writers go through `Arc::make_mut`) for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * 4) }
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +367,37 @@ mod tests {
         }
         assert_eq!(b.layers[2].weight, c.layers[2].weight);
         assert_ne!(a.layers[0].weight, b.layers[0].weight);
+    }
+
+    fn first_weight(snapshot: &Snapshot) -> Bytes {
+        let tree = Value::Dict(snapshot.state.clone());
+        match tree.get_path(&["model", "layers.0.weight"]) {
+            Some(Value::Tensor(t)) => t.storage.bytes().clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshots_borrow_the_weights_and_never_see_later_steps() {
+        let mut m = SyntheticModel::new(1.0, 5);
+        let address = m.layers[0].weight.as_ptr() as usize;
+        let held = m.snapshot(1);
+        let bytes = first_weight(&held);
+        assert_eq!(bytes.as_ptr() as usize, address, "no copy");
+        let before = bytes.to_vec();
+        // A step while a snapshot is alive writes elsewhere: the snapshot does not change.
+        m.train_step(1);
+        assert_eq!(first_weight(&held).to_vec(), before);
+        assert_ne!(m.layers[0].weight.as_ptr() as usize, address);
+        drop((held, bytes));
+        // Once no snapshot holds them, steps write in place again.
+        let address = m.layers[0].weight.as_ptr() as usize;
+        m.train_step(2);
+        assert_eq!(m.layers[0].weight.as_ptr() as usize, address);
+        assert_eq!(
+            m.storage_sizes().iter().sum::<u64>(),
+            3 * m.weight_bytes() + 4
+        );
     }
 
     #[test]

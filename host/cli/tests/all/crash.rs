@@ -1,6 +1,8 @@
-//! Crash safety: `cairn run` killed with SIGKILL at random moments of saving, 200 times. After
-//! every kill each file under a checkpoint name is complete, `latest` names a complete
-//! checkpoint, and the next `cairn run --resume` continues from it.
+//! Crash safety: `cairn run` killed with SIGKILL at random moments of saving, 200 times with
+//! synchronous saves and 100 times with saves written behind training (`async_save`, where a kill
+//! also lands while the snapshot is copied into staging or while the writer thread and training
+//! run at once). After every kill each file under a checkpoint name is complete, `latest` names a
+//! complete checkpoint, and the next `cairn run --resume` continues from it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,12 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cairn_cli::train::SplitMix;
 
-const KILLS: usize = 200;
-
-fn config(dir: &Path, max: &str) -> PathBuf {
+fn config(dir: &Path, max: &str, async_save: bool) -> PathBuf {
     let path = dir.join(format!("crash-{max}.toml"));
     let text = format!(
-        "run_name = \"crash\"\n[checkpoint]\nfolder = \"ck\"\nsave_interval = \"1ba\"\nnum_checkpoints_to_keep = 3\nremote_file_name = false\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 7\nseconds_per_batch = 0\nmodel_mib = 1\n"
+        "run_name = \"crash\"\n[checkpoint]\nfolder = \"ck\"\nsave_interval = \"1ba\"\nnum_checkpoints_to_keep = 3\nremote_file_name = false\nasync_save = {async_save}\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 7\nseconds_per_batch = 0\nmodel_mib = 1\n"
     );
     fs::write(&path, text).unwrap();
     path
@@ -53,6 +53,15 @@ fn check_folder(ck: &Path, kill: usize) -> Option<u64> {
 
 #[test]
 fn sigkill_during_saves_never_loses_a_checkpoint() {
+    sigkill_during_saves(200, false);
+}
+
+#[test]
+fn sigkill_during_saves_behind_training_never_loses_a_checkpoint() {
+    sigkill_during_saves(100, true);
+}
+
+fn sigkill_during_saves(kills: usize, async_save: bool) {
     let seed = std::env::var("CAIRN_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -66,12 +75,12 @@ fn sigkill_during_saves_never_loses_a_checkpoint() {
     // Seeded from the clock and printed, so a failure can be replayed with CAIRN_CRASH_SEED.
     let mut rng = SplitMix(seed);
     let dir = tempfile::tempdir().unwrap();
-    let forever = config(dir.path(), "1000000ba");
+    let forever = config(dir.path(), "1000000ba", async_save);
     let ck = dir.path().join("ck");
     let mut last_batch = 0;
     let mut committed_once = false;
     let started = Instant::now();
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         let mut child = cairn(dir.path())
             .args(["run", "--resume", "--config", forever.to_str().unwrap()])
             .stdout(Stdio::null())
@@ -100,10 +109,10 @@ fn sigkill_during_saves_never_loses_a_checkpoint() {
     }
     assert!(
         last_batch > 0,
-        "no run ever committed a checkpoint in {KILLS} tries"
+        "no run ever committed a checkpoint in {kills} tries"
     );
     eprintln!(
-        "{KILLS} kills in {:.1} s; latest at batch {last_batch}",
+        "{kills} kills (async_save = {async_save}) in {:.1} s; latest at batch {last_batch}",
         started.elapsed().as_secs_f64()
     );
 
@@ -127,7 +136,7 @@ fn sigkill_during_saves_never_loses_a_checkpoint() {
         newest == last_batch || newest == last_batch + 1,
         "newest {newest}, latest {last_batch}"
     );
-    let finish = config(dir.path(), &format!("{}ba", newest + 3));
+    let finish = config(dir.path(), &format!("{}ba", newest + 3), async_save);
     let out = cairn(dir.path())
         .args([
             "run",
@@ -145,7 +154,7 @@ fn sigkill_during_saves_never_loses_a_checkpoint() {
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["batches"], 3, "{summary}");
-    assert_eq!(check_folder(&ck, KILLS), Some(newest + 3));
+    assert_eq!(check_folder(&ck, kills), Some(newest + 3));
     let leftovers = fs::read_dir(&ck).unwrap().filter(|e| {
         e.as_ref()
             .unwrap()

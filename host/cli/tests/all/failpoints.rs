@@ -14,12 +14,16 @@
 //!
 //! The full disk (`ENOSPC`) is tested on a real small tmpfs where the tests may mount one (they
 //! run as root in CI), else with an injected `ENOSPC`; the test says which.
+//!
+//! Every scenario runs twice: with synchronous saves and with `async_save = true`, where the
+//! steps run on the writer thread behind training (which adds its own failpoint, `writer::start`)
+//! and a failure comes back at the next checkpoint event.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cairn::failpoints::{DIED, NAMES};
+use cairn::failpoints::{ASYNC_NAMES, DIED, NAMES};
 
 fn cairn(dir: &Path, failpoints: Option<&str>, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
@@ -31,11 +35,12 @@ fn cairn(dir: &Path, failpoints: Option<&str>, args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
-/// Saves at every batch, keeps 2 (so the third save rotates), uploads to `./remote`.
-fn config(dir: &Path, max: &str) -> String {
+/// Saves at every batch, keeps 2 (so the third save rotates), uploads to `./remote`; writes
+/// behind training with `async_save`.
+fn config(dir: &Path, max: &str, async_save: bool) -> String {
     let path = dir.join(format!("fp-{max}.toml"));
     let text = format!(
-        "run_name = \"fp\"\n[checkpoint]\nfolder = \"ck\"\nsave_interval = \"1ba\"\nnum_checkpoints_to_keep = 2\n[remote]\nurl = \"file://./remote\"\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 0.25\n"
+        "run_name = \"fp\"\n[checkpoint]\nfolder = \"ck\"\nsave_interval = \"1ba\"\nnum_checkpoints_to_keep = 2\nasync_save = {async_save}\n[remote]\nurl = \"file://./remote\"\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 0.25\n"
     );
     fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
@@ -115,10 +120,11 @@ fn check(dir: &Path, what: &str) -> State {
 }
 
 /// One failpoint, one way of failing: run into it, check, resume without it, check again.
-fn stop_at(point: &str, die: bool) {
+fn stop_at(point: &str, die: bool, async_save: bool) {
     let what = format!(
-        "{point} ({})",
-        if die { "dies" } else { "returns an error" }
+        "{point} ({}{})",
+        if die { "dies" } else { "returns an error" },
+        if async_save { ", async_save" } else { "" }
     );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -132,7 +138,7 @@ fn stop_at(point: &str, die: bool) {
     let out = cairn(
         d,
         Some(&failpoints),
-        &["run", "--config", &config(d, "8ba")],
+        &["run", "--config", &config(d, "8ba", async_save)],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     if die {
@@ -161,7 +167,13 @@ fn stop_at(point: &str, die: bool) {
     let out = cairn(
         d,
         None,
-        &["run", "--resume", "--json", "--config", &config(d, "8ba")],
+        &[
+            "run",
+            "--resume",
+            "--json",
+            "--config",
+            &config(d, "8ba", async_save),
+        ],
     );
     let summary = cairn_testkit::success_json(&out);
     let resumed = summary["resumed_from"]
@@ -195,14 +207,28 @@ fn stop_at(point: &str, die: bool) {
 #[test]
 fn every_step_dies_cleanly() {
     for point in NAMES {
-        stop_at(point, true);
+        stop_at(point, true, false);
     }
 }
 
 #[test]
 fn every_step_fails_cleanly() {
     for point in NAMES {
-        stop_at(point, false);
+        stop_at(point, false, false);
+    }
+}
+
+#[test]
+fn every_step_behind_training_dies_cleanly() {
+    for point in ASYNC_NAMES.into_iter().chain(NAMES) {
+        stop_at(point, true, true);
+    }
+}
+
+#[test]
+fn every_step_behind_training_fails_cleanly() {
+    for point in ASYNC_NAMES.into_iter().chain(NAMES) {
+        stop_at(point, false, true);
     }
 }
 
@@ -212,10 +238,20 @@ fn every_step_fails_cleanly() {
 /// comes while it is in flight.
 #[test]
 fn an_error_finishes_the_uploads_in_flight() {
+    for async_save in [false, true] {
+        error_finishes_the_uploads_in_flight(async_save);
+    }
+}
+
+fn error_finishes_the_uploads_in_flight(async_save: bool) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let failpoints = "upload::before-pointer=1*sleep(1000);durable::after-write=1*off->return";
-    let out = cairn(d, Some(failpoints), &["run", "--config", &config(d, "8ba")]);
+    let out = cairn(
+        d,
+        Some(failpoints),
+        &["run", "--config", &config(d, "8ba", async_save)],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -244,6 +280,12 @@ impl Drop for Mount {
 /// `latest` intact, and no temporary file.
 #[test]
 fn a_full_disk_gives_one_line_and_keeps_earlier_checkpoints() {
+    for async_save in [false, true] {
+        full_disk(async_save);
+    }
+}
+
+fn full_disk(async_save: bool) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let small = d.join("small");
@@ -273,7 +315,7 @@ fn a_full_disk_gives_one_line_and_keeps_earlier_checkpoints() {
     let config = d.join("full.toml");
     fs::write(
         &config,
-        "run_name = \"full\"\n[checkpoint]\nfolder = \"small/ck\"\nsave_interval = \"1ba\"\nremote_file_name = false\n[train]\nmax_duration = \"4ba\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 1\n",
+        format!("run_name = \"full\"\n[checkpoint]\nfolder = \"small/ck\"\nsave_interval = \"1ba\"\nremote_file_name = false\nasync_save = {async_save}\n[train]\nmax_duration = \"4ba\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 1\n"),
     )
     .unwrap();
     let out = cairn(

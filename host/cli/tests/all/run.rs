@@ -1,5 +1,6 @@
-//! The saver through `cairn run`: resuming reaches the same checkpoint as an uninterrupted run,
-//! and the embedded default leaves a verified folder.
+//! The saver through `cairn run`: resuming reaches the same checkpoint as an uninterrupted run
+//! (also when the resumed run writes behind training), the embedded default leaves a verified
+//! folder, and saves behind training keep memory flat.
 
 use std::fs;
 use std::path::Path;
@@ -28,13 +29,21 @@ fn cairn(dir: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// Composer's `test_resumption`: resuming from an intermediate checkpoint reaches the same final
-/// checkpoint as an uninterrupted run.
+/// checkpoint as an uninterrupted run; and a run whose saves are written behind training writes
+/// the same checkpoints as one that writes them synchronously.
 #[test]
 fn resume_reaches_the_same_final_checkpoint() {
+    resumption(false);
+    resumption(true);
+}
+
+/// The uninterrupted run saves synchronously; the interrupted one with `async_save`.
+fn resumption(async_save: bool) {
     let dir = tempfile::tempdir().unwrap();
     let job = |name: &str, max: &str| {
+        let behind = async_save && name == "resumed";
         let text = format!(
-            "run_name = \"r\"\n[checkpoint]\nfolder = \"{name}\"\nsave_interval = \"3ba\"\nremote_file_name = false\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 0.5\n"
+            "run_name = \"r\"\n[checkpoint]\nfolder = \"{name}\"\nsave_interval = \"3ba\"\nremote_file_name = false\nasync_save = {behind}\n[train]\nmax_duration = \"{max}\"\nbatches_per_epoch = 4\nseconds_per_batch = 0\nmodel_mib = 0.5\n"
         );
         let path = dir.path().join(format!("{name}-{max}.toml"));
         fs::write(&path, text).unwrap();
@@ -68,6 +77,7 @@ fn resume_reaches_the_same_final_checkpoint() {
         "{summary}"
     );
     assert_eq!(summary["batches"], 7);
+    assert_eq!(summary["async_save"], async_save);
 
     let straight =
         cairn::format::read_checkpoint(&dir.path().join("straight/ep2-ba12-rank0.pt")).unwrap();
@@ -108,4 +118,56 @@ fn cairn_run_with_no_arguments_leaves_a_verified_folder() {
         .unwrap();
     assert!(latest.ends_with("ep2-ba24-rank0.pt"));
     cairn::format::verify_checkpoint(&latest).unwrap();
+}
+
+/// Issue 14, bounded memory: ten saves behind training in a row reuse the one staging buffer and
+/// do not grow the process (its peak is the same as after two), and the peak stays within the
+/// model, the buffer and 64 MiB.
+#[test]
+fn ten_saves_behind_training_keep_memory_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |batches: u32| {
+        let text = format!(
+            "run_name = \"m{batches}\"\n[checkpoint]\nfolder = \"m{batches}\"\nsave_interval = \"1ba\"\nnum_checkpoints_to_keep = 1\nremote_file_name = false\nasync_save = true\n[train]\nmax_duration = \"{batches}ba\"\nbatches_per_epoch = 100\nseconds_per_batch = 0\nmodel_mib = 32\n"
+        );
+        let path = dir.path().join(format!("m{batches}.toml"));
+        fs::write(&path, text).unwrap();
+        let out = cairn(
+            dir.path(),
+            &["run", "--json", "--config", path.to_str().unwrap()],
+        );
+        cairn_testkit::success_json(&out)
+    };
+    let (two, ten) = (run(2), run(10));
+    let state = (3 * 32) << 20;
+    let peak = |s: &serde_json::Value| s["process_peak_rss_bytes"].as_u64().unwrap();
+    assert_eq!(ten["saves"], 10, "{ten}");
+    let staging = &ten["staging"];
+    assert_eq!(staging["allocations"], 1, "{ten}");
+    let pool = staging["pool_bytes"].as_u64().unwrap();
+    assert!(pool >= state && pool < state + (1 << 20), "{ten}");
+    // Eight 4 MiB layers, each with a 4-byte Adam step.
+    assert_eq!(
+        staging["staged_bytes"].as_u64().unwrap(),
+        10 * (state + 8 * 4)
+    );
+    eprintln!(
+        "peak RSS: {:.1} MiB after 2 saves, {:.1} MiB after 10 (state {} MiB, staging {:.1} MiB)",
+        peak(&two) as f64 / (1 << 20) as f64,
+        peak(&ten) as f64 / (1 << 20) as f64,
+        state >> 20,
+        pool as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak(&ten) <= peak(&two) + (8 << 20),
+        "ten saves grew the process past two: {} vs {} bytes",
+        peak(&ten),
+        peak(&two)
+    );
+    assert!(
+        peak(&ten) <= state + pool + (64 << 20),
+        "peak RSS {} over the state, the staging buffer and 64 MiB",
+        peak(&ten)
+    );
+    assert!(ten["blocked_seconds"].as_f64().unwrap() > 0.0, "{ten}");
 }

@@ -146,15 +146,24 @@ class Saver:
         once the object is confirmed), apply retention unless ``rotate=False`` (the caller then calls
         :meth:`rotate` itself). ``archive_name`` is the zip's folder: ``"archive"`` is what ``torch.save``
         writes to a file object, as Composer does. GIL released throughout; every pointer is read
-        before this returns (the caller may mutate tensors afterwards)."""
+        before this returns (the caller may mutate tensors afterwards). With ``async_save`` the
+        records are copied into staging and the rest runs behind training (``behind`` is then
+        true); a save waits first for the one in flight, and raises its failure."""
     def rotate(self) -> list[str]:
         """Apply ``num_checkpoints_to_keep`` now; returns the deleted paths."""
     def poll(self) -> list[tuple[str, str]]:
         """``(kind, message)`` for what happened since the last call: ``("warning", ...)`` (a glob that
         matched nothing), ``("upload-failed", ...)`` (an upload failed after its retries: the
-        Python layer raises it at the next ``batch_end``, as Composer does) and, sharded on global
+        Python layer raises it at the next ``batch_end``, as Composer does), sharded on global
         rank 0, ``("commit-failed", ...)`` (a step was not committed within ``commit_timeout_s``,
-        naming the missing ranks). Both failures come as warnings with ``on_failure = "warn"``."""
+        naming the missing ranks; both failures come as warnings with ``on_failure = "warn"``),
+        ``("written", path)`` (a save behind training is durable) and ``("save-failed", ...)`` (one
+        failed: raise it)."""
+    def flush(self) -> None:
+        """Wait for the save being written behind training, if any; raise its failure."""
+    @property
+    def is_async(self) -> bool:
+        """True when saves are written behind training (``async_save``)."""
     def saved_checkpoints(self) -> list[str]:
         """This run's checkpoints still on local disk, oldest first, as the paths given to ``save``."""
     def finish(self) -> Optional[dict[str, Any]]:
@@ -179,8 +188,16 @@ class Saver:
 
 class SaveResult:
     path: str
+    #: Size on disk; for a save behind training, the tensor bytes copied into staging.
     bytes: int
+    #: From the call to its return.
     seconds: float
+    #: Seconds training was held (any wait for the previous save included).
+    blocked_seconds: float
+    #: The part of ``blocked_seconds`` spent waiting for the previous save behind training.
+    waited_seconds: float
+    #: True when the file is being written behind training (``async_save``).
+    behind: bool
     #: Local checkpoints retention deleted during this save.
     deleted: list[str]
 

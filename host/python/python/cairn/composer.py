@@ -218,6 +218,8 @@ class CheckpointSaver(_ComposerCheckpointSaver):
         ignore_keys: Optional[Union[list[str], dict, Callable[[dict], None]]] = _UNSET,
         num_concurrent_uploads: int = _UNSET,
         upload_timeout_in_seconds: int = _UNSET,
+        async_save: bool = _UNSET,
+        staging_budget_mib: Optional[int] = _UNSET,
         config: Optional[Union[str, os.PathLike]] = None,
     ):
         native = cairn._require_native()
@@ -235,6 +237,8 @@ class CheckpointSaver(_ComposerCheckpointSaver):
                 "ignore_keys": ignore_keys,
                 "num_concurrent_uploads": num_concurrent_uploads,
                 "upload_timeout_in_seconds": upload_timeout_in_seconds,
+                "async_save": async_save,
+                "staging_budget_mib": staging_budget_mib,
             }.items() if v is not _UNSET
         }
 
@@ -457,6 +461,8 @@ class CheckpointSaver(_ComposerCheckpointSaver):
             return
         self.rank_saves_symlinks = True
         if self.remote_file_name is not None and not native.uploads:
+            if saved.behind:
+                native.flush()  # Composer's loggers take the file itself: it must be on disk first
             self._upload_through_loggers(state, logger, saved.path)
             if self.num_checkpoints_to_keep >= 0:
                 native.rotate()  # after the loggers took their copy (Composer's order, line 570-573)
@@ -546,8 +552,11 @@ class CheckpointSaver(_ComposerCheckpointSaver):
         for kind, message in events:
             if kind == "upload-exists":
                 raise FileExistsError(message)
-            if kind == "upload-failed":
+            if kind in ("upload-failed", "save-failed"):
                 raise RuntimeError(message)
+            if kind == "written":  # a save behind training is durable (async_save)
+                self.saved_checkpoints = self._native_saver.saved_checkpoints()
+                continue
             warnings.warn(message)
 
 

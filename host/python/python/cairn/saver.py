@@ -21,7 +21,9 @@ shaped like Composer's (``{'state': {...your entries..., 'timestamp', 'run_name'
 
 The state is passed as a callable so it is built only when a checkpoint is due. Tensor bytes are
 written from the tensors' memory with the GIL released; do not change the tensors while ``step`` or
-``save`` runs (they return once every byte is written).
+``save`` runs (they return once every byte is written, or with ``async_save=True`` once every byte
+is copied into staging: the file is then written behind training, and a failure is raised by the
+next save or by ``close``). ``last_save`` tells how long training was held.
 
 Sharded (``sharded=True``, or ``[checkpoint] sharded = true``): every rank saves its own state under
 its own name (``filename`` with ``{rank}``), and global rank 0 commits each step once every rank's
@@ -185,6 +187,9 @@ class Saver:
         self._last_saved_batch: Optional[int] = None
         self._started = False
         self._staging: Optional[_pickle.HostStaging] = None
+        #: The native result of the newest save: ``path``, ``bytes``, ``seconds``, ``blocked_seconds``
+        #: (training held, any wait for the previous save included), ``waited_seconds``, ``behind``.
+        self.last_save: Any = None
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -241,6 +246,7 @@ class Saver:
             self._all_saved(error is None)
             if error is not None:
                 raise error
+        self.last_save = result
         self._warn(self._native.poll())
         return result.path
 
@@ -384,8 +390,12 @@ class Saver:
         import warnings
 
         for kind, message in events:
-            if kind in ("upload-failed", "commit-failed"):  # [remote] on_failure = "fail"
+            if kind == "upload-exists":
+                raise FileExistsError(message)
+            if kind in ("upload-failed", "commit-failed", "save-failed"):  # on_failure = "fail"
                 raise RuntimeError(message)
+            if kind == "written":  # a save behind training is durable (async_save)
+                continue
             warnings.warn(message)
 
 

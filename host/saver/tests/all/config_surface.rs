@@ -194,6 +194,12 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
                 .boxed()
         }
         "on_failure" => string(&["fail", "warn"]).boxed(),
+        "async_save" => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+        "staging_budget_mib" => {
+            prop::sample::select(&[1i64, 64, 4096, 0, -1, 1 << 20, (1 << 20) + 1][..])
+                .prop_map(|n| n.to_string())
+                .boxed()
+        }
         "on_error" => string(&["fail", "skip", "save"]).boxed(),
         _ => any_value().boxed(),
     };
@@ -216,6 +222,8 @@ fn document() -> impl Strategy<Value = String> {
         "upload_timeout_in_seconds",
         "sharded",
         "commit_timeout_s",
+        "async_save",
+        "staging_budget_mib",
     ];
     let entries = prop::collection::vec(
         prop::sample::select(CHECKPOINT_KEYS).prop_flat_map(|k| (Just(k), value_for(k))),
@@ -278,9 +286,10 @@ fn files(dir: &Path) -> Vec<String> {
     out
 }
 
-/// A refusal cairn makes on purpose: a repeated name with `overwrite = false`.
+/// A refusal cairn makes on purpose: a repeated name with `overwrite = false` (also when the
+/// save behind training that ran into it reports it).
 fn refuses_to_replace(e: &Error) -> bool {
-    match e {
+    match e.cause() {
         Error::AlreadyExists { .. } => true,
         Error::UploadsFailed(failures) => failures
             .iter()
@@ -289,7 +298,19 @@ fn refuses_to_replace(e: &Error) -> bool {
     }
 }
 
+/// A deadline the case chose too short for this machine's load (`0.5` s for an upload or a
+/// commit): the run reports it as it should, naming what did not finish.
+fn timed_out(config: &Config, e: &Error) -> bool {
+    match e.cause() {
+        Error::UploadsFailed(_) => config.upload_timeout_in_seconds < 1.0,
+        Error::StepsNotCommitted(_) => config.commit_timeout_s < 1.0,
+        _ => false,
+    }
+}
+
 fn run(config: &Config) -> Result<(), Error> {
+    // Saves behind training reach the writer's failpoint, which the async tests configure.
+    let _fp = config.async_save.then(crate::async_save::scenario);
     let mut saver = CheckpointSaver::new(config)?;
     let result = fit(&mut saver, Timestamp::default(), "6ba").and_then(|_| saver.fit_end());
     let closed = saver.close();
@@ -314,7 +335,7 @@ proptest! {
             Ok(config) => {
                 if let Err(e) = run(&config) {
                     prop_assert!(
-                        refuses_to_replace(&e),
+                        refuses_to_replace(&e) || timed_out(&config, &e),
                         "loaded, then failed: {e}\nconfig:\n{text}"
                     );
                 }

@@ -1,7 +1,9 @@
 //! The saver crate end to end, through its public API: Composer's scenarios with real files
-//! (`saver`), checkpoints the caller pickled (`prebuilt`), the remote behaviour on every store (`remote`), what only a real S3 server shows
+//! (`saver`), saves written behind training (`async_save`), checkpoints the caller pickled
+//! (`prebuilt`), the remote behaviour on every store (`remote`), what only a real S3 server shows
 //! (`remote_s3`), and uploads through a fault-injecting proxy (`remote_faults`).
 
+mod async_save;
 mod config_surface;
 mod lifecycle;
 mod prebuilt;

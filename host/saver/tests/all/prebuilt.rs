@@ -34,13 +34,14 @@ fn prebuilt() -> Prebuilt {
 
 fn save(saver: &mut CheckpointSaver, batch: u64) -> Result<Option<cairn::SavedCheckpoint>, Error> {
     let path = saver.checkpoint_path(&at(batch));
-    saver.save_prebuilt(
+    let taken = saver.save_prebuilt(
         &path,
         &at(batch),
         Event::Batch,
         &prebuilt(),
         PrebuiltOptions::default(),
-    )
+    )?;
+    Ok(taken.map(|t| t.written().expect("synchronous saver").clone()))
 }
 
 fn zip_entry(file: &[u8], name: &[u8]) -> bool {
@@ -123,4 +124,38 @@ fn a_name_the_template_does_not_give_and_a_taken_name_are_refused() {
     let err = save(&mut s, 1).unwrap_err();
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
     assert_eq!(fs::read(s.checkpoint_path(&at(1))).unwrap(), before);
+}
+
+#[test]
+fn behind_training_the_records_are_staged_and_the_file_is_the_same() {
+    let _lock = crate::async_save::scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sync = saver(&dir.path().join("sync"), "");
+    let mut behind = saver(&dir.path().join("behind"), "async_save = true");
+    assert!(behind.is_async());
+    for s in [&mut sync, &mut behind] {
+        s.fit_start(&at(0)).unwrap();
+    }
+    let checkpoint = prebuilt();
+    let path = behind.checkpoint_path(&at(1));
+    let taken = behind
+        .save_prebuilt(
+            &path,
+            &at(1),
+            Event::Batch,
+            &checkpoint,
+            PrebuiltOptions::default(),
+        )
+        .unwrap()
+        .unwrap();
+    let cairn::Taken::Staged(staged) = taken else {
+        panic!("written synchronously: {taken:?}")
+    };
+    assert_eq!(staged.staged_bytes, 100);
+    // The caller's records are its own again: the writer holds the staged copy.
+    drop(checkpoint);
+    behind.flush().unwrap();
+    assert_eq!(behind.take_completed().len(), 1);
+    let written = save(&mut sync, 1).unwrap().unwrap();
+    assert_eq!(fs::read(&written.path).unwrap(), fs::read(&path).unwrap());
 }
