@@ -342,23 +342,25 @@ impl StepTask {
                 self.store.list_step(&job.step),
             )
             .await?;
-            for (rank, meta) in listing.records {
-                if rank >= job.world_size {
-                    continue;
-                }
-                let id = ObjectMetaId::of(&meta);
-                if seen.get(&rank).is_some_and(|(old, _)| *old == id) {
-                    continue;
-                }
-                let record = match bounded(
-                    self.store.url(),
-                    deadline,
-                    job,
-                    begun,
-                    self.store.record(&meta.location),
-                )
-                .await
-                {
+            // The records new since the last poll, read at once: one round trip for all ranks.
+            let fresh: Vec<(u32, ObjectMetaId, object_store::ObjectMeta)> = listing
+                .records
+                .into_iter()
+                .filter(|(rank, _)| *rank < job.world_size)
+                .map(|(rank, meta)| (rank, ObjectMetaId::of(&meta), meta))
+                .filter(|(rank, id, _)| !seen.get(rank).is_some_and(|(old, _)| old == id))
+                .collect();
+            let reads = futures::future::join_all(
+                fresh
+                    .iter()
+                    .map(|(_, _, meta)| self.store.record(&meta.location)),
+            );
+            let reads = bounded(self.store.url(), deadline, job, begun, async {
+                Ok(reads.await)
+            })
+            .await?;
+            for ((rank, id, _), read) in fresh.into_iter().zip(reads) {
+                let record = match read {
                     Ok(r) => self.usable(job, rank, r),
                     Err(e @ CommitError::Unanswered { .. }) => return Err(e),
                     Err(e) => Err(e.to_string()),
