@@ -392,11 +392,6 @@ impl Table<'_> {
         }
     }
 
-    fn seq(&mut self, j: Option<&Json>) -> Res<Vec<Value>> {
-        let items = j.and_then(Json::as_array).ok_or("expected a list")?;
-        items.iter().map(|x| self.take(x)).collect()
-    }
-
     fn node(&mut self, j: &Json, tensors: &IndexMap<String, Tensor>) -> Res<(Slot, usize)> {
         let value = match j {
             Json::Null => Value::None,
@@ -419,97 +414,7 @@ impl Table<'_> {
     }
 
     fn tagged(&mut self, tag: &str, a: &[Json], tensors: &IndexMap<String, Tensor>) -> Res<Value> {
-        let s = |i: usize| {
-            a.get(i)
-                .and_then(Json::as_str)
-                .ok_or(format!("'{tag}' lacks field {i}"))
-        };
-        let hex = |i: usize| s(i).and_then(|h| hex::decode(h).map_err(|e| e.to_string()));
-        Ok(match tag {
-            "int" => Value::Int(a.get(1).and_then(Json::as_i64).ok_or("bad int")?),
-            "bigint" => Value::BigInt(hex(1)?),
-            "float" => Value::Float(s(1)?.parse().map_err(|_| "bad float")?),
-            "bytes" => Value::Bytes(hex(1)?),
-            "list" => Value::List(self.seq(a.get(1))?),
-            "tuple" => Value::Tuple(self.seq(a.get(1))?),
-            "dict" => {
-                let mut d = if a.get(1).and_then(Json::as_str) == Some("ordered") {
-                    Dict::ordered()
-                } else {
-                    Dict::new()
-                };
-                for item in a
-                    .get(2)
-                    .and_then(Json::as_array)
-                    .ok_or("dict without items")?
-                {
-                    let pair = item
-                        .as_array()
-                        .filter(|p| p.len() == 2)
-                        .ok_or("bad dict item")?;
-                    let key = match &pair[0] {
-                        Json::String(s) => Key::Str(s.clone()),
-                        Json::Number(n) => Key::Int(n.as_i64().ok_or("bad int key")?),
-                        _ => return Err("bad dict key".into()),
-                    };
-                    let value = self.take(&pair[1])?;
-                    d.entries.insert(key, value);
-                }
-                if let Some(state) = a.get(3).filter(|s| !s.is_null()) {
-                    d.state = Some(Box::new(self.take(state)?));
-                }
-                Value::Dict(d)
-            }
-            "tensor" => {
-                let name = s(1)?;
-                let mut t = tensors
-                    .get(name)
-                    .cloned()
-                    .ok_or(format!("tensor '{name}' is missing"))?;
-                t.requires_grad = a.get(2).and_then(Json::as_bool).unwrap_or(false);
-                t.parameter = a.get(3).and_then(Json::as_bool).unwrap_or(false);
-                Value::Tensor(t)
-            }
-            "object" => {
-                let c = a
-                    .get(3)
-                    .and_then(Json::as_array)
-                    .ok_or("bad object construct")?;
-                let construct = match c.first().and_then(Json::as_str) {
-                    Some("global") => Construct::Global,
-                    Some("reduce") => Construct::Reduce(self.seq(c.get(1))?),
-                    Some("newobj") => Construct::NewObj(self.seq(c.get(1))?),
-                    _ => return Err("bad object construct".into()),
-                };
-                let state = match a.get(4) {
-                    None | Some(Json::Null) => None,
-                    Some(j) => Some(self.take(j)?),
-                };
-                let list_items = self.seq(a.get(5))?;
-                let dict_items = a
-                    .get(6)
-                    .and_then(Json::as_array)
-                    .ok_or("bad object items")?
-                    .iter()
-                    .map(|p| {
-                        let p = p
-                            .as_array()
-                            .filter(|p| p.len() == 2)
-                            .ok_or("bad object item")?;
-                        Ok((self.take(&p[0])?, self.take(&p[1])?))
-                    })
-                    .collect::<Res<Vec<_>>>()?;
-                Value::Object(Box::new(Object {
-                    module: s(1)?.to_owned(),
-                    name: s(2)?.to_owned(),
-                    construct,
-                    state,
-                    list_items,
-                    dict_items,
-                }))
-            }
-            _ => return Err(format!("unknown tag '{tag}'")),
-        })
+        decode_tagged(tag, a, tensors, &mut |j| self.take(j))
     }
 }
 
@@ -534,115 +439,117 @@ impl Decoder<'_> {
         })
     }
 
-    fn seq(&self, j: Option<&Json>, depth: usize) -> Res<Vec<Value>> {
-        let items = j.and_then(Json::as_array).ok_or("expected a list")?;
-        items.iter().map(|x| self.value(x, depth + 1)).collect()
-    }
-
     fn tagged(&self, a: &[Json], depth: usize) -> Res<Value> {
         let tag = a.first().and_then(Json::as_str).ok_or("untagged array")?;
-        let s = |i: usize| {
-            a.get(i)
-                .and_then(Json::as_str)
-                .ok_or(format!("'{tag}' lacks field {i}"))
-        };
-        let hex = |i: usize| s(i).and_then(|h| hex::decode(h).map_err(|e| e.to_string()));
-        Ok(match tag {
-            "int" => Value::Int(a.get(1).and_then(Json::as_i64).ok_or("bad int")?),
-            "bigint" => Value::BigInt(hex(1)?),
-            "float" => Value::Float(s(1)?.parse().map_err(|_| "bad float")?),
-            "bytes" => Value::Bytes(hex(1)?),
-            "list" => Value::List(self.seq(a.get(1), depth)?),
-            "tuple" => Value::Tuple(self.seq(a.get(1), depth)?),
-            "dict" => self.dict(a, depth)?,
-            "tensor" => {
-                let name = s(1)?;
-                let mut t = self
-                    .tensors
-                    .get(name)
-                    .cloned()
-                    .ok_or(format!("tensor '{name}' is missing"))?;
-                t.requires_grad = a.get(2).and_then(Json::as_bool).unwrap_or(false);
-                t.parameter = a.get(3).and_then(Json::as_bool).unwrap_or(false);
-                Value::Tensor(t)
-            }
-            "object" => self.object(a, depth)?,
-            _ => return Err(format!("unknown tag '{tag}'")),
-        })
+        decode_tagged(tag, a, self.tensors, &mut |j| self.value(j, depth + 1))
     }
+}
 
-    fn dict(&self, a: &[Json], depth: usize) -> Res<Value> {
-        let mut d = if a.get(1).and_then(Json::as_str) == Some("ordered") {
-            Dict::ordered()
-        } else {
-            Dict::new()
-        };
-        for item in a
-            .get(2)
-            .and_then(Json::as_array)
-            .ok_or("dict without items")?
-        {
-            let pair = item
-                .as_array()
-                .filter(|p| p.len() == 2)
-                .ok_or("bad dict item")?;
-            let key = match &pair[0] {
-                Json::String(s) => Key::Str(s.clone()),
-                Json::Number(n) => Key::Int(n.as_i64().ok_or("bad int key")?),
-                _ => return Err("bad dict key".into()),
+/// A tagged node of either encoding (`["dict", ...]`, `["object", ...]`, ...); `child` decodes a
+/// child from its JSON: an index into the node table (version 2) or the nested value (version 1).
+fn decode_tagged(
+    tag: &str,
+    a: &[Json],
+    tensors: &IndexMap<String, Tensor>,
+    child: &mut dyn FnMut(&Json) -> Res<Value>,
+) -> Res<Value> {
+    let s = |i: usize| {
+        a.get(i)
+            .and_then(Json::as_str)
+            .ok_or(format!("'{tag}' lacks field {i}"))
+    };
+    let hex = |i: usize| s(i).and_then(|h| hex::decode(h).map_err(|e| e.to_string()));
+    Ok(match tag {
+        "int" => Value::Int(a.get(1).and_then(Json::as_i64).ok_or("bad int")?),
+        "bigint" => Value::BigInt(hex(1)?),
+        "float" => Value::Float(s(1)?.parse().map_err(|_| "bad float")?),
+        "bytes" => Value::Bytes(hex(1)?),
+        "list" => Value::List(children(a.get(1), child)?),
+        "tuple" => Value::Tuple(children(a.get(1), child)?),
+        "dict" => {
+            let mut d = if a.get(1).and_then(Json::as_str) == Some("ordered") {
+                Dict::ordered()
+            } else {
+                Dict::new()
             };
-            d.entries.insert(key, self.value(&pair[1], depth + 1)?);
-        }
-        if let Some(state) = a.get(3).filter(|s| !s.is_null()) {
-            d.state = Some(Box::new(self.value(state, depth + 1)?));
-        }
-        Ok(Value::Dict(d))
-    }
-
-    fn object(&self, a: &[Json], depth: usize) -> Res<Value> {
-        let text = |i: usize| {
-            a.get(i)
-                .and_then(Json::as_str)
-                .map(str::to_owned)
-                .ok_or("bad object")
-        };
-        let c = a
-            .get(3)
-            .and_then(Json::as_array)
-            .ok_or("bad object construct")?;
-        let construct = match c.first().and_then(Json::as_str) {
-            Some("global") => Construct::Global,
-            Some("reduce") => Construct::Reduce(self.seq(c.get(1), depth)?),
-            Some("newobj") => Construct::NewObj(self.seq(c.get(1), depth)?),
-            _ => return Err("bad object construct".into()),
-        };
-        let state = match a.get(4) {
-            None | Some(Json::Null) => None,
-            Some(s) => Some(self.value(s, depth + 1)?),
-        };
-        let list_items = self.seq(a.get(5), depth)?;
-        let dict_items = a
-            .get(6)
-            .and_then(Json::as_array)
-            .ok_or("bad object items")?
-            .iter()
-            .map(|p| {
-                let p = p
+            for item in a
+                .get(2)
+                .and_then(Json::as_array)
+                .ok_or("dict without items")?
+            {
+                let pair = item
                     .as_array()
                     .filter(|p| p.len() == 2)
-                    .ok_or("bad object item")?;
-                Ok((self.value(&p[0], depth + 1)?, self.value(&p[1], depth + 1)?))
-            })
-            .collect::<Res<Vec<_>>>()?;
-        Ok(Value::Object(Box::new(Object {
-            module: text(1)?,
-            name: text(2)?,
-            construct,
-            state,
-            list_items,
-            dict_items,
-        })))
-    }
+                    .ok_or("bad dict item")?;
+                let key = match &pair[0] {
+                    Json::String(s) => Key::Str(s.clone()),
+                    Json::Number(n) => Key::Int(n.as_i64().ok_or("bad int key")?),
+                    _ => return Err("bad dict key".into()),
+                };
+                let value = child(&pair[1])?;
+                d.entries.insert(key, value);
+            }
+            if let Some(state) = a.get(3).filter(|s| !s.is_null()) {
+                d.state = Some(Box::new(child(state)?));
+            }
+            Value::Dict(d)
+        }
+        "tensor" => {
+            let name = s(1)?;
+            let mut t = tensors
+                .get(name)
+                .cloned()
+                .ok_or(format!("tensor '{name}' is missing"))?;
+            t.requires_grad = a.get(2).and_then(Json::as_bool).unwrap_or(false);
+            t.parameter = a.get(3).and_then(Json::as_bool).unwrap_or(false);
+            Value::Tensor(t)
+        }
+        "object" => {
+            let c = a
+                .get(3)
+                .and_then(Json::as_array)
+                .ok_or("bad object construct")?;
+            let construct = match c.first().and_then(Json::as_str) {
+                Some("global") => Construct::Global,
+                Some("reduce") => Construct::Reduce(children(c.get(1), child)?),
+                Some("newobj") => Construct::NewObj(children(c.get(1), child)?),
+                _ => return Err("bad object construct".into()),
+            };
+            let state = match a.get(4) {
+                None | Some(Json::Null) => None,
+                Some(j) => Some(child(j)?),
+            };
+            let list_items = children(a.get(5), child)?;
+            let dict_items = a
+                .get(6)
+                .and_then(Json::as_array)
+                .ok_or("bad object items")?
+                .iter()
+                .map(|p| {
+                    let p = p
+                        .as_array()
+                        .filter(|p| p.len() == 2)
+                        .ok_or("bad object item")?;
+                    Ok((child(&p[0])?, child(&p[1])?))
+                })
+                .collect::<Res<Vec<_>>>()?;
+            Value::Object(Box::new(Object {
+                module: s(1)?.to_owned(),
+                name: s(2)?.to_owned(),
+                construct,
+                state,
+                list_items,
+                dict_items,
+            }))
+        }
+        _ => return Err(format!("unknown tag '{tag}'")),
+    })
+}
+
+/// A JSON list of children, decoded in order.
+fn children(j: Option<&Json>, child: &mut dyn FnMut(&Json) -> Res<Value>) -> Res<Vec<Value>> {
+    let items = j.and_then(Json::as_array).ok_or("expected a list")?;
+    items.iter().map(child).collect()
 }
 
 #[cfg(test)]
@@ -660,6 +567,40 @@ mod tests {
         };
         assert_eq!(t.shape, vec![2]);
         assert_eq!(&t.storage.bytes()[..], &data[..]);
+    }
+
+    /// Files from cairn before the node table (version 1: the tree nested in the JSON) still read,
+    /// through the same tag decoding as the table.
+    #[test]
+    fn the_nested_tree_of_earlier_files_still_reads() {
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+        let tree = r#"["dict", "ordered", [
+            ["w", ["tensor", "t0", true, false]],
+            [3, ["tuple", [["int", -4], ["bytes", "0102"]]]],
+            ["o", ["object", "m", "n", ["reduce", [["list", []]]], ["float", "0.5"], [], []]]
+        ], null]"#;
+        let meta = HashMap::from([(TREE_KEY.to_owned(), tree.to_owned())]);
+        let bytes = safetensors::serialize([("t0", view)], Some(meta)).unwrap();
+        let back = read(&Bytes::from(bytes)).unwrap();
+        let Some(Value::Tensor(t)) = back.get_path(&["w"]) else {
+            panic!("{back:?}")
+        };
+        assert!(t.requires_grad && !t.parameter);
+        assert_eq!(&t.storage.bytes()[..], &data[..]);
+        let Value::Dict(d) = &back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(
+            d.entries.get(&Key::Int(3)),
+            Some(&Value::Tuple(vec![Value::Int(-4), Value::Bytes(vec![1, 2])]))
+        );
+        let Some(Value::Object(o)) = back.get_path(&["o"]) else {
+            panic!("{back:?}")
+        };
+        assert_eq!((o.module.as_str(), o.name.as_str()), ("m", "n"));
+        assert_eq!(o.construct, Construct::Reduce(vec![Value::List(vec![])]));
+        assert_eq!(o.state, Some(Value::Float(0.5)));
     }
 
     #[test]
