@@ -593,7 +593,10 @@ mod tests {
         };
         assert_eq!(
             d.entries.get(&Key::Int(3)),
-            Some(&Value::Tuple(vec![Value::Int(-4), Value::Bytes(vec![1, 2])]))
+            Some(&Value::Tuple(vec![
+                Value::Int(-4),
+                Value::Bytes(vec![1, 2])
+            ]))
         );
         let Some(Value::Object(o)) = back.get_path(&["o"]) else {
             panic!("{back:?}")

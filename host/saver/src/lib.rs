@@ -21,6 +21,7 @@ mod commit;
 pub mod config;
 mod error;
 mod gate;
+mod idle;
 mod local;
 mod names;
 pub mod platform;

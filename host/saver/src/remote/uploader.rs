@@ -458,29 +458,9 @@ impl Uploader {
     /// upload ended. Each upload is bounded by `timeout` plus `abort_timeout` on its own, so
     /// `None` waits at most that long per queued upload. The uploader stays usable.
     pub fn wait(&self, limit: Option<Duration>) -> bool {
-        let deadline = limit.and_then(|l| std::time::Instant::now().checked_add(l));
-        let mut state = self.shared.lock();
-        while state.pending > 0 {
-            state = match deadline {
-                None => self
-                    .shared
-                    .idle
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.shared
-                        .idle
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+        crate::idle::wait_until_idle(self.shared.lock(), &self.shared.idle, limit, |s| {
+            s.pending > 0
+        })
     }
 
     /// Wait for every queued upload, stop the upload threads and return the totals, including

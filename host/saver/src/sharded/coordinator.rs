@@ -223,29 +223,9 @@ impl Coordinator {
     /// `commit_timeout_s` anyway); whether none is pending.
     pub fn wait(&self, limit: Option<Duration>) -> bool {
         self.wake();
-        let deadline = limit.and_then(|l| std::time::Instant::now().checked_add(l));
-        let mut state = self.shared.lock();
-        while state.pending > 0 {
-            state = match deadline {
-                None => self
-                    .shared
-                    .idle
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        return false;
-                    }
-                    self.shared
-                        .idle
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+        crate::idle::wait_until_idle(self.shared.lock(), &self.shared.idle, limit, |s| {
+            s.pending > 0
+        })
     }
 }
 
