@@ -132,10 +132,9 @@ fn sigkill_during_saves(kills: usize, async_save: bool) {
         })
         .max()
         .unwrap();
-    assert!(
-        newest == last_batch || newest == last_batch + 1,
-        "newest {newest}, latest {last_batch}"
-    );
+    // (Or further, in the rare case that runs resumed from such a checkpoint and were killed
+    // in the same window again; the resume below checks that it continues from the newest.)
+    assert!(newest >= last_batch, "newest {newest}, latest {last_batch}");
     let finish = config(dir.path(), &format!("{}ba", newest + 3), async_save);
     let out = cairn(dir.path())
         .args([

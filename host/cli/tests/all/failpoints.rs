@@ -125,6 +125,12 @@ fn check(dir: &Path, what: &str) -> State {
     }
 }
 
+/// The batch in a sharded step's name (`...ep0-ba2-rank0.pt`).
+fn batch_in(name: &str) -> Option<u64> {
+    let rest = &name[name.rfind("-ba")? + 3..];
+    rest[..rest.find('-')?].parse().ok()
+}
+
 /// Whether `name` is the file store's staging file for an upload in progress (`NAME#DIGITS`).
 fn is_staging(name: &str) -> bool {
     name.rsplit_once('#')
@@ -439,19 +445,26 @@ fn rank_stops_before_its_record(store: StepStore, die: bool) {
         "{what}: committed {:?}",
         steps.iter().map(|m| m.batch).collect::<Vec<_>>()
     );
-    let latest = cairn::resolve_latest(&ck.join("latest-rank0.pt")).unwrap();
-    assert_eq!(
-        latest,
-        newest.map(|b| ck.join(format!("ep0-ba{b}-rank0.pt"))),
-        "{what}"
-    );
-    if let StepStore::Remote = store {
-        let pointer = fs::read_to_string(root.join("latest-rank0.pt.symlink")).ok();
-        assert_eq!(
-            pointer,
-            newest.map(|b| format!("sh/checkpoints/ep0-ba{b}-rank0.pt")),
-            "{what}"
+    // The launcher stops rank 0 once rank 1 is gone, possibly between a step's manifest and its
+    // `latest`: each pointer names a committed step, the newest or the one before it.
+    let named = |batch: Option<u64>| {
+        let batch = batch.unwrap_or_else(|| panic!("{what}: a pointer names no step"));
+        assert!(
+            steps.iter().any(|m| m.batch == batch) && Some(batch + 1) >= newest,
+            "{what}: a pointer names batch {batch}; committed {:?}",
+            steps.iter().map(|m| m.batch).collect::<Vec<_>>()
         );
+    };
+    let latest = cairn::resolve_latest(&ck.join("latest-rank0.pt")).unwrap();
+    if let Some(target) = latest {
+        let name = target.file_name().unwrap().to_string_lossy().into_owned();
+        named(batch_in(&name));
+    }
+    if let StepStore::Remote = store
+        && let Ok(pointer) = fs::read_to_string(root.join("latest-rank0.pt.symlink"))
+    {
+        assert!(pointer.starts_with("sh/checkpoints/"), "{what}: {pointer}");
+        named(batch_in(&pointer));
     }
     let verify = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["verify", root.to_str().unwrap()])

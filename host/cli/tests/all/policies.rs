@@ -351,7 +351,7 @@ fn cross_check_every_n_through_the_trainer(wasm: &std::path::Path, sandbox: &San
     let mut p = host
         .save_policy(
             &PolicySpec::new(wasm).with("n", 4),
-            &SandboxConfig::default(),
+            sandbox,
             &RunInfo::default(),
         )
         .unwrap();

@@ -158,8 +158,10 @@ fn ten_saves_behind_training_keep_memory_flat() {
         state >> 20,
         pool as f64 / (1 << 20) as f64
     );
+    // Slack for allocator and thread-stack noise (ten saves give the training and writer
+    // threads' temporaries more chances to peak together); one leaked staging copy is 96 MiB.
     assert!(
-        peak(&ten) <= peak(&two) + (8 << 20),
+        peak(&ten) <= peak(&two) + (32 << 20),
         "ten saves grew the process past two: {} vs {} bytes",
         peak(&ten),
         peak(&two)

@@ -178,7 +178,7 @@ fn a_hanging_store_never_slows_training_and_fails_within_the_timeout() {
     let config = job(dir.path(), "h", &url, -1, "4ba");
     let text = fs::read_to_string(&config)
         .unwrap()
-        .replace("[remote]", "upload_timeout_in_seconds = 2\n[remote]");
+        .replace("[remote]", "upload_timeout_in_seconds = 8\n[remote]");
     fs::write(&config, text).unwrap();
     let started = std::time::Instant::now();
     let out = common::within(Duration::from_secs(60), {
@@ -202,11 +202,11 @@ fn a_hanging_store_never_slows_training_and_fails_within_the_timeout() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["uploads"]["failed"], 2, "{summary}");
     assert!(
-        summary["training_seconds"].as_f64().unwrap() < 2.0,
+        summary["training_seconds"].as_f64().unwrap() < 6.0,
         "training waited on the network: {summary}"
     );
     assert!(
-        elapsed < Duration::from_secs(20),
+        elapsed < Duration::from_secs(45),
         "each upload is bounded by its timeout: {elapsed:?}"
     );
     for name in ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt"] {

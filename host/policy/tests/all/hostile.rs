@@ -527,8 +527,10 @@ fn a_well_behaved_job_keeps_its_pace_beside_a_hostile_one() {
     eprintln!(
         "good job: {alone:?} alone, {beside:?} beside a looping neighbour ({timeouts} timeouts)"
     );
+    // Generous for a loaded 2-core machine (other tests compile beside this one); a good job
+    // that waited for the neighbour's calls would take `calls` × 20 ms, far beyond.
     assert!(
-        beside < alone * 4 + Duration::from_millis(200),
+        beside < alone * 8 + Duration::from_secs(1),
         "{alone:?} vs {beside:?}"
     );
 }
