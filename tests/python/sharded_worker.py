@@ -4,7 +4,7 @@ Each rank joins a gloo process group (CPU, loopback), trains a small model whose
 rank, and saves its own shard every ``--interval`` batches until ``--until`` batches; global rank 0
 commits each step. With ``--resume`` it first loads its own shard of the newest committed step. With
 ``--fail-rank R --fail-at B``, rank R's state callable raises at batch B (a rank failing mid-save:
-it writes nothing for that step). Each rank writes what it saw to ``--out/rank<R>.json``.
+it writes nothing for that step). With ``--async-save`` the shards are written behind training. Each rank writes what it saw to ``--out/rank<R>.json``.
 """
 
 import argparse
@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--fail-rank", type=int, default=-1)
     p.add_argument("--fail-at", type=int, default=-1)
     p.add_argument("--commit-timeout", type=float, default=60.0)
+    p.add_argument("--async-save", action="store_true")
     args = p.parse_args()
 
     dist.init_process_group("gloo")
@@ -41,8 +42,14 @@ def main() -> None:
         save_interval=args.interval,
         max_duration=f"{args.until}ba",
         commit_timeout_s=args.commit_timeout,
+        async_save=args.async_save,
     )
-    report = {"rank": rank, "world_size": world, "saver_ranks": [saver.rank, saver.world_size]}
+    report = {
+        "rank": rank,
+        "world_size": world,
+        "saver_ranks": [saver.rank, saver.world_size],
+        "is_async": saver._native.is_async,
+    }
 
     if args.resume:
         path = saver.latest()

@@ -78,19 +78,22 @@ def shard_rank(path):
     return int(torch.load(path, weights_only=False)["state"]["shard_rank"])
 
 
-def test_two_ranks_under_torchrun_commit_every_step_and_each_resumes_its_own_shard(tmp_path):
+@pytest.mark.parametrize("behind", [False, True], ids=["sync", "async_save"])
+def test_two_ranks_under_torchrun_commit_every_step_and_each_resumes_its_own_shard(tmp_path, behind):
     ck = tmp_path / "ck"
-    first, _ = torchrun(tmp_path, tmp_path / "first", "--until", 6)
+    flags = ["--async-save"] if behind else []
+    first, _ = torchrun(tmp_path, tmp_path / "first", "--until", 6, *flags)
 
     for rank in (0, 1):
         r = first[rank]
         assert r["world_size"] == 2 and r["saver_ranks"] == [rank, 2]
+        assert r["is_async"] == behind
         assert sorted(map(int, r["saved"])) == [2, 4, 6]
         for batch, saved in r["saved"].items():
             assert saved["path"] == f"{ck}/ep0-ba{batch}-rank{rank}.pt"
             assert shard_rank(saved["path"]) == rank
     # Rank 0 committed every step, each manifest listing both shards as they are on disk.
-    assert first[0]["commits"]["committed"] == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "ep0-ba6-rank0.pt"]
+    assert sorted(first[0]["commits"]["committed"]) == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt", "ep0-ba6-rank0.pt"]
     assert first[0]["commits"]["failed"] == [] and first[0]["commits"]["pending"] == 0
     assert first[1]["commits"] == {"committed": [], "failed": [], "pending": 0}
     for batch in (2, 4, 6):
@@ -108,7 +111,7 @@ def test_two_ranks_under_torchrun_commit_every_step_and_each_resumes_its_own_sha
     assert "ok step ep0-ba6-rank0.pt (2 shards" in verified.stdout, verified.stdout
 
     # A second torchrun: every rank loads its own shard of the newest committed step and goes on.
-    second, _ = torchrun(tmp_path, tmp_path / "second", "--until", 8, "--resume")
+    second, _ = torchrun(tmp_path, tmp_path / "second", "--until", 8, "--resume", *flags)
     for rank in (0, 1):
         r = second[rank]
         assert r["resumed_from"] == f"{ck}/ep0-ba6-rank{rank}.pt"

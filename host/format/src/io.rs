@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::checksum::{FileSum, Summing};
 use crate::container::{self, CheckpointFormat, Compression, Encoder, Inner, Outer};
 use crate::error::FormatError;
 use crate::limits::{ReadLimits, human_bytes};
@@ -70,6 +71,14 @@ fn archive_name(path: &Path, format: CheckpointFormat) -> String {
     }
 }
 
+/// What a summed write produced: its size and the file's CRC-64/NVME, computed as it was
+/// written (a sharded save's record carries it; see [`write_checkpoint_summed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: u64,
+    pub crc64nvme: u64,
+}
+
 /// Write `tree` as a checkpoint of `format` into the already-open `out` (from its current
 /// position). `path` is the final name: it sets the archive prefix and names the file in
 /// errors. Returns the bytes written. The caller fsyncs and renames.
@@ -79,11 +88,34 @@ pub fn write_checkpoint(
     tree: &Value,
     out: &mut File,
 ) -> Result<u64, FormatError> {
+    write_tree(path, format, tree, out, None)
+}
+
+/// [`write_checkpoint`], also computing the file's CRC-64/NVME in the same pass (no reading
+/// back).
+pub fn write_checkpoint_summed(
+    path: &Path,
+    format: CheckpointFormat,
+    tree: &Value,
+    out: &mut File,
+) -> Result<Written, FormatError> {
+    let mut sum = FileSum::default();
+    let bytes = write_tree(path, format, tree, out, Some(&mut sum))?;
+    finish(path, bytes, sum)
+}
+
+fn write_tree(
+    path: &Path,
+    format: CheckpointFormat,
+    tree: &Value,
+    out: &mut File,
+    sum: Option<&mut FileSum>,
+) -> Result<u64, FormatError> {
     if format == CheckpointFormat::Safetensors {
-        return write_safetensors(path, tree, out);
+        return write_safetensors(path, tree, out, sum);
     }
     let plan = PtPlan::new(tree, &archive_name(path, format)).map_err(pt_err(path))?;
-    write_plan(path, format, &plan, out)
+    write_plan(path, format, &plan, out, sum)
 }
 
 /// Write a checkpoint whose pickle was made elsewhere ([`Prebuilt`]) into the already-open
@@ -99,12 +131,36 @@ pub fn write_prebuilt(
     archive: Option<&str>,
     out: &mut File,
 ) -> Result<u64, FormatError> {
+    write_pickled(path, format, prebuilt, archive, out, None)
+}
+
+/// [`write_prebuilt`], also computing the file's CRC-64/NVME in the same pass.
+pub fn write_prebuilt_summed(
+    path: &Path,
+    format: CheckpointFormat,
+    prebuilt: &Prebuilt,
+    archive: Option<&str>,
+    out: &mut File,
+) -> Result<Written, FormatError> {
+    let mut sum = FileSum::default();
+    let bytes = write_pickled(path, format, prebuilt, archive, out, Some(&mut sum))?;
+    finish(path, bytes, sum)
+}
+
+fn write_pickled(
+    path: &Path,
+    format: CheckpointFormat,
+    prebuilt: &Prebuilt,
+    archive: Option<&str>,
+    out: &mut File,
+    sum: Option<&mut FileSum>,
+) -> Result<u64, FormatError> {
     if format == CheckpointFormat::Safetensors {
         let tree = prebuilt.tree().map_err(|e| FormatError::Pt {
             path: path.to_owned(),
             error: PtError::Pickle(e),
         })?;
-        return write_safetensors(path, &tree, out);
+        return write_safetensors(path, &tree, out, sum);
     }
     let name = match (format, archive) {
         (CheckpointFormat::Pt, Some(name)) => name.to_owned(),
@@ -115,35 +171,50 @@ pub fn write_prebuilt(
         prebuilt.records().to_vec(),
         &name,
     );
-    write_plan(path, format, &plan, out)
+    write_plan(path, format, &plan, out, sum)
 }
 
-fn write_safetensors(path: &Path, tree: &Value, out: &mut File) -> Result<u64, FormatError> {
-    safetensors_io::write(tree, out).map_err(|error| FormatError::Safetensors {
-        path: path.to_owned(),
-        error,
+fn finish(path: &Path, bytes: u64, sum: FileSum) -> Result<Written, FormatError> {
+    let crc64nvme = sum.finish().map_err(write_err(path))?;
+    Ok(Written { bytes, crc64nvme })
+}
+
+fn write_safetensors(
+    path: &Path,
+    tree: &Value,
+    out: &mut File,
+    sum: Option<&mut FileSum>,
+) -> Result<u64, FormatError> {
+    safetensors_io::write(tree, &mut Summing::new(&mut *out, sum)).map_err(|error| {
+        FormatError::Safetensors {
+            path: path.to_owned(),
+            error,
+        }
     })
 }
 
-/// Stream a planned torch archive into `out` in `format`'s container (not safetensors).
 fn write_plan(
     path: &Path,
     format: CheckpointFormat,
     plan: &PtPlan,
     out: &mut File,
+    sum: Option<&mut FileSum>,
 ) -> Result<u64, FormatError> {
     let start = out.stream_position().map_err(write_err(path))?;
     match format {
-        CheckpointFormat::Pt => return plan.write_to_file(out).map_err(write_err(path)),
-        CheckpointFormat::CompressedPt(c) => compressed(out, c, |w| plan.write_to(w).map(drop)),
+        CheckpointFormat::Pt => return plan.write_to_file(out, sum).map_err(write_err(path)),
+        CheckpointFormat::CompressedPt(c) => compressed(Summing::new(&mut *out, sum), c, |w| {
+            plan.write_to(w).map(drop)
+        }),
         CheckpointFormat::Tar(c) => {
             let body = |w: &mut dyn Write| write_tar(plan, w);
+            let summing = Summing::new(&mut *out, sum);
             match c {
                 None => {
-                    let mut w = BufWriter::with_capacity(1 << 20, &mut *out);
+                    let mut w = BufWriter::with_capacity(1 << 20, summing);
                     body(&mut w).and_then(|_| w.flush())
                 }
-                Some(c) => compressed(out, c, body),
+                Some(c) => compressed(summing, c, body),
             }
         }
         CheckpointFormat::Safetensors => Err(io::Error::other(
@@ -156,7 +227,7 @@ fn write_plan(
 }
 
 fn compressed(
-    out: &mut File,
+    out: impl Write,
     c: Compression,
     body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {

@@ -6,6 +6,7 @@
 //! reads, writes and verifies those files, and owns the one way cairn creates a file durably
 //! ([`durable`]). It knows nothing of training, policies or storage: no wasmtime, no tokio.
 
+mod checksum;
 mod container;
 pub mod durable;
 mod error;
@@ -22,8 +23,9 @@ mod tests;
 pub use container::{CheckpointFormat, Compression};
 pub use error::{FormatError, NameError};
 pub use io::{
-    CheckpointRead, VerifyReport, format_of, read_checkpoint, read_checkpoint_with,
-    verify_checkpoint, verify_checkpoint_with, write_checkpoint, write_prebuilt,
+    CheckpointRead, VerifyReport, Written, format_of, read_checkpoint, read_checkpoint_with,
+    verify_checkpoint, verify_checkpoint_with, write_checkpoint, write_checkpoint_summed,
+    write_prebuilt, write_prebuilt_summed,
 };
 pub use limits::{
     DEFAULT_MAX_EXPANDED_BYTES, DEFAULT_MAX_EXPANSION_RATIO, DEFAULT_MAX_PICKLE_BYTES,

@@ -111,6 +111,52 @@ fn write_to(path: &Path, tree: &Value) -> u64 {
     n
 }
 
+/// The CRC-64/NVME computed while writing is the file's, in every format, with a record large
+/// enough (over 8 MiB) that the `.pt` writer patches its header after the payload; a prebuilt
+/// checkpoint's too.
+#[test]
+fn a_summed_write_gives_the_files_crc64_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tree = sample_tree();
+    if let Value::Dict(d) = &mut tree {
+        d.insert("large", tensor_of(DType::U8, vec![9 << 20]));
+    }
+    let of_file = |path: &Path| {
+        crc_fast::checksum(
+            crc_fast::CrcAlgorithm::Crc64Nvme,
+            &std::fs::read(path).unwrap(),
+        )
+    };
+    for ext in EXTENSIONS {
+        let path = dir.path().join(format!("summed.{ext}"));
+        let format = CheckpointFormat::from_name(&path.to_string_lossy()).unwrap();
+        let mut f = File::create(&path).unwrap();
+        let written = crate::write_checkpoint_summed(&path, format, &tree, &mut f).unwrap();
+        drop(f);
+        assert_eq!(
+            written.bytes,
+            std::fs::metadata(&path).unwrap().len(),
+            "{ext}"
+        );
+        assert_eq!(written.crc64nvme, of_file(&path), "{ext}");
+        verify_checkpoint(&path).unwrap();
+    }
+    let path = dir.path().join("prebuilt.pt");
+    let pickled = crate::pt::pickle_write::pickle(&tree).unwrap();
+    let records = pickled
+        .storages
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (k.to_string(), s.bytes().clone()))
+        .collect();
+    let prebuilt = crate::Prebuilt::new(pickled.bytes, records).unwrap();
+    let mut f = File::create(&path).unwrap();
+    let written =
+        crate::write_prebuilt_summed(&path, CheckpointFormat::Pt, &prebuilt, None, &mut f).unwrap();
+    drop(f);
+    assert_eq!(written.crc64nvme, of_file(&path));
+}
+
 #[test]
 fn every_dtype_round_trips_through_every_format() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,9 +27,7 @@ use crate::error::{Error, Result};
 use crate::local::{latest, scan};
 use crate::remote::{UploadJob, UploadStatus, Uploader};
 use crate::role::Role;
-use crate::sharded::{
-    self, Checksum, CommitFailure, CommitJob, CommitStore, Coordinator, ShardRecord,
-};
+use crate::sharded::{self, Checksum, CommitJob, CommitStore, Coordinator, ShardRecord};
 use crate::template::{Template, Vars};
 
 /// How a saver names things: both the training thread and the writer need it.
@@ -158,19 +156,35 @@ impl Committer {
             rotate,
         } = job;
         let format = self.format;
-        let written = match &content {
-            Content::Tree(tree) => self.write(&path, &timestamp, |file| {
-                cairn_format::write_checkpoint(&path, format, tree, file)
-            }),
+        // A shard's record carries its checksum: computed in the writing pass, not read back.
+        let sum = self.sharding.is_some();
+        let summed = |w: cairn_format::Written| (w.bytes, Some(Checksum(w.crc64nvme)));
+        let written = self.write(&path, &timestamp, |file| match &content {
+            Content::Tree(tree) if sum => {
+                cairn_format::write_checkpoint_summed(&path, format, tree, file).map(summed)
+            }
+            Content::Tree(tree) => {
+                cairn_format::write_checkpoint(&path, format, tree, file).map(|n| (n, None))
+            }
             Content::Prebuilt {
                 checkpoint,
                 archive,
-            } => self.write(&path, &timestamp, |file| {
-                cairn_format::write_prebuilt(&path, format, checkpoint, archive.as_deref(), file)
-            }),
-        };
-        let bytes = match written {
-            Ok(bytes) => bytes,
+            } if sum => cairn_format::write_prebuilt_summed(
+                &path,
+                format,
+                checkpoint,
+                archive.as_deref(),
+                file,
+            )
+            .map(summed),
+            Content::Prebuilt {
+                checkpoint,
+                archive,
+            } => cairn_format::write_prebuilt(&path, format, checkpoint, archive.as_deref(), file)
+                .map(|n| (n, None)),
+        });
+        let (bytes, crc64nvme) = match written {
+            Ok(written) => written,
             Err(error) => {
                 return Outcome::Failed {
                     durable: false,
@@ -180,18 +194,18 @@ impl Committer {
         };
         // The staging buffers go back to the pool as soon as the bytes are on disk.
         drop(content);
-        self.commit(path, timestamp, bytes, started, rotate)
+        self.commit(path, timestamp, bytes, crc64nvme, started, rotate)
     }
 
     /// Create `path` durably with what `write` puts in it: a temporary file, fsync, rename,
     /// folder fsync (never replacing a checkpoint unless `overwrite`). On any failure nothing is
     /// left under `path` and the previous checkpoint is untouched.
-    fn write(
+    fn write<T>(
         &self,
         path: &Path,
         timestamp: &Timestamp,
-        write: impl Fn(&mut fs::File) -> std::result::Result<u64, FormatError>,
-    ) -> Result<u64> {
+        write: impl Fn(&mut fs::File) -> std::result::Result<T, FormatError>,
+    ) -> Result<T> {
         let replace = if self.overwrite {
             Replace::Allowed
         } else {
@@ -207,7 +221,7 @@ impl Committer {
             written = durable::try_write_durably(path, Replace::Allowed, &write);
         }
         match written {
-            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Ok(written)) => Ok(written),
             Ok(Err(format)) => Err(format.into()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
                 path: path.to_path_buf(),
@@ -218,12 +232,14 @@ impl Committer {
 
     /// Composer's steps after a checkpoint file is durable, in its order: the `latest` link moves
     /// to it, its upload is queued (the remote `latest` follows once the object is confirmed), it
-    /// becomes the newest checkpoint, and retention runs (when `rotate`).
-    pub fn commit(
+    /// becomes the newest checkpoint, and retention runs (when `rotate`). Sharded, the shard's
+    /// record is published instead, with its checksum (`crc64nvme`, when the write computed it).
+    fn commit(
         &mut self,
         path: PathBuf,
         timestamp: Timestamp,
         bytes: u64,
+        crc64nvme: Option<Checksum>,
         started: Instant,
         rotate: bool,
     ) -> Outcome {
@@ -231,7 +247,11 @@ impl Committer {
             None => self
                 .move_latest(&path, &timestamp)
                 .and_then(|()| self.upload(&path, &timestamp, None)),
-            Some(_) => self.publish_shard(&path, &timestamp, bytes),
+            Some(_) => match crc64nvme {
+                Some(sum) => Ok(sum),
+                None => Checksum::of_file(&path).map_err(Error::io("read back", &path)),
+            }
+            .and_then(|sum| self.publish_shard(&path, &timestamp, bytes, sum)),
         };
         if let Err(error) = linked {
             return Outcome::Failed {
@@ -312,8 +332,14 @@ impl Committer {
     /// Sharded, after the shard is durable: the rank's record is published once the shard is in
     /// place (now, or when its upload is confirmed), and global rank 0 hands the step to the
     /// commit thread, which creates the manifest and only then moves `latest`.
-    fn publish_shard(&mut self, path: &Path, timestamp: &Timestamp, bytes: u64) -> Result<()> {
-        let record = self.shard_record(path, timestamp, bytes)?;
+    fn publish_shard(
+        &mut self,
+        path: &Path,
+        timestamp: &Timestamp,
+        bytes: u64,
+        crc64nvme: Checksum,
+    ) -> Result<()> {
+        let record = self.shard_record(timestamp, bytes, crc64nvme);
         if self.remote.is_some() {
             self.upload(path, timestamp, Some(record))?;
         } else {
@@ -337,9 +363,8 @@ impl Committer {
 
     /// This rank's record of the shard it just wrote (its ETag and time are filled in when it is
     /// published).
-    fn shard_record(&self, path: &Path, timestamp: &Timestamp, bytes: u64) -> Result<ShardRecord> {
+    fn shard_record(&self, timestamp: &Timestamp, bytes: u64, crc64nvme: Checksum) -> ShardRecord {
         let sharding = self.sharding.as_ref().expect("sharded");
-        let crc64nvme = Checksum::of_file(path).map_err(Error::io("read back", path))?;
         let vars = self.naming.vars(Some(timestamp));
         let object = self.remote.as_ref().map(|r| {
             r.remote_file_name
@@ -348,7 +373,7 @@ impl Committer {
                 .to_owned()
         });
         let ranks = self.naming.ranks;
-        Ok(ShardRecord {
+        ShardRecord {
             format: sharded::manifest::RECORD_FORMAT.to_owned(),
             step: sharding.step(&self.naming.run_name, ranks, timestamp),
             run_name: self.naming.run_name.clone(),
@@ -367,7 +392,7 @@ impl Committer {
             epoch: timestamp.epoch,
             batch: timestamp.batch,
             published_unix_ms: 0,
-        })
+        }
     }
 
     /// Global rank 0: hand the step to the commit thread, with where `latest` goes once it is
@@ -414,7 +439,7 @@ impl Committer {
 
     /// Sharded: is the step at `ts` uncommitted (so a shard already under this rank's name is a
     /// leftover of an attempt that never committed)? Always `false` when not sharded.
-    fn uncommitted_leftover(&self, ts: &Timestamp) -> Result<bool> {
+    pub(crate) fn uncommitted_leftover(&self, ts: &Timestamp) -> Result<bool> {
         let Some(sharding) = &self.sharding else {
             return Ok(false);
         };
@@ -548,13 +573,13 @@ fn commit_folder(shard: &Path) -> PathBuf {
 
 /// The sharded half of a save (see [`crate::sharded`]).
 pub(crate) struct Sharding {
-    pub coordinator: Coordinator,
+    /// Shared with the saver, which waits for and reports the commits while a save is written
+    /// behind training (the committer is then on the writer thread).
+    pub coordinator: Arc<Coordinator>,
     /// Each step's name in the commit store, rendered for global rank 0: `remote_file_name` when
     /// the store is the remote one, `filename` when it is the folder.
     step_name: Template,
     pub commit_timeout: Duration,
-    /// Steps that failed to commit since the current `fit_start`: `fit_end` returns them.
-    pub fit_failures: Vec<CommitFailure>,
     /// Global rank 0's save index: `latest` never moves to a lower one.
     sequence: u64,
 }
@@ -573,10 +598,9 @@ impl Sharding {
             }
         };
         Ok(Sharding {
-            coordinator: Coordinator::new(store, sharded::DEFAULT_POLL)?,
+            coordinator: Arc::new(Coordinator::new(store, sharded::DEFAULT_POLL)?),
             step_name,
             commit_timeout: Duration::from_secs_f64(config.commit_timeout_s),
-            fit_failures: Vec::new(),
             sequence: 0,
         })
     }

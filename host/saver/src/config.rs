@@ -792,12 +792,6 @@ impl ConfigFile {
                 names::check_shared_folder(&folder),
             )?;
         }
-        if c.sharded && c.async_save {
-            return Err(at.error(
-                None,
-                "checkpoint.async_save cannot be combined with sharded = true yet: a rank publishes its shard's record once the shard is durable, which a save written behind training is not when the save returns",
-            ));
-        }
         let staging_budget_mib = match &c.staging_budget_mib {
             None => None,
             Some(mib) if (1..=MAX_STAGING_BUDGET_MIB).contains(mib.get_ref()) => {
@@ -1258,10 +1252,6 @@ on_error = "skip"
                 "between 1 and 1048576",
             ),
             ("[checkpoint]\nasync_save = \"yes\"\n", "async_save"),
-            (
-                "[checkpoint]\nsharded = true\nasync_save = true\nfilename = \"ba{batch}-rank{rank}.pt\"\n",
-                "checkpoint.async_save cannot be combined with sharded = true yet",
-            ),
         ] {
             let e = error(text);
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -74,7 +74,7 @@ use crate::local::staging::Staging;
 use crate::remote::{RemoteStore, UploadFailure, UploadOptions, UploadReport, Uploader};
 use crate::resume::{self, ResumePoint, ResumeReason};
 use crate::role::Role;
-use crate::sharded::{self, CommitFailure, Committed};
+use crate::sharded::{self, CommitFailure, Committed, Coordinator};
 use crate::template::Vars;
 
 /// A checkpoint this saver wrote.
@@ -182,6 +182,9 @@ pub struct CheckpointSaver {
     warnings: Vec<String>,
     /// The uploads, shared with the committer, which queues them.
     uploader: Option<Arc<Uploader>>,
+    /// Sharded: the commit protocol's thread, shared with the committer, which hands it the
+    /// steps.
+    commits: Option<Commits>,
     /// Accounting of each WebAssembly policy (calls, fuel, time, peak memory, errors).
     policy_stats: Vec<(String, StatsHandle)>,
     /// Bounds on reading a checkpoint to resume from.
@@ -192,6 +195,15 @@ pub struct CheckpointSaver {
     /// How long `close` gives uploads still in flight.
     upload_timeout: Duration,
     closed: bool,
+}
+
+/// The saver's side of the sharded commit protocol: at hand even while the committer is on the
+/// writer thread (`async_save`), so that commits can be woken, waited for and reported.
+struct Commits {
+    coordinator: Arc<Coordinator>,
+    timeout: Duration,
+    /// Steps that failed to commit since the current `fit_start`: `fit_end` returns them.
+    fit_failures: Vec<CommitFailure>,
 }
 
 /// What global rank 0's commits came to so far.
@@ -300,6 +312,11 @@ impl CheckpointSaver {
             true => Some(Sharding::new(config, &naming.folder, remote.as_ref())?),
         };
         let uploader = remote.as_ref().map(|r| Arc::clone(&r.uploader));
+        let commits = sharding.as_ref().map(|s| Commits {
+            coordinator: Arc::clone(&s.coordinator),
+            timeout: s.commit_timeout,
+            fit_failures: Vec::new(),
+        });
         let committer = Committer {
             naming: naming.clone(),
             role,
@@ -312,7 +329,7 @@ impl CheckpointSaver {
             newest: None,
         };
         // Only the writer stages: the other ranks take part in the snapshot and write nothing.
-        let pool = (config.async_save && role == Role::Writer).then(|| {
+        let pool = (config.async_save && role.writes()).then(|| {
             let budget = config
                 .staging_budget_mib
                 .map_or_else(|| default_staging_budget(ranks), |mib| mib << 20);
@@ -336,6 +353,7 @@ impl CheckpointSaver {
             warned_over_budget: false,
             warnings: Vec::new(),
             uploader,
+            commits,
             policy_stats,
             fit_failures: Vec::new(),
             on_upload_failure: config.on_upload_failure,
@@ -450,8 +468,8 @@ impl CheckpointSaver {
         self.flush()?;
         self.fit_failures.clear();
         let folder = &self.naming.folder;
-        if let Some(sharding) = &mut self.writer.idle()?.sharding {
-            sharding.fit_failures.clear();
+        if let Some(commits) = &mut self.commits {
+            commits.fit_failures.clear();
         }
         match self.role {
             Role::Writer => {
@@ -479,14 +497,13 @@ impl CheckpointSaver {
             // Bad credentials or a missing bucket fail now, not after the first checkpoint.
             uploader.store().check_access(Duration::from_secs(30))?;
         }
-        let sharding = self.writer.committer().and_then(|c| c.sharding.as_ref());
         if !self.overwrite
-            && let Some(sharding) = sharding
+            && let Some(commits) = &self.commits
         {
             // Sharded, only committed steps count: an uncommitted shard beyond `now` is a
             // leftover that this run's save at that step replaces.
-            let store = sharding.coordinator.store();
-            let committed = sharding.coordinator.block_on(store.committed())?;
+            let store = commits.coordinator.store();
+            let committed = commits.coordinator.block_on(store.committed())?;
             let future = committed
                 .into_iter()
                 .filter_map(|(_, m)| m.ok())
@@ -602,7 +619,11 @@ impl CheckpointSaver {
         began: Instant,
         waited: Duration,
     ) -> Result<Option<Taken>> {
-        if self.pool.is_some() && !self.overwrite && fs::symlink_metadata(&job.path).is_ok() {
+        if self.pool.is_some()
+            && !self.overwrite
+            && fs::symlink_metadata(&job.path).is_ok()
+            && !self.writer.idle()?.uncommitted_leftover(&job.timestamp)?
+        {
             // Said now rather than behind training: the durable write would refuse it anyway.
             self.forget(&job.path);
             return Err(Error::AlreadyExists { path: job.path });
@@ -884,11 +905,11 @@ impl CheckpointSaver {
     pub fn resume(&mut self) -> Result<Option<ResumePoint>> {
         self.flush()?;
         let folder = self.naming.folder.clone();
-        if let Some(sharding) = self.writer.committer().and_then(|c| c.sharding.as_ref()) {
+        if let Some(commits) = &self.commits {
             fs::create_dir_all(&folder)
                 .map_err(Error::io("create the checkpoint folder", &folder))?;
             let found = sharded::resume::find(
-                &sharding.coordinator,
+                &commits.coordinator,
                 &self.naming.run_name,
                 self.naming.ranks.rank,
                 self.naming.ranks.world_size,
@@ -998,11 +1019,11 @@ impl CheckpointSaver {
 
     /// Steps that failed to commit since the last call (global rank 0), recorded for `fit_end`.
     fn collect_commit_failures(&mut self) -> Vec<CommitFailure> {
-        let Some(sharding) = self.writer.idle().ok().and_then(|c| c.sharding.as_mut()) else {
+        let Some(commits) = &mut self.commits else {
             return Vec::new();
         };
-        let new = sharding.coordinator.poll_failures();
-        sharding.fit_failures.extend(new.iter().cloned());
+        let new = commits.coordinator.poll_failures();
+        commits.fit_failures.extend(new.iter().cloned());
         new
     }
 
@@ -1010,15 +1031,15 @@ impl CheckpointSaver {
     /// `torch.distributed` barrier) and wait, at most `limit`, for the commits handed over so far;
     /// what they came to. Other ranks and non-sharded savers return an empty report at once.
     pub fn wait_for_commits(&mut self, limit: Option<Duration>) -> CommitReport {
-        if let Some(sharding) = self.sharding() {
-            sharding.coordinator.wait(limit);
+        if let Some(commits) = &self.commits {
+            commits.coordinator.wait(limit);
         }
         self.commit_report()
     }
 
     /// What global rank 0's commits came to so far (empty elsewhere).
     pub fn commit_report(&self) -> CommitReport {
-        match self.sharding() {
+        match &self.commits {
             Some(s) => CommitReport {
                 committed: s.coordinator.committed(),
                 failed: s.coordinator.failures(),
@@ -1026,12 +1047,6 @@ impl CheckpointSaver {
             },
             None => CommitReport::default(),
         }
-    }
-
-    /// The sharded half of the saver (sharded saves are never written behind training, so the
-    /// committer is always at hand).
-    fn sharding(&self) -> Option<&Sharding> {
-        self.writer.committer().and_then(|c| c.sharding.as_ref())
     }
 
     /// Upload failures since the last call, recorded for `fit_end` (retention asks the uploader
@@ -1066,15 +1081,15 @@ impl CheckpointSaver {
     pub fn fit_end(&mut self) -> Result<Option<UploadReport>> {
         self.ensure_open()?;
         self.flush()?;
-        if self.uploader.is_none() && self.sharding().is_none() {
+        if self.uploader.is_none() && self.commits.is_none() {
             return Ok(None);
         }
         if let Some(uploader) = &self.uploader {
             uploader.wait(None);
         }
-        if let Some(sharding) = self.sharding() {
+        if let Some(commits) = &self.commits {
             // Each commit is bounded by its own commit_timeout_s.
-            sharding.coordinator.wait(None);
+            commits.coordinator.wait(None);
         }
         self.collect_upload_failures();
         self.collect_commit_failures();
@@ -1082,11 +1097,11 @@ impl CheckpointSaver {
         if !self.fit_failures.is_empty() {
             return Err(Error::UploadsFailed(std::mem::take(&mut self.fit_failures)));
         }
-        if let Some(sharding) = self.writer.idle()?.sharding.as_mut()
-            && !sharding.fit_failures.is_empty()
+        if let Some(commits) = &mut self.commits
+            && !commits.fit_failures.is_empty()
         {
             return Err(Error::StepsNotCommitted(std::mem::take(
-                &mut sharding.fit_failures,
+                &mut commits.fit_failures,
             )));
         }
         Ok(self.upload_report())
@@ -1149,8 +1164,8 @@ impl CheckpointSaver {
 
     /// The retention that waited for uploads, and the staging folder's removal.
     fn close_folders(&mut self) -> Result<()> {
-        if let Some(sharding) = self.sharding() {
-            sharding.coordinator.wait(Some(sharding.commit_timeout));
+        if let Some(commits) = &self.commits {
+            commits.coordinator.wait(Some(commits.timeout));
         }
         if self.role.leads() && self.staging.is_none() {
             self.rotate()?;

@@ -124,6 +124,47 @@ fn four_ranks_in_a_shared_folder_commit_every_step() {
     assert!(err.contains("latest-rank0.pt points to"), "{err}");
 }
 
+/// Turn on `async_save` in the job at `config`.
+fn write_behind(config: &Path) {
+    let text = fs::read_to_string(config).unwrap();
+    let text = text.replacen("sharded = true\n", "sharded = true\nasync_save = true\n", 1);
+    fs::write(config, text).unwrap();
+}
+
+#[test]
+fn four_ranks_writing_behind_training_commit_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = job(dir.path(), "behind", "", "6ba", 2.0);
+    write_behind(&config);
+    let (ok, run, stderr) = cairn(
+        dir.path(),
+        &[],
+        &[
+            "run",
+            "--world-size",
+            "4",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(run["saves"], 24, "{run}");
+    assert_eq!(run["commits"]["committed"], 6, "{run}");
+    for rank in run["ranks"].as_array().unwrap() {
+        assert_eq!(rank["async_save"], true, "{rank}");
+    }
+    let ck = dir.path().join("behind/ck");
+    let steps = committed(&ck, |s| ck.join(&s.file));
+    assert_eq!(
+        steps.iter().map(|m| m.batch).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    let latest = cairn::resolve_latest(&ck.join("latest-rank0.pt"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest, ck.join("ep1-ba6-rank0.pt"));
+}
+
 #[test]
 fn four_ranks_against_the_s3_server_commit_every_step_and_resume() {
     let Some(server) = S3Server::start() else {
@@ -181,10 +222,22 @@ fn four_ranks_against_the_s3_server_commit_every_step_and_resume() {
 #[test]
 fn a_rank_killed_mid_save_leaves_its_step_uncommitted_and_every_rank_resumes_from_the_last_commit()
 {
-    for seed in [11u64, 12, 13] {
+    killed_mid_save(false, &[11, 12, 13]);
+}
+
+#[test]
+fn a_rank_killed_while_writing_behind_training_leaves_its_step_uncommitted() {
+    killed_mid_save(true, &[21, 22]);
+}
+
+fn killed_mid_save(behind: bool, seeds: &[u64]) {
+    for &seed in seeds {
         let mut rng = SplitMix(seed);
         let dir = tempfile::tempdir().unwrap();
         let config = job(dir.path(), "kill", "", "40ba", 8.0);
+        if behind {
+            write_behind(&config);
+        }
         let mut parent = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .current_dir(dir.path())
             .args([
@@ -240,6 +293,9 @@ fn a_rank_killed_mid_save_leaves_its_step_uncommitted_and_every_rank_resumes_fro
         // Resume: every rank continues from its own shard of the newest committed step.
         let end = newest.unwrap_or(0) + 3;
         let more = job(dir.path(), "kill", "", &format!("{end}ba"), 8.0);
+        if behind {
+            write_behind(&more);
+        }
         let (ok, run, stderr) = cairn(
             dir.path(),
             &[],

@@ -16,6 +16,7 @@ use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 
+use crate::checksum::{FileSum, Summing};
 use crate::limits::{ReadLimits, human_bytes};
 use crate::state_dict::{DType, Storage, Tensor, Value};
 use pickle_read::{PickleError, StorageSource};
@@ -193,16 +194,18 @@ impl PtPlan {
     /// CRC is folded into the write of its payload and patched into the local header afterwards
     /// (small records are hashed just before their header instead). Writeback of
     /// finished ranges is started while later tensors are still being copied, so the caller's
-    /// final fsync has little left to wait for.
-    pub fn write_to_file(&self, file: &mut File) -> io::Result<u64> {
+    /// final fsync has little left to wait for. With `sum`, the file's CRC-64 is computed in
+    /// the same pass (the patched headers as holes, filled once patched).
+    pub fn write_to_file(&self, file: &mut File, mut sum: Option<&mut FileSum>) -> io::Result<u64> {
         use std::io::Seek;
         let base = file.stream_position()?;
         let mut crcs = Vec::with_capacity(self.zip.entries.len());
         let mut patches = Vec::new();
         let mut writeback = Writeback::new(file, base);
         {
-            let mut buffered = BufWriter::with_capacity(1 << 20, &mut *file);
-            let mut w = CrcWriter::new(&mut buffered);
+            let buffered = BufWriter::with_capacity(1 << 20, &mut *file);
+            let mut summing = Summing::new(buffered, sum.as_deref_mut());
+            let mut w = CrcWriter::new(&mut summing);
             for (i, entry) in self.zip.entries.iter().enumerate() {
                 let payload = self.payload(i);
                 w.pad_to(entry.header_offset)?;
@@ -215,8 +218,10 @@ impl PtPlan {
                     writeback.start(w.written);
                     continue;
                 }
-                w.put(&self.zip.local_header(i, 0))?;
-                patches.push(i);
+                let header = self.zip.local_header(i, 0);
+                let hole = w.get_mut().hole(header.len() as u64);
+                w.put(&header)?;
+                patches.push((i, hole));
                 let mut hasher = crc32fast::Hasher::new();
                 for chunk in payload.chunks(CHUNK) {
                     hasher.update(chunk);
@@ -228,10 +233,13 @@ impl PtPlan {
                 crcs.push(hasher.finalize());
             }
             w.put(&self.zip.trailer(&crcs))?;
-            buffered.flush()?;
+            summing.flush()?;
         }
-        for i in patches {
+        for (i, hole) in patches {
             file.write_all_at(&crcs[i].to_le_bytes(), base + self.zip.crc_field_offset(i))?;
+            if let (Some(sum), Some(hole)) = (sum.as_deref_mut(), hole) {
+                sum.fill(hole, &self.zip.local_header(i, crcs[i]))?;
+            }
         }
         Ok(self.total_len())
     }
@@ -473,7 +481,7 @@ mod tests {
     fn file_writer_patches_crcs() {
         let plan = PtPlan::new(&sample(), "x").unwrap();
         let mut f = tempfile::tempfile().unwrap();
-        plan.write_to_file(&mut f).unwrap();
+        plan.write_to_file(&mut f, None).unwrap();
         let mut expected = Vec::new();
         plan.write_to(&mut expected).unwrap();
         let mut got = vec![0u8; expected.len()];

@@ -264,6 +264,11 @@ impl<'w, W: Write + ?Sized> CrcWriter<'w, W> {
         CrcWriter { inner, written: 0 }
     }
 
+    /// The writer beneath.
+    pub fn get_mut(&mut self) -> &mut W {
+        self.inner
+    }
+
     /// Write `buf` and count it.
     pub fn put(&mut self, buf: &[u8]) -> io::Result<()> {
         self.inner.write_all(buf)?;

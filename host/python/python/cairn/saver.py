@@ -23,7 +23,8 @@ The state is passed as a callable so it is built only when a checkpoint is due. 
 written from the tensors' memory with the GIL released; do not change the tensors while ``step`` or
 ``save`` runs (they return once every byte is written, or with ``async_save=True`` once every byte
 is copied into staging: the file is then written behind training, and a failure is raised by the
-next save or by ``close``). ``last_save`` tells how long training was held.
+next save or by ``close``; sharded too, each rank's record is then published once its shard is
+durable, and global rank 0 commits the step behind training). ``last_save`` tells how long training was held.
 
 Sharded (``sharded=True``, or ``[checkpoint] sharded = true``): every rank saves its own state under
 its own name (``filename`` with ``{rank}``), and global rank 0 commits each step once every rank's
@@ -265,7 +266,10 @@ class Saver:
         flag = torch.tensor([1 if saved else 0], dtype=torch.int32, device=device)
         self._dist.all_reduce(flag, op=self._dist.ReduceOp.MIN)
         if self.rank == 0 and int(flag.item()) == 1:
-            self._native.wait_for_commits(0.0 if self._native.uploads else None)
+            # Written behind training (async_save), or uploaded, the shards are not all in place yet:
+            # the commit thread is only woken, and commits the step when the last record appears.
+            later = self._native.uploads or self._native.is_async
+            self._native.wait_for_commits(0.0 if later else None)
 
     @property
     def done(self) -> bool:

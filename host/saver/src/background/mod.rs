@@ -40,14 +40,6 @@ pub(crate) struct InFlight {
 }
 
 impl Writer {
-    /// The committer when no save is in flight, to read from.
-    pub fn committer(&self) -> Option<&Committer> {
-        match self {
-            Writer::Idle(c) => Some(c),
-            Writer::Busy(_) | Writer::Lost => None,
-        }
-    }
-
     /// The committer, for work on the training thread (after [`Writer::wait`]).
     pub fn idle(&mut self) -> Result<&mut Committer> {
         match self {

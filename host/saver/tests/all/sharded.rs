@@ -1,10 +1,10 @@
 //! Sharded saves through the library: ranks as threads (each with its own saver and explicit
-//! ranks) against a shared folder and a `file://` store, the create-only manifest against the real
+//! ranks) against a shared folder and a `file://` store (written synchronously and behind
+//! training), the create-only manifest against the real
 //! S3 server, a rank that never saves, and resume of every rank from the newest committed step.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cairn::policy::{Event, MaxDuration, PolicyHost, Ranks, Time, Timestamp, TrainingState};
 use cairn::sharded::{CommitStore, Created, Manifest, ShardRecord};
@@ -32,13 +32,19 @@ const REMOTE: &str = "run_name = \"r\"\n[checkpoint]\nfolder = \"{dir}/ck-{rank_
 fn run_ranks(configs: Vec<Config>, max: &'static str) -> Vec<cairn::Result<Timestamp>> {
     let host = Arc::new(PolicyHost::default());
     let world = configs.len() as u32;
+    // Every saver exists before any rank saves (rank 0's coordinator takes records published
+    // before it started for an earlier attempt's), as `cairn.Saver`'s barrier ensures.
+    let started = Arc::new(std::sync::Barrier::new(configs.len()));
     let handles: Vec<_> = configs
         .into_iter()
         .enumerate()
         .map(|(r, c)| {
             let host = Arc::clone(&host);
+            let started = Arc::clone(&started);
             std::thread::spawn(move || {
-                let mut saver = CheckpointSaver::with_ranks(&c, &host, ranks(r as u32, world))?;
+                let saver = CheckpointSaver::with_ranks(&c, &host, ranks(r as u32, world));
+                started.wait();
+                let mut saver = saver?;
                 let start = match saver.resume()? {
                     Some(p) => p.timestamp,
                     None => Timestamp::default(),
@@ -53,14 +59,34 @@ fn run_ranks(configs: Vec<Config>, max: &'static str) -> Vec<cairn::Result<Times
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// `text` with `async_save = true` in its `[checkpoint]` table when `behind`.
+fn written(text: &str, behind: bool) -> String {
+    match behind {
+        false => text.to_owned(),
+        true => text.replacen("sharded = true\n", "sharded = true\nasync_save = true\n", 1),
+    }
+}
+
 fn manifest_at(path: &Path) -> Manifest {
     Manifest::parse(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]
 fn four_ranks_in_a_shared_folder_commit_every_step_and_resume_from_the_newest() {
+    four_ranks_in_a_shared_folder(false);
+}
+
+#[test]
+fn four_ranks_writing_behind_training_commit_every_step_and_resume_from_the_newest() {
+    four_ranks_in_a_shared_folder(true);
+}
+
+fn four_ranks_in_a_shared_folder(behind: bool) {
+    // Saves behind training pass the writer's failpoint: no other test may configure it now.
+    let _scenario = behind.then(crate::async_save::scenario);
     let dir = tempfile::tempdir().unwrap();
-    let configs = (0..4).map(|_| config(dir.path(), LOCAL)).collect();
+    let local = written(LOCAL, behind);
+    let configs = (0..4).map(|_| config(dir.path(), &local)).collect();
     for r in run_ranks(configs, "6ba") {
         r.unwrap();
     }
@@ -95,7 +121,7 @@ fn four_ranks_in_a_shared_folder_commit_every_step_and_resume_from_the_newest() 
         .unwrap();
     assert_eq!(target, ck.join("ep1-ba6-rank0.pt"));
     // Every rank resumes from its own shard of the newest committed step.
-    let configs: Vec<Config> = (0..4).map(|_| config(dir.path(), LOCAL)).collect();
+    let configs: Vec<Config> = (0..4).map(|_| config(dir.path(), &local)).collect();
     for (r, c) in configs.iter().enumerate() {
         let mut saver =
             CheckpointSaver::with_ranks(c, &PolicyHost::default(), ranks(r as u32, 4)).unwrap();
@@ -112,9 +138,20 @@ fn four_ranks_in_a_shared_folder_commit_every_step_and_resume_from_the_newest() 
 
 #[test]
 fn through_a_store_each_rank_uploads_and_rank_0_commits_and_moves_the_remote_pointer() {
+    through_a_store(false);
+}
+
+#[test]
+fn through_a_store_behind_training_each_rank_uploads_and_rank_0_commits() {
+    through_a_store(true);
+}
+
+fn through_a_store(behind: bool) {
+    let _scenario = behind.then(crate::async_save::scenario);
     let dir = tempfile::tempdir().unwrap();
+    let remote = written(REMOTE, behind);
     let configs = (0..3)
-        .map(|r| config(dir.path(), &REMOTE.replace("{rank_dir}", &r.to_string())))
+        .map(|r| config(dir.path(), &remote.replace("{rank_dir}", &r.to_string())))
         .collect();
     for r in run_ranks(configs, "4ba") {
         r.unwrap();
@@ -141,7 +178,7 @@ fn through_a_store_each_rank_uploads_and_rank_0_commits_and_moves_the_remote_poi
     assert!(!dir.path().join("ck-1/latest-rank0.pt").exists());
     // A rank whose local copy is gone downloads its shard of the newest committed step.
     std::fs::remove_dir_all(dir.path().join("ck-2")).unwrap();
-    let c = config(dir.path(), &REMOTE.replace("{rank_dir}", "2"));
+    let c = config(dir.path(), &remote.replace("{rank_dir}", "2"));
     let mut saver = CheckpointSaver::with_ranks(&c, &PolicyHost::default(), ranks(2, 3)).unwrap();
     let point = saver.resume().unwrap().unwrap();
     assert_eq!(point.path, dir.path().join("ck-2/ep0-ba4-rank2.pt"));
@@ -192,7 +229,8 @@ fn with_on_failure_fail_the_next_event_after_a_timeout_stops_training() {
     rank0.fit_start(&Timestamp::default()).unwrap();
     let one = Timestamp::default().to_next_batch(1, 0, Default::default());
     rank0.save(&one, Event::Batch, || Ok(snapshot(1))).unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    // Until the step's commit gave up (bounded by its 0.2 s timeout).
+    assert_eq!(rank0.wait_for_commits(None).failed.len(), 1);
     let two = one.to_next_batch(1, 0, Default::default());
     let max = MaxDuration::new("8ba".parse::<Time>().unwrap()).unwrap();
     let state = TrainingState {
