@@ -2,7 +2,8 @@
 cairn._compile``, so the ``[sandbox]`` compile deadline and memory limit can stop it (Cranelift cannot
 be stopped in a thread). In-process compilation has no deadline: a 1 ms ``compile_timeout_ms`` that
 stops the load shows the worker ran; the same component then loads, and once cached loads under that
-deadline too (a cache hit starts no worker).
+deadline too (a cache hit starts no worker). A compile bomb (a component whose compilation asks for
+gigabytes) stops at ``compile_memory_mib`` in the worker, and this process does not grow by it.
 """
 
 import os
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import needs_native
+from conftest import ROOT, needs_native
 
 pytestmark = needs_native
 
@@ -80,3 +81,47 @@ def test_the_worker_module_answers_a_bad_request_with_its_exit_status(tmp_path):
     )
     assert out.returncode == 3, out
     assert b"cairn compile worker: stdin does not hold a cairn compile request" in out.stderr, out.stderr
+
+
+def compile_bomb(tmp_path) -> str:
+    """The testkit's loop-of-diamonds compile bomb (40 000 locals through 6 000 merges: Cranelift asks
+    for a 26 GB table), written by a Rust example: Python has no component-model assembler."""
+    out = tmp_path / "bomb.wasm"
+    made = subprocess.run(
+        ["cargo", "run", "-q", "-p", "cairn-testkit", "--example", "hostile_component", "--",
+         "loop-diamonds", "40000", "6000", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    return str(out)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_a_compile_bomb_stops_at_the_compile_memory_limit_in_the_python_worker(tmp_path, monkeypatch):
+    import cairn
+    import torch  # noqa: F401  (cairn.Saver imports it: imported first, it is not counted below)
+
+    bomb = compile_bomb(tmp_path)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CAIRN_CACHE_DIR", str(cache))
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "bomb.toml"
+    config.write_text(f'[checkpoint]\nsave_interval = {{ wasm = "{bomb}" }}\n[sandbox]\ncompile_memory_mib = 96\n')
+    before = peak_rss_bytes()
+    with pytest.raises(cairn.PolicyError) as e:
+        saver(tmp_path, str(config))
+    assert e.value.kind == "compile-memory", (e.value.kind, str(e.value))
+    message = str(e.value)
+    assert "bomb.wasm" in message and "memory limit of 96 MiB" in message and "compile_memory_mib" in message
+    assert artifacts(cache) == [], "nothing compiled"
+    # The compiler ran in the worker: this process's peak did not move by the bomb's gigabytes.
+    assert peak_rss_bytes() - before < 200 << 20

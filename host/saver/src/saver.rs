@@ -328,7 +328,8 @@ impl CheckpointSaver {
             failed_uploads: Default::default(),
             newest: None,
         };
-        // Only the writer stages: the other ranks take part in the snapshot and write nothing.
+        // Only a rank that writes stages (rank 0, or every rank when sharded, each with its share
+        // of the machine's budget): a follower takes part in the snapshot and writes nothing.
         let pool = (config.async_save && role.writes()).then(|| {
             let budget = config
                 .staging_budget_mib
