@@ -91,8 +91,8 @@ pub fn write_checkpoint(
     write_tree(path, format, tree, out, None)
 }
 
-/// [`write_checkpoint`], also computing the file's CRC-64/NVME in the same pass (no reading
-/// back).
+/// [`write_checkpoint`], also computing the CRC-64/NVME of what it writes in the same pass (no
+/// reading back): the file's, when `out` starts empty, as a save's temporary file does.
 pub fn write_checkpoint_summed(
     path: &Path,
     format: CheckpointFormat,
@@ -134,7 +134,8 @@ pub fn write_prebuilt(
     write_pickled(path, format, prebuilt, archive, out, None)
 }
 
-/// [`write_prebuilt`], also computing the file's CRC-64/NVME in the same pass.
+/// [`write_prebuilt`], also computing the CRC-64/NVME of what it writes in the same pass (the
+/// file's, when `out` starts empty).
 pub fn write_prebuilt_summed(
     path: &Path,
     format: CheckpointFormat,

@@ -247,6 +247,7 @@ impl Committer {
             None => self
                 .move_latest(&path, &timestamp)
                 .and_then(|()| self.upload(&path, &timestamp, None)),
+            // `save` sums every sharded write; reading the shard back is only the fallback.
             Some(_) => match crc64nvme {
                 Some(sum) => Ok(sum),
                 None => Checksum::of_file(&path).map_err(Error::io("read back", &path)),

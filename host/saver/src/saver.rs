@@ -1030,7 +1030,9 @@ impl CheckpointSaver {
 
     /// Global rank 0: wake the commit thread (every record is in place, say after a
     /// `torch.distributed` barrier) and wait, at most `limit`, for the commits handed over so far;
-    /// what they came to. Other ranks and non-sharded savers return an empty report at once.
+    /// what they came to. Other ranks and non-sharded savers return an empty report at once. A
+    /// save still being written behind training (`async_save`) hands its step over only once its
+    /// shard is durable: [`CheckpointSaver::flush`] first to wait for that one too.
     pub fn wait_for_commits(&mut self, limit: Option<Duration>) -> CommitReport {
         if let Some(commits) = &self.commits {
             commits.coordinator.wait(limit);
@@ -1072,18 +1074,20 @@ impl CheckpointSaver {
         result
     }
 
-    /// `FIT_END`: wait for the save in flight (returning its failure, naming the checkpoint),
-    /// then for the uploads (each bounded by `upload_timeout_in_seconds`; the remote `latest` is
-    /// written after the object it names), then apply the retention that had to wait for them.
+    /// `FIT_END`: wait for the save in flight, then for the uploads (each bounded by
+    /// `upload_timeout_in_seconds`; the remote `latest` is written after the object it names) and
+    /// the commits, then apply the retention that had to wait for them. A save that failed behind
+    /// training is returned (naming the checkpoint) once the earlier saves' uploads and commits
+    /// are done: those are complete checkpoints that stopping at once would abandon.
     /// Nothing is saved here: Composer never saves at the end by itself; the interval's final
     /// save already happened at the last event. Returns the upload totals so far, or
     /// [`Error::UploadsFailed`] with every upload that failed since `fit_start`. The saver keeps
     /// uploading if training starts again (`fit_start` ... `fit_end` once more).
     pub fn fit_end(&mut self) -> Result<Option<UploadReport>> {
         self.ensure_open()?;
-        self.flush()?;
+        let in_flight = self.flush();
         if self.uploader.is_none() && self.commits.is_none() {
-            return Ok(None);
+            return in_flight.map(|()| None);
         }
         if let Some(uploader) = &self.uploader {
             uploader.wait(None);
@@ -1094,6 +1098,7 @@ impl CheckpointSaver {
         }
         self.collect_upload_failures();
         self.collect_commit_failures();
+        in_flight?;
         self.rotate()?;
         if !self.fit_failures.is_empty() {
             return Err(Error::UploadsFailed(std::mem::take(&mut self.fit_failures)));

@@ -253,7 +253,8 @@ class Saver:
 
     def _all_saved(self, saved: bool) -> None:
         """Sharded, with a process group: wait for every rank's save (its shard and, without a store,
-        its record are in place once it returns) and learn whether all of them saved. Then global
+        its record are in place once it returns; with ``async_save``, once it was staged) and learn
+        whether all of them saved. Then global
         rank 0 commits the step: without a store at once, the records being there (``latest`` has
         moved when ``save`` returns); with one, its commit thread is woken and commits once every
         upload is confirmed. When a rank failed, the step stays uncommitted (rank 0 reports it after

@@ -8,9 +8,9 @@
 //! 2^-64 event. It guards against accidents, not against someone forging shards: whoever can
 //! write the store can also rewrite the manifest.
 //!
-//! It is computed from the file right after the durable write, while its pages are still cached,
-//! for every format alike (the `.pt` writer patches zip CRCs into headers after the payload, so
-//! a checksum folded into its single pass would need CRC combination around each patch).
+//! A save computes it in its writing pass (`cairn_format::write_checkpoint_summed`: the `.pt`
+//! writer's patched headers are summed once patched and joined by CRC combination); readers
+//! (resume, `cairn verify`) compute it from the file with [`Checksum::of_file`].
 
 use std::fmt;
 use std::fs::File;

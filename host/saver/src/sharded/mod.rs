@@ -32,7 +32,9 @@
 //! In Python with a `torch.distributed` process group, a barrier after the save guarantees every
 //! local record is in place; rank 0's [`CheckpointSaver::wait_for_commits`](crate::CheckpointSaver::wait_for_commits)
 //! then wakes the commit thread, which finds them at its first look: the barrier replaces the
-//! polling, and the manifest and the order stay the same.
+//! polling, and the manifest and the order stay the same. With `async_save` the shards are
+//! still being written when the barrier passes: rank 0 only wakes the commit thread, and the
+//! step commits at the poll after the last record appears.
 
 pub mod checksum;
 mod coordinator;

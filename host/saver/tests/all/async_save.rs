@@ -287,6 +287,42 @@ fn fit_end_and_close_return_a_failure_behind_training() {
     assert!(matches!(event(&mut saver, 4), Err(Error::Closed)));
 }
 
+/// `fit_end` returns a failure behind training only once the earlier saves' uploads are done,
+/// their remote `latest` included: returning at once would abandon complete checkpoints.
+#[test]
+fn fit_end_finishes_earlier_uploads_before_returning_a_failure_behind_training() {
+    let _fp = scenario();
+    let dir = tempfile::tempdir().unwrap();
+    let text = "run_name = \"r\"\n[checkpoint]\nfolder = \"{dir}/ck\"\nfilename = \"ba{batch}.pt\"\nsave_interval = \"1ba\"\nasync_save = true\n[remote]\nurl = \"file://{dir}/store\"\n";
+    let mut saver = CheckpointSaver::new(&config(dir.path(), text)).unwrap();
+    saver.fit_start(&Timestamp::default()).unwrap();
+    // The first checkpoint's upload is slow to move the remote `latest`.
+    fail::cfg("upload::before-pointer", "sleep(600)").unwrap();
+    staged(event(&mut saver, 1).unwrap());
+    saver.flush().unwrap();
+    fail::cfg("writer::start", "return").unwrap();
+    staged(event(&mut saver, 2).unwrap());
+    let err = saver.fit_end().unwrap_err().to_string();
+    assert!(err.contains("ba2.pt"), "{err}");
+    let pointers = files_under(&dir.path().join("store"), ".symlink");
+    assert_eq!(pointers.len(), 1, "the remote latest of ba1: {pointers:?}");
+    saver.close().unwrap();
+}
+
+/// Every file under `dir` whose name ends with `suffix`.
+fn files_under(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path, suffix));
+        } else if path.to_string_lossy().ends_with(suffix) {
+            found.push(path);
+        }
+    }
+    found
+}
+
 /// `close` (Composer's `post_close`, also on the error path) waits for the save in flight, which
 /// is then complete and named by `latest`.
 #[test]
