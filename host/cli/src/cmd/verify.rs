@@ -24,8 +24,8 @@ use std::process::ExitCode;
 use super::read::{ReadArgs, note_mismatch};
 use crate::out::{Lines, printable};
 use cairn::format::{CheckpointFormat, ReadLimits, verify_checkpoint_with};
-use cairn::remote::SYMLINK_SUFFIX;
 use cairn::remote::store::object_name;
+use cairn::remote::{SYMLINK_SUFFIX, is_staging_file};
 use cairn::sharded::store::{COMMIT_SUFFIX, MANIFEST_NAME};
 use cairn::sharded::{Manifest, ShardRecord};
 
@@ -127,6 +127,10 @@ fn verify_folder(dir: &Path, depth: usize, check: &mut Check) -> usize {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if is_staging_file(&name) {
+            // A killed upload's staging file in a `file://` store: not an object of the store.
+            continue;
+        }
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };

@@ -96,7 +96,7 @@ fn check(dir: &Path, what: &str) -> State {
     for entry in fs::read_dir(&remote).into_iter().flatten() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if is_staging(&name) {
+        if cairn::remote::is_staging_file(&name) {
             // An upload the process died in: `object_store`'s file store writes `NAME#N` and
             // renames it to NAME only when complete, and lists and reads never show it (as a
             // multipart upload in progress in S3). It is never under a checkpoint name.
@@ -129,12 +129,6 @@ fn check(dir: &Path, what: &str) -> State {
 fn batch_in(name: &str) -> Option<u64> {
     let rest = &name[name.rfind("-ba")? + 3..];
     rest[..rest.find('-')?].parse().ok()
-}
-
-/// Whether `name` is the file store's staging file for an upload in progress (`NAME#DIGITS`).
-fn is_staging(name: &str) -> bool {
-    name.rsplit_once('#')
-        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// One failpoint, one way of failing: run into it, check, resume without it, check again.

@@ -51,7 +51,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 pub use latest::SYMLINK_SUFFIX;
-pub use store::{RemoteStore, StoreError, StoreOptions, is_remote_url};
+pub use store::{RemoteStore, StoreError, StoreOptions, is_remote_url, is_staging_file};
 pub use transfer::{TransferError, part_size_for};
 pub use uploader::{
     UploadFailure, UploadJob, UploadOptions, UploadReport, UploadStatus, UploadTicket, Uploader,

@@ -340,6 +340,15 @@ pub fn url_scheme(location: &str) -> Option<String> {
     .then(|| scheme.to_owned())
 }
 
+/// Whether a file in a `file://` store (or a folder mirrored from one) is the file store's staging
+/// file of an upload, `NAME#DIGITS`: `object_store` writes an object there and renames it to NAME
+/// once complete, so one left behind is an upload a killed process was in, never an object (the
+/// store's listings and reads skip it too, as S3 hides a multipart upload in progress).
+pub fn is_staging_file(name: &str) -> bool {
+    name.rsplit_once('#')
+        .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Whether a `folder` (or any location) names a store rather than a local path: it has a scheme
 /// cairn can store to. Composer treats such a `folder` by writing checkpoints to a local temporary
 /// directory and uploading each one.
@@ -467,6 +476,16 @@ fn client_options(options: &StoreOptions) -> ClientOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_files_are_name_hash_digits() {
+        for name in ["ep1.pt#1", "latest-rank0.pt.symlink#12"] {
+            assert!(is_staging_file(name), "{name}");
+        }
+        for name in ["ep1.pt", "ep1.pt#", "ep#1.pt", "a#b", "ep1.pt#1a"] {
+            assert!(!is_staging_file(name), "{name}");
+        }
+    }
 
     #[test]
     fn memory_url_prefix_is_joined_to_names() {
