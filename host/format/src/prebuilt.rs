@@ -105,10 +105,22 @@ impl StorageSource for Records<'_> {
     }
 }
 
+/// `tree` pickled elsewhere, as cairn's Python package hands a checkpoint over (for tests).
+#[cfg(test)]
+pub(crate) fn prebuilt_of(tree: &Value) -> Prebuilt {
+    let pickled = crate::pt::pickle_write::pickle(tree).unwrap();
+    let records = pickled
+        .storages
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (k.to_string(), s.bytes().clone()))
+        .collect();
+    Prebuilt::new(pickled.bytes, records).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pt::pickle_write;
     use crate::state_dict::{Dict, Tensor};
 
     fn sample() -> (Value, Prebuilt) {
@@ -117,14 +129,8 @@ mod tests {
                 .with("w", Tensor::from_f32(vec![2], &[1.0, 2.0]))
                 .with("n", Value::Int(3)),
         );
-        let pickled = pickle_write::pickle(&tree).unwrap();
-        let records = pickled
-            .storages
-            .iter()
-            .enumerate()
-            .map(|(k, s)| (k.to_string(), s.bytes().clone()))
-            .collect();
-        (tree, Prebuilt::new(pickled.bytes, records).unwrap())
+        let prebuilt = prebuilt_of(&tree);
+        (tree, prebuilt)
     }
 
     #[test]

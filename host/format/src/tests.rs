@@ -142,14 +142,7 @@ fn a_summed_write_gives_the_files_crc64_in_every_format() {
         verify_checkpoint(&path).unwrap();
     }
     let path = dir.path().join("prebuilt.pt");
-    let pickled = crate::pt::pickle_write::pickle(&tree).unwrap();
-    let records = pickled
-        .storages
-        .iter()
-        .enumerate()
-        .map(|(k, s)| (k.to_string(), s.bytes().clone()))
-        .collect();
-    let prebuilt = crate::Prebuilt::new(pickled.bytes, records).unwrap();
+    let prebuilt = crate::prebuilt::prebuilt_of(&tree);
     let mut f = File::create(&path).unwrap();
     let written =
         crate::write_prebuilt_summed(&path, CheckpointFormat::Pt, &prebuilt, None, &mut f).unwrap();
